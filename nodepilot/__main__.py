@@ -1,0 +1,3 @@
+from nodepilot.cli import main
+
+main()

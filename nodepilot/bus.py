@@ -1,0 +1,174 @@
+"""Every Redis key and stream of the pilot, and the one way services talk over them.
+
+Contract (one JSON object per stream entry, under the field ``data``):
+
+- ``stager:requests``    monitor -> stager     {kind: stagein|stageout|stagelog, job_id, request_id, ...}
+- ``runner:requests``    monitor -> runner     {action: run|kill, job_id, request_id, ...}
+- ``eventclient:requests`` monitor -> eventclient
+- ``job:<id>:events``    any service -> monitor  {type, service, request_id?, ...}; read with XREAD
+- ``job:<id>``           hash, written by the monitor only (state, definition, timings, errors)
+- ``pilot:jobs``         list of the job ids this pilot took, in order (monitor only)
+- ``pilot:outbox``       stream of server updates not yet delivered (monitor only)
+
+Work streams use consumer groups: at-least-once delivery, an entry is acknowledged only once
+its handler finished, and a restarted consumer first re-reads its own pending entries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
+
+log = logging.getLogger(__name__)
+
+STAGER_REQUESTS = "stager:requests"
+RUNNER_REQUESTS = "runner:requests"
+EVENTCLIENT_REQUESTS = "eventclient:requests"
+PILOT_JOBS = "pilot:jobs"
+PILOT_OUTBOX = "pilot:outbox"
+STREAM_MAXLEN = 10_000
+
+
+def job_key(job_id: int | str) -> str:
+    return f"job:{job_id}"
+
+
+def job_events(job_id: int | str) -> str:
+    return f"job:{job_id}:events"
+
+
+def service_state_key(service: str, job_id: int | str) -> str:
+    """Private bookkeeping of one service for one job (idempotency markers)."""
+    return f"{service}:job:{job_id}"
+
+
+def connect(url: str) -> aioredis.Redis:
+    return aioredis.Redis.from_url(url, decode_responses=True, health_check_interval=0)
+
+
+def encode(message: dict[str, Any]) -> dict[str, str]:
+    return {"data": json.dumps(message, separators=(",", ":"))}
+
+
+def decode(fields: dict[str, str]) -> dict[str, Any]:
+    try:
+        value = json.loads(fields.get("data", "{}"))
+    except json.JSONDecodeError:
+        return {"_malformed": fields}
+    return value if isinstance(value, dict) else {"_malformed": fields}
+
+
+async def publish(r: aioredis.Redis, stream: str, message: dict[str, Any]) -> str:
+    return await r.xadd(stream, encode(message), maxlen=STREAM_MAXLEN, approximate=True)
+
+
+async def emit(r: aioredis.Redis, job_id: int | str, service: str, type_: str, **fields: Any) -> str:
+    """Append one event of a service to a job's event stream (the monitor folds it into state)."""
+    return await publish(r, job_events(job_id), {"type": type_, "service": service, **fields})
+
+
+async def ensure_group(r: aioredis.Redis, stream: str, group: str) -> None:
+    try:
+        await r.xgroup_create(stream, group, id="0", mkstream=True)
+    except ResponseError as exc:
+        if "BUSYGROUP" not in str(exc):
+            raise
+
+
+Handler = Callable[[str, dict[str, Any]], Awaitable[None]]
+
+
+class Consumer:
+    """Reads a work stream through a consumer group and runs a handler per entry.
+
+    Blocks on XREADGROUP (no polling). Entries left pending by a crashed instance of the same
+    consumer are handled first; entries idle longer than ``claim_idle_ms`` at another consumer
+    are claimed. Up to ``concurrency`` handlers run at once; each entry is acknowledged when
+    its handler returns or raises (a handler reports its own failures as events).
+    """
+
+    def __init__(
+        self,
+        r: aioredis.Redis,
+        stream: str,
+        group: str,
+        consumer: str,
+        handler: Handler,
+        *,
+        concurrency: int = 8,
+        block_ms: int = 30_000,
+        claim_idle_ms: int = 60_000,
+    ) -> None:
+        self.r, self.stream, self.group, self.consumer = r, stream, group, consumer
+        self.handler = handler
+        self.block_ms, self.claim_idle_ms = block_ms, claim_idle_ms
+        self._slots = asyncio.Semaphore(concurrency)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.handled = 0
+
+    async def run(self) -> None:
+        await ensure_group(self.r, self.stream, self.group)
+        await self._read("0")  # our own pending entries from before a restart
+        while True:
+            await self._claim_stale()
+            await self._read(">")
+
+    async def _read(self, start: str) -> None:
+        block = self.block_ms if start == ">" else None
+        reply = await self.r.xreadgroup(
+            self.group, self.consumer, {self.stream: start}, count=64, block=block
+        )
+        for _stream, entries in reply or []:
+            for entry_id, fields in entries:
+                if fields:  # a pending entry that was trimmed away has no fields
+                    await self._dispatch(entry_id, decode(fields))
+                else:
+                    await self.r.xack(self.stream, self.group, entry_id)
+
+    async def _claim_stale(self) -> None:
+        _next, claimed, *_ = await self.r.xautoclaim(
+            self.stream, self.group, self.consumer, self.claim_idle_ms, "0-0", count=64
+        )
+        for entry_id, fields in claimed:
+            if fields:
+                await self._dispatch(entry_id, decode(fields))
+
+    async def _dispatch(self, entry_id: str, message: dict[str, Any]) -> None:
+        await self._slots.acquire()
+        task = asyncio.create_task(self._handle(entry_id, message))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _handle(self, entry_id: str, message: dict[str, Any]) -> None:
+        try:
+            await self.handler(entry_id, message)
+        except asyncio.CancelledError:
+            raise  # not acknowledged: redelivered to the next instance
+        except Exception:
+            log.exception("handler of %s failed on %s", self.stream, entry_id)
+        finally:
+            self._slots.release()
+        await self.r.xack(self.stream, self.group, entry_id)
+        self.handled += 1
+
+    async def aclose(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(BaseException):
+                await task
+
+
+async def read_events(
+    r: aioredis.Redis, job_id: int | str, after: str, block_ms: int = 0
+) -> list[tuple[str, dict[str, Any]]]:
+    """Events of one job after entry id ``after``; blocks until at least one arrives."""
+    reply = await r.xread({job_events(job_id): after}, count=256, block=block_ms)
+    return [(entry_id, decode(fields)) for _s, entries in reply or [] for entry_id, fields in entries]

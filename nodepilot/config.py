@@ -1,0 +1,152 @@
+"""Pilot settings. Precedence: command line > environment (NODEPILOT_*) > queue data > defaults.
+
+The command line and the environment are resolved by the CLI (typer options carry their
+``NODEPILOT_*`` variable); this module holds the result, the queue data, and writes/reads
+the run directory's ``pilot.json`` through which separately started services share them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+SERVICES = ("monitor", "runner", "stager", "eventclient")
+
+
+@dataclass
+class Endpoint:
+    """A storage endpoint: a name the server knows (ddmEndpoint) and where it is."""
+
+    name: str
+    url: str  # file:///abs/dir, root://host:port//path, https://host/path, s3://...
+
+
+@dataclass
+class QueueData:
+    """The site configuration the pilot needs (a subset of CRIC/AGIS queue data)."""
+
+    name: str = "LOCAL_TEST"
+    site: str = ""
+    maxwdir_mb: int = 0  # 0: no limit configured
+    maxtime_s: int = 0
+    timefloor_min: int = 0
+    corecount: int = 1
+    maxrss_mb: int = 0
+    envsetup: str = ""
+    copysetup: str = ""
+    # per activity (read_lan, write_lan, pl, es_events): ordered endpoints, primary first
+    endpoints: dict[str, list[Endpoint]] = field(default_factory=dict)
+    copytools: dict[str, list[str]] = field(default_factory=dict)
+
+    @classmethod
+    def default(cls, name: str, se_dir: Path) -> QueueData:
+        local = Endpoint("LOCAL_SE", se_dir.resolve().as_uri())
+        activities = ("read_lan", "write_lan", "pl", "es_events")
+        return cls(
+            name=name,
+            site=name,
+            endpoints={a: [local] for a in activities},
+            copytools={a: ["posix"] for a in activities},
+        )
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> QueueData:
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        eps = known.pop("endpoints", {}) or {}
+        queue = cls(**known)
+        queue.endpoints = {
+            activity: [Endpoint(**e) if isinstance(e, dict) else Endpoint(str(e), str(e)) for e in items]
+            for activity, items in eps.items()
+        }
+        return queue
+
+    def endpoints_for(self, activity: str) -> list[Endpoint]:
+        return self.endpoints.get(activity) or self.endpoints.get("write_lan") or []
+
+
+@dataclass
+class PilotConfig:
+    queue: str = "LOCAL_TEST"
+    site: str = ""
+    server: str = ""  # PanDA server base URL; empty: standalone (nodepilot run)
+    api: str = "v1"
+    job_label: str = "managed"
+    resource_type: str = ""
+    work_dir: str = "."  # jobs run in <work_dir>/PanDA_Pilot-<id>
+    run_dir: str = ""  # sockets, pilot.json, redis; default <work_dir>/run-<pid>
+    redis_url: str = ""  # given: use that Redis; empty: the launcher embeds one
+    se_dir: str = "se"
+    queuedata_file: str = ""
+    heartbeat_s: float = 1800.0
+    lifetime_s: float = 0.0  # 0: no limit besides the queue's
+    max_jobs: int = 0  # 0: as many as the server gives while time allows
+    pilot_id_tag: str = "nodepilot"
+    updates_file: str = ""  # standalone mode: updates go to this JSONL file, not a server
+    job_file: str = ""  # standalone mode: the one job definition to run
+    node: str = field(default_factory=socket.gethostname)
+    queuedata: QueueData = field(default_factory=QueueData)
+
+    # --- derived paths -------------------------------------------------------------
+    @property
+    def run_path(self) -> Path:
+        return Path(self.run_dir)
+
+    def socket_path(self, service: str) -> Path:
+        return self.run_path / f"{service}.sock"
+
+    @property
+    def config_path(self) -> Path:
+        return self.run_path / "pilot.json"
+
+    # --- persistence -----------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PilotConfig:
+        data = dict(data)
+        queue = QueueData.from_dict(data.pop("queuedata", {}) or {})
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        return cls(**known, queuedata=queue)
+
+    def save(self) -> Path:
+        """Write pilot.json readable by the pilot's user only (it holds the Redis password)."""
+        path = self.config_path
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            json.dump(self.to_dict(), fh, indent=1)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> PilotConfig:
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> PilotConfig:
+        """A config from NODEPILOT_<FIELD> variables (how compose configures each container)."""
+        env = dict(os.environ if env is None else env)
+        values: dict[str, Any] = {}
+        for name, spec in cls.__dataclass_fields__.items():
+            raw = env.get(f"NODEPILOT_{name.upper()}")
+            if raw is None or name == "queuedata":
+                continue
+            kind = spec.type if isinstance(spec.type, str) else spec.type.__name__
+            values[name] = float(raw) if kind == "float" else int(raw) if kind == "int" else raw
+        config = cls(**values)
+        config.queuedata = load_queuedata(config)
+        return config
+
+
+def load_queuedata(config: PilotConfig) -> QueueData:
+    """Queue data from the file given, else the built-in default queue on a local SE dir."""
+    if config.queuedata_file:
+        data = json.loads(Path(config.queuedata_file).read_text())
+        queue = QueueData.from_dict(data)
+        queue.name = queue.name or config.queue
+        return queue
+    return QueueData.default(config.queue, Path(config.se_dir))

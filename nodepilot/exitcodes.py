@@ -1,0 +1,9 @@
+"""Exit codes of ``nodepilot start`` / ``run`` (documented in README.md)."""
+
+OK = 0  # every job ran to a final state, or the server had no job
+INTERNAL = 1  # the pilot itself failed (a bug): see the log
+USAGE = 2  # bad options or configuration
+SERVER = 3  # could not talk to the server (no job could be acquired)
+SERVICES = 4  # a service could not be started or kept alive
+UPDATE_LOST = 5  # a final update could not be delivered (1318)
+SIGNALLED = 128  # 128 + N: stopped gracefully after signal N

@@ -1,0 +1,1 @@
+"""PanDA server clients (both dialects) and the local job server."""

