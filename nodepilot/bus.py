@@ -17,7 +17,6 @@ its handler finished, and a restarted consumer first re-reads its own pending en
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -91,7 +90,10 @@ class Consumer:
     Blocks on XREADGROUP (no polling). Entries left pending by a crashed instance of the same
     consumer are handled first; entries idle longer than ``claim_idle_ms`` at another consumer
     are claimed. Up to ``concurrency`` handlers run at once; each entry is acknowledged when
-    its handler returns or raises (a handler reports its own failures as events).
+    its handler returns or raises (a handler reports its own failures as events). Entries in
+    flight here are re-claimed by this consumer on every turn of its loop (which turns at
+    least every ``block_ms``), so they never look idle to other consumers, however long their
+    handler runs, and are never dispatched twice here.
     """
 
     def __init__(
@@ -111,12 +113,14 @@ class Consumer:
         self.block_ms, self.claim_idle_ms = block_ms, claim_idle_ms
         self._slots = asyncio.Semaphore(concurrency)
         self._tasks: set[asyncio.Task[None]] = set()
+        self._inflight: set[str] = set()
         self.handled = 0
 
     async def run(self) -> None:
         await ensure_group(self.r, self.stream, self.group)
         await self._read("0")  # our own pending entries from before a restart
         while True:
+            await self._refresh_inflight()
             await self._claim_stale()
             await self._read(">")
 
@@ -132,15 +136,22 @@ class Consumer:
                 else:
                     await self.r.xack(self.stream, self.group, entry_id)
 
+    async def _refresh_inflight(self) -> None:
+        if self._inflight:
+            await self.r.xclaim(self.stream, self.group, self.consumer, 0, list(self._inflight), justid=True)
+
     async def _claim_stale(self) -> None:
         _next, claimed, *_ = await self.r.xautoclaim(
             self.stream, self.group, self.consumer, self.claim_idle_ms, "0-0", count=64
         )
         for entry_id, fields in claimed:
-            if fields:
+            if fields and entry_id not in self._inflight:
                 await self._dispatch(entry_id, decode(fields))
 
     async def _dispatch(self, entry_id: str, message: dict[str, Any]) -> None:
+        if entry_id in self._inflight:
+            return
+        self._inflight.add(entry_id)
         await self._slots.acquire()
         task = asyncio.create_task(self._handle(entry_id, message))
         self._tasks.add(task)
@@ -156,14 +167,16 @@ class Consumer:
         finally:
             self._slots.release()
         await self.r.xack(self.stream, self.group, entry_id)
+        self._inflight.discard(entry_id)
         self.handled += 1
 
-    async def aclose(self) -> None:
-        for task in list(self._tasks):
+    async def aclose(self, timeout: float = 5.0) -> None:
+        """Cancel the handlers in flight (their entries stay pending for the next instance)."""
+        tasks = list(self._tasks)
+        for task in tasks:
             task.cancel()
-        for task in list(self._tasks):
-            with contextlib.suppress(BaseException):
-                await task
+        if tasks:
+            await asyncio.wait(tasks, timeout=timeout)
 
 
 async def read_events(

@@ -25,7 +25,7 @@ from typing import Any
 from nodepilot import exitcodes
 from nodepilot.config import SERVICES, PilotConfig
 from nodepilot.http import uds_client
-from nodepilot.redis_server import EmbeddedRedis, RedisStartError, start_redis
+from nodepilot.redis_server import EmbeddedRedis, RedisStartError, spawn_redis
 
 log = logging.getLogger("nodepilot.launcher")
 
@@ -68,7 +68,7 @@ class Launcher:
         os.chmod(run, 0o700)
         Path(self.config.work_dir).mkdir(parents=True, exist_ok=True)
         if not self.config.redis_url:
-            self.redis = start_redis(run / "redis")
+            self.redis = spawn_redis(run / "redis")  # starts while we import below
             self.config.redis_url = self.redis.url
         self.config.save()
         os.environ.setdefault("NODEPILOT_LAUNCHED_AT", str(time.time()))
@@ -76,6 +76,12 @@ class Launcher:
 
         for name in SERVICES:  # import once here; forked children share these pages
             service_class(name)
+        if self.config.server.startswith("https"):
+            from nodepilot.panda.api_v1 import tls_context
+
+            tls_context()  # built once, shared by the forked monitor
+        if self.redis is not None:
+            self.redis.wait_ready()
         gc.freeze()
 
     def spawn(self, name: str) -> None:

@@ -48,6 +48,18 @@ class EmbeddedRedis:
     def url(self) -> str:
         return f"unix://:{quote(self.password, safe='')}@{self.socket_path}?db=0"
 
+    def wait_ready(self, timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:  # bounded start-up wait for the socket
+            if self.process.poll() is not None:
+                log = self.directory / "redis.log"
+                raise RedisStartError(f"redis-server exited: {log.read_text()[-500:] if log.exists() else ''}")
+            if _answers(self.socket_path):
+                return
+            time.sleep(0.005)
+        self.stop()
+        raise RedisStartError(f"redis-server did not answer on {self.socket_path} within {timeout} s")
+
     def stop(self, timeout: float = 5.0) -> None:
         if self.process.poll() is None:
             self.process.terminate()
@@ -58,7 +70,8 @@ class EmbeddedRedis:
                 self.process.wait()
 
 
-def start_redis(directory: Path, *, appendonly: bool = False, timeout: float = 10.0) -> EmbeddedRedis:
+def spawn_redis(directory: Path, *, appendonly: bool = False) -> EmbeddedRedis:
+    """Start redis-server without waiting for it (call ``wait_ready`` before use)."""
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     password = secrets.token_urlsafe(24)
     sock = directory / "redis.sock"
@@ -85,17 +98,13 @@ def start_redis(directory: Path, *, appendonly: bool = False, timeout: float = 1
         stderr=subprocess.DEVNULL,
         start_new_session=True,  # a Ctrl-C on the terminal goes to the launcher, not here
     )
-    server = EmbeddedRedis(directory, password, proc)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:  # bounded start-up wait for the socket
-        if proc.poll() is not None:
-            log = directory / "redis.log"
-            raise RedisStartError(f"redis-server exited: {log.read_text()[-500:] if log.exists() else ''}")
-        if _answers(sock):
-            return server
-        time.sleep(0.005)
-    server.stop()
-    raise RedisStartError(f"redis-server did not answer on {sock} within {timeout} s")
+    return EmbeddedRedis(directory, password, proc)
+
+
+def start_redis(directory: Path, *, appendonly: bool = False, timeout: float = 10.0) -> EmbeddedRedis:
+    server = spawn_redis(directory, appendonly=appendonly)
+    server.wait_ready(timeout)
+    return server
 
 
 def _answers(sock: Path) -> bool:

@@ -24,6 +24,8 @@ from nodepilot.config import PilotConfig
 
 log = logging.getLogger(__name__)
 
+STOP_WAIT_S = 3.0
+
 
 class Service:
     name = "service"
@@ -73,6 +75,9 @@ class Service:
         return app
 
     async def serve(self) -> int:
+        main = self.main()
+        main_task = asyncio.create_task(main) if main is not None else None
+        await asyncio.sleep(0)  # the main worker's first request goes out before the app is built
         sock = self.config.socket_path(self.name)
         with contextlib.suppress(FileNotFoundError):
             sock.unlink()
@@ -87,8 +92,6 @@ class Service:
 
         background = [asyncio.create_task(w) for w in self.workers()]
         http = asyncio.create_task(server.serve())
-        main = self.main()
-        main_task = asyncio.create_task(main) if main is not None else None
         stop = asyncio.create_task(self.stopping.wait())
         waiting = {stop, http} | ({main_task} if main_task else set())
         done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
@@ -102,9 +105,9 @@ class Service:
                 await main_task
         for task in background:
             task.cancel()
-        for task in background:
-            with contextlib.suppress(BaseException):
-                await task
+        if background:
+            # bounded: a cancelled blocking XREADGROUP in redis-py may not return (see bus.Consumer)
+            await asyncio.wait(background, timeout=STOP_WAIT_S)
         stop.cancel()
         server.should_exit = True
         with contextlib.suppress(BaseException):
@@ -144,6 +147,7 @@ def setup_logging(service: str, level: str | None = None) -> None:
         level=level,
         format=f"%(asctime)s {service} %(levelname)s %(name)s: %(message)s",
     )
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request is noise
 
 
 def run(service_cls: type[Service], config: PilotConfig) -> int:

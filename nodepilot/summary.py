@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 from rich.console import Console
@@ -10,7 +11,7 @@ from rich.table import Table
 
 
 def print_summary(path: Path, console: Console | None = None) -> None:
-    console = console or Console(stderr=False)
+    console = console or Console(width=None if sys.stdout.isatty() else 160)
     try:
         results = json.loads(path.read_text())
     except (OSError, ValueError):

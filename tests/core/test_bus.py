@@ -20,6 +20,7 @@ async def _consume_until(url: str, stream: str, want: int, handler_delay: float 
     task = asyncio.create_task(consumer.run())
     await asyncio.wait_for(done.wait(), 10)
     task.cancel()
+    await asyncio.wait([task], timeout=2)
     await consumer.aclose()
     await r.aclose()
     return got
@@ -52,3 +53,33 @@ def test_malformed_entries_do_not_stop_the_consumer(redis_url, rds):
 @pytest.mark.parametrize("value", ['"a string"', "[1, 2]", "{"])
 def test_decode_never_raises(value):
     assert "_malformed" in bus.decode({"data": value})
+
+
+def test_a_long_handler_is_not_claimed_again(redis_url, rds):
+    """An entry whose handler outlives claim_idle_ms stays with its consumer and runs once."""
+
+    async def scenario() -> int:
+        r = bus.connect(redis_url)
+        calls = 0
+        release = asyncio.Event()
+
+        async def handler(_entry_id: str, _message: dict) -> None:
+            nonlocal calls
+            calls += 1
+            await release.wait()
+
+        consumer = bus.Consumer(r, "work", "g", "c1", handler, block_ms=50, claim_idle_ms=100)
+        task = asyncio.create_task(consumer.run())
+        await r.xadd("work", bus.encode({"n": 1}))
+        await asyncio.sleep(0.6)  # many claim cycles while the handler runs
+        idle = (await r.xpending_range("work", "g", "-", "+", 10))[0]["time_since_delivered"]
+        release.set()
+        await asyncio.sleep(0.2)
+        task.cancel()
+        await asyncio.wait([task], timeout=2)
+        await consumer.aclose()
+        await r.aclose()
+        assert idle < 400
+        return calls
+
+    assert asyncio.run(scenario()) == 1

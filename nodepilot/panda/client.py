@@ -1,0 +1,80 @@
+"""The one server interface the pilot uses, whatever the dialect (PANDA_PROTOCOL.md section 1).
+
+Callers speak the legacy field names of sections 2 and 3; each dialect adapter translates them.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from nodepilot.errors import ErrorCode
+
+if TYPE_CHECKING:
+    from nodepilot.config import PilotConfig
+
+
+class ServerError(Exception):
+    """A call that did not succeed. ``retryable``: a later attempt may succeed (connection
+    trouble, 5xx, a garbled reply); False: the server refused this call as it is."""
+
+    def __init__(self, message: str, retryable: bool = False,
+                 code: int = ErrorCode.SERVER_COMMUNICATION) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+        self.code = int(code)
+
+
+@dataclass
+class UpdateReply:
+    command: str | None  # None, "tobekilled", "softkill", "debug", "debugoff", ...
+    status_code: int
+    raw: dict[str, Any]
+
+
+class ServerClient(ABC):
+    @abstractmethod
+    async def acquire_job(self, params: dict[str, Any]) -> dict[str, Any] | None:
+        """One raw job definition, or None when the server has no job for us."""
+
+    @abstractmethod
+    async def update_job(self, fields: dict[str, Any]) -> UpdateReply:
+        """Deliver one update; raise ServerError unless the server accepted it."""
+
+    async def aclose(self) -> None:  # noqa: B027 - nothing to release by default
+        pass
+
+    async def __aenter__(self) -> ServerClient:
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        await self.aclose()
+
+
+def normalize_command(command: Any) -> str | None:
+    """Commands as the pilot acts on them: no command is None; older servers answer a wrong
+    attempt number with ``badattemptnr``, which means the same as ``tobekilled``."""
+    if not isinstance(command, str) or command.strip().lower() in ("", "null", "none"):
+        return None
+    command = command.strip()
+    return "tobekilled" if command.lower() == "badattemptnr" else command
+
+
+def make_client(config: PilotConfig) -> ServerClient:
+    if config.job_file:
+        from nodepilot.panda.standalone import StandaloneClient
+
+        updates = config.updates_file or str(Path(config.work_dir) / "updates.jsonl")
+        return StandaloneClient(config.job_file, updates)
+    api = (config.api or "v1").lower()
+    if api == "legacy":
+        raise ValueError("the legacy PanDA API (/server/panda/...) is not implemented yet; use api=v1")
+    if api != "v1":
+        raise ValueError(f"unknown PanDA API dialect {config.api!r}: expected 'v1' or 'legacy'")
+    if not config.server:
+        raise ValueError("no PanDA server URL configured (and no job file for standalone mode)")
+    from nodepilot.panda.api_v1 import ApiV1Client
+
+    return ApiV1Client(config.server)

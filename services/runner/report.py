@@ -1,0 +1,238 @@
+"""The payload's outcome, for any experiment: its exit status and the reports it left in its work dir.
+
+Sources (PANDA_PROTOCOL.md section 5): ``jobReport.json`` (exitCode, exitMsg, exeErrorCode,
+exeErrorDiag, resource.transform.processedEvents, files.output[].subFiles[]) and the simpler
+``payload_error_report.json`` ({error_code, error_diag}). A report that is missing, too big or
+malformed never fails the reading: it is noted in the pilot diag.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from nodepilot.errors import ErrorCode, clip_diag
+
+JOB_REPORT = "jobReport.json"
+ERROR_REPORT = "payload_error_report.json"
+STDOUT = "payload.stdout"
+STDERR = "payload.stderr"
+MAX_REPORT_BYTES = 10 * 1024 * 1024
+STDERR_TAIL_BYTES = 64 * 1024
+NOT_FOUND_MARKERS = ("command not found", "No such file")
+PILOT_CODES = frozenset(int(c) for c in ErrorCode)
+
+
+@dataclass
+class Reports:
+    """What the payload's reports say (None / empty: not said)."""
+
+    text: str = ""  # jobReport.json as written ("" if none or unreadable)
+    exit_code: int | None = None  # jobReport exitCode
+    exit_msg: str = ""
+    exe_error_code: int | None = None  # top-level exeErrorCode
+    exe_error_diag: str = ""
+    error_code: int | None = None  # payload_error_report.json
+    error_diag: str = ""
+    n_events: int = 0
+    output_guids: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # what was wrong with the reports
+
+    @property
+    def diag(self) -> str:
+        msg = self.exit_msg if self.exit_msg.strip().upper() != "OK" else ""
+        return msg or self.exe_error_diag or self.error_diag
+
+
+@dataclass
+class Outcome:
+    pilot_error_code: int = 0
+    pilot_error_diag: str = ""
+    exe_error_code: int = 0
+    exe_error_diag: str = ""
+    n_events: int = 0
+    report_text: str = ""
+    output_guids: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# --- reading -------------------------------------------------------------------------------
+def read_limited(path: Path, limit: int = MAX_REPORT_BYTES) -> tuple[str | None, str]:
+    """(text, note): text None when the file is absent, unreadable or bigger than ``limit``."""
+    try:
+        with path.open("rb") as fh:
+            data = fh.read(limit + 1)
+    except FileNotFoundError:
+        return None, ""
+    except OSError as exc:
+        return None, f"{path.name} unreadable: {exc.strerror or exc}"
+    if len(data) > limit:
+        return None, f"{path.name} is bigger than {limit // (1024 * 1024)} MB: ignored"
+    return data.decode("utf-8", errors="replace"), ""
+
+
+def _load(path: Path) -> tuple[str | None, dict[str, Any] | None, str]:
+    text, note = read_limited(path)
+    if text is None:
+        return None, None, note
+    try:
+        data = json.loads(text)
+    except ValueError as exc:  # JSONDecodeError, or a number too long to convert
+        return text, None, f"{path.name} is not valid JSON ({exc})"
+    if not isinstance(data, dict):
+        return text, None, f"{path.name} is not a JSON object"
+    return text, data, ""
+
+
+def _int(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        return int(value)
+    return None
+
+
+def _str(value: Any) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def _dig(data: Any, *keys: str) -> Any:
+    for key in keys:
+        if not isinstance(data, dict):
+            return None
+        data = data.get(key)
+    return data
+
+
+def _guids(data: dict[str, Any]) -> dict[str, str]:
+    guids: dict[str, str] = {}
+    outputs = _dig(data, "files", "output")
+    for output in outputs if isinstance(outputs, list) else []:
+        subs = output.get("subFiles") if isinstance(output, dict) else None
+        for sub in subs if isinstance(subs, list) else []:
+            if isinstance(sub, dict) and _str(sub.get("name")) and _str(sub.get("file_guid")):
+                guids[sub["name"]] = sub["file_guid"]
+    return guids
+
+
+def read_reports(workdir: Path) -> Reports:
+    reports = Reports()
+    text, data, note = _load(workdir / JOB_REPORT)
+    reports.text = text or ""
+    if note:
+        reports.notes.append(note)
+    if data is not None:
+        reports.exit_code = _int(data.get("exitCode"))
+        reports.exit_msg = _str(data.get("exitMsg"))
+        reports.exe_error_code = _int(data.get("exeErrorCode"))
+        reports.exe_error_diag = _str(data.get("exeErrorDiag"))
+        reports.n_events = max(_int(_dig(data, "resource", "transform", "processedEvents")) or 0, 0)
+        reports.output_guids = _guids(data)
+    _text, data, note = _load(workdir / ERROR_REPORT)
+    if note:
+        reports.notes.append(note)
+    if data is not None:
+        reports.error_code = _int(data.get("error_code"))
+        reports.error_diag = _str(data.get("error_diag"))
+    return reports
+
+
+def stderr_tail(workdir: Path, limit: int = STDERR_TAIL_BYTES) -> str:
+    try:
+        with (workdir / STDERR).open("rb") as fh:
+            fh.seek(0, 2)
+            fh.seek(max(fh.tell() - limit, 0))
+            return fh.read().decode("utf-8", errors="replace")
+    except OSError:
+        return ""
+
+
+def last_line(text: str) -> str:
+    return next((line.strip() for line in reversed(text.splitlines()) if line.strip()), "")
+
+
+# --- mapping -------------------------------------------------------------------------------
+def signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
+def effective_signal(exit_code: int | None, signum: int | None) -> int | None:
+    """The signal that ended the payload, also when bash reported a child's death as 128+N."""
+    if signum:
+        return signum
+    if exit_code is not None and 128 < exit_code <= 128 + signal.SIGRTMAX:
+        return exit_code - 128
+    return None
+
+
+def outcome(workdir: Path, exit_code: int | None, signum: int | None) -> Outcome:
+    """Pilot and exe error codes of a payload that ended with ``exit_code`` or ``signum``."""
+    reports = read_reports(workdir)
+    result = Outcome(n_events=reports.n_events, report_text=reports.text, output_guids=reports.output_guids)
+    tail = stderr_tail(workdir) if exit_code else ""
+    _classify(result, reports, exit_code, signum, tail)
+    if reports.notes:
+        notes = "; ".join(reports.notes)
+        result.pilot_error_diag = f"{result.pilot_error_diag}; {notes}" if result.pilot_error_diag else notes
+    result.pilot_error_diag = clip_diag(result.pilot_error_diag)
+    result.exe_error_diag = clip_diag(result.exe_error_diag)
+    return result
+
+
+def _classify(result: Outcome, reports: Reports, exit_code: int | None, signum: int | None, tail: str) -> None:
+    sig = effective_signal(exit_code, signum)
+    report_code = reports.exe_error_code or reports.exit_code or 0
+    result.exe_error_diag = reports.diag
+    if sig is not None:
+        how = f" (exit code {exit_code} from the shell)" if not signum else ""
+        code = ErrorCode.PAYLOAD_SIGSEGV if sig == signal.SIGSEGV else ErrorCode.PAYLOAD_FAILED
+        result.pilot_error_code = code
+        result.pilot_error_diag = f"payload killed by signal {signal_name(sig)} ({sig}){how}"
+        result.exe_error_code = report_code or (exit_code or 0)
+        return
+    if reports.error_code:  # the payload's own word on what went wrong
+        known = reports.error_code in PILOT_CODES
+        result.pilot_error_code = reports.error_code if known else ErrorCode.PAYLOAD_FAILED
+        result.exe_error_code = (report_code or exit_code or 0) if known else reports.error_code
+        result.exe_error_diag = reports.error_diag or result.exe_error_diag or last_line(tail)
+        result.pilot_error_diag = f"payload error report: {reports.error_diag or reports.error_code}"
+        return
+    if exit_code == 127 and any(marker in tail for marker in NOT_FOUND_MARKERS):
+        result.pilot_error_code = ErrorCode.TRANSFORMATION_NOT_FOUND
+        result.exe_error_code = 127
+        result.exe_error_diag = result.exe_error_diag or last_line(tail)
+        result.pilot_error_diag = f"transformation not found: {last_line(tail)}"
+        return
+    if exit_code:
+        result.pilot_error_code = ErrorCode.PAYLOAD_FAILED
+        result.exe_error_code = report_code or exit_code
+        result.exe_error_diag = result.exe_error_diag or last_line(tail)
+        result.pilot_error_diag = _joined(f"payload failed with exit code {exit_code}", result.exe_error_diag)
+        return
+    if exit_code is None:
+        result.pilot_error_code = ErrorCode.PILOT_EXCEPTION
+        result.pilot_error_diag = "the payload's exit status is unknown"
+        return
+    if report_code:  # exited 0, but its report says it failed
+        result.pilot_error_code = ErrorCode.PAYLOAD_FAILED
+        result.exe_error_code = report_code
+        result.pilot_error_diag = _joined(f"payload exited 0 but its report says exit code {report_code}",
+                                          reports.diag)
+    else:
+        result.exe_error_diag = ""
+
+
+def _joined(what: str, detail: str) -> str:
+    return f"{what}: {detail}" if detail else what

@@ -1,0 +1,335 @@
+"""The runner: starts a job's payload, watches it end, reports how it ended, kills it on request.
+
+It serves ``runner:requests`` (contract in docs/bus.md). A run request's handler returns only when
+the payload has ended and ``payload_finished`` was emitted, so the entry stays pending meanwhile:
+a runner that dies leaves it to its successor, which must never start the payload twice. The
+state per request is kept in ``runner:job:<id>`` (hash, field = request_id).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, HTTPException
+
+from nodepilot import bus
+from nodepilot.config import PilotConfig
+from nodepilot.errors import ErrorCode, clip_diag
+from nodepilot.service import Service
+from services.runner.execute import (
+    Ended,
+    Payload,
+    host_tag,
+    kill_orphaned,
+    payload_env,
+    payload_script,
+    process_identity,
+    start,
+)
+from services.runner.report import Outcome, outcome
+
+log = logging.getLogger(__name__)
+
+CONCURRENCY = 64  # run handlers hold their slot for the payload's whole life: kills need free ones
+STATE_TTL_S = 7 * 86400
+DEFAULT_GRACE_S = 10.0
+MAX_GRACE_S = 3600.0
+STOP_GRACE_S = 3.0  # the runner itself stops: its payloads get this long after SIGTERM
+RETRY_S = 2.0  # between attempts to read the stream again after Redis failed
+
+
+class BadRequest(Exception):
+    pass
+
+
+@dataclass
+class RunRequest:
+    request_id: str
+    workdir: Path
+    script: str
+    env: dict[str, str]
+
+
+class RunnerService(Service):
+    name = "runner"
+
+    def __init__(self, config: PilotConfig) -> None:
+        super().__init__(config)
+        self.payloads: dict[str, Payload] = {}  # by request_id
+        self._busy: dict[str, asyncio.Event] = {}  # run requests in progress here, by request_id
+        self._shutting_down = False
+        self.host = host_tag()
+        self.counts = {"finished": 0, "failed": 0}
+
+    def workers(self) -> list[Any]:
+        return [self._consume()]
+
+    async def status(self) -> dict[str, Any]:
+        now = time.monotonic()
+        return {"payloads": [{"job_id": p.job_id, "request_id": p.request_id, "pid": p.pid,
+                              "running_s": round(now - p.started, 3), "killing": bool(p.kill_reason)}
+                             for p in self.payloads.values()], **self.counts}
+
+    def add_routes(self, app: FastAPI) -> None:
+        @app.post("/kill/{job_id}")
+        async def kill(job_id: int, grace_seconds: float = DEFAULT_GRACE_S,
+                       reason: str = "kill requested through the runner's API") -> dict[str, Any]:
+            request_id = f"api:kill:{uuid.uuid4().hex[:8]}"
+            pids = await self._kill(job_id, request_id, _grace(grace_seconds), reason)
+            if not pids:
+                raise HTTPException(404, f"no payload of job {job_id} is running")
+            return {"job_id": job_id, "request_id": request_id, "pids": pids}
+
+    async def _consume(self) -> None:
+        # a thread per running payload blocks in wait4: the default pool (cpus + 4) would run out
+        asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(CONCURRENCY + 8, "runner"))
+        consumer = bus.Consumer(self.redis, bus.RUNNER_REQUESTS, "runner", "runner", self.handle,
+                                concurrency=CONCURRENCY)
+        try:
+            while True:
+                try:
+                    await consumer.run()
+                except Exception:
+                    # the payloads keep running and their handlers keep waiting: only reading stopped
+                    log.exception("cannot read %s: trying again in %s s", bus.RUNNER_REQUESTS, RETRY_S)
+                    await asyncio.sleep(RETRY_S)
+        finally:
+            await self._stop_payloads()
+            await consumer.aclose()
+
+    async def _stop_payloads(self) -> None:
+        """The runner stops: kill its payloads and let their handlers report them (bounded)."""
+        self._shutting_down = True
+        waiting = [self._busy[rid].wait() for rid in self.payloads if rid in self._busy]
+        for payload in list(self.payloads.values()):
+            payload.kill(STOP_GRACE_S, "the runner stopped")
+        if waiting:
+            _done, pending = await asyncio.wait([asyncio.ensure_future(w) for w in waiting],
+                                               timeout=STOP_GRACE_S + 5)
+            for task in pending:
+                task.cancel()
+
+    # --- one request ---------------------------------------------------------------------
+    async def handle(self, entry_id: str, message: dict[str, Any]) -> None:
+        job_id, action = _job_id(message.get("job_id")), message.get("action")
+        request_id = message.get("request_id")
+        request_id = request_id if isinstance(request_id, str) else ""
+        if job_id is None:
+            log.error("runner request %s dropped (no valid job_id): %.300r", entry_id, message)
+            return
+        if action == "run":
+            await self._run_once(job_id, request_id, message)
+        elif action == "kill":
+            await self._kill_request(job_id, request_id, message)
+        else:
+            await self._finish(job_id, request_id, _failed(f"malformed runner request: unknown action {action!r}"))
+
+    async def _run_once(self, job_id: int, request_id: str, message: dict[str, Any]) -> None:
+        busy = self._busy.get(request_id) if request_id else None
+        if busy is not None:  # delivered again while it runs here: answered when it ends
+            await busy.wait()
+            return
+        if request_id:
+            self._busy[request_id] = asyncio.Event()  # before any await: no second start
+        try:
+            state = await self._state(job_id, request_id)
+            if state.get("state") == "finished":
+                log.info("run request %s of job %s was handled already", request_id, job_id)
+            elif state:
+                await self._recover(job_id, request_id, state)
+            else:
+                await self._run(job_id, request_id, message)
+        finally:
+            if request_id:
+                self._busy.pop(request_id).set()
+
+    async def _run(self, job_id: int, request_id: str, message: dict[str, Any]) -> None:
+        try:
+            request = parse_run(message)
+        except BadRequest as exc:
+            log.error("job %s: malformed run request %s: %s", job_id, request_id, exc)
+            await self._finish(job_id, request_id, _failed(f"malformed run request: {exc}"))
+            return
+        await self._save(job_id, request_id, {"state": "starting"})
+        env = payload_env(os.environ, request.env)
+        try:
+            payload = start(job_id, request_id, request.workdir, request.script, env)
+        except (OSError, ValueError) as exc:
+            log.error("job %s: cannot start the payload: %r", job_id, exc)
+            await self._finish(job_id, request_id, _failed(f"cannot start the payload: {exc}"))
+            return
+        self.payloads[request_id] = payload
+        log.info("job %s: payload started, pid %s", job_id, payload.pid)
+        try:
+            await self._announce(payload)
+            ended = await payload.wait()
+        except asyncio.CancelledError:
+            payload.kill_now("the runner stopped")  # not left running unwatched
+            raise
+        finally:
+            self.payloads.pop(request_id, None)
+        result = await asyncio.to_thread(outcome, request.workdir, ended.exit_code, ended.signal)
+        if result.pilot_error_code and payload.kill_reason:
+            result.pilot_error_diag = clip_diag(f"{result.pilot_error_diag} ({payload.kill_reason})")
+            if self._shutting_down:
+                result.pilot_error_code = ErrorCode.PILOT_EXCEPTION
+        log.info("job %s: payload ended: exit %s, signal %s, pilot code %s", job_id, ended.exit_code,
+                 ended.signal, result.pilot_error_code)
+        await self._finish(job_id, request_id, result, payload.start_time, ended)
+
+    async def _announce(self, payload: Payload) -> None:
+        """Record and announce the start; a Redis failure here must not orphan the payload."""
+        try:
+            await self._save(payload.job_id, payload.request_id, {
+                "state": "started", "pid": payload.pid, "start_time": payload.start_time,
+                "create_time": process_identity(payload.pid), "host": self.host,
+            })
+            await bus.emit(self.redis, payload.job_id, self.name, "payload_started",
+                           request_id=payload.request_id, pid=payload.pid, start_time=payload.start_time)
+        except Exception:
+            log.exception("job %s: cannot announce the payload's start", payload.job_id)
+
+    async def _recover(self, job_id: int, request_id: str, state: dict[str, Any]) -> None:
+        """A run a previous runner started: its result is lost; kill what is left, never restart it."""
+        pid = state.get("pid") if isinstance(state.get("pid"), int) else None
+        killed = False
+        if pid and state.get("host") == self.host:
+            killed = await kill_orphaned(pid, state.get("create_time"), DEFAULT_GRACE_S)
+        if pid is None:
+            diag = "the runner restarted while starting the payload; whether it ran is unknown"
+        else:
+            diag = f"the runner restarted while the payload (pid {pid}) ran; the payload's result was lost"
+            diag += "; its processes were killed" if killed else ""
+        log.warning("job %s: %s", job_id, diag)
+        start_time = state.get("start_time") if isinstance(state.get("start_time"), float) else None
+        await self._finish(job_id, request_id, Outcome(ErrorCode.PILOT_EXCEPTION, diag), start_time)
+
+    async def _kill_request(self, job_id: int, request_id: str, message: dict[str, Any]) -> None:
+        if request_id and (await self._state(job_id, request_id)).get("state") == "kill_sent":
+            return
+        reason = message.get("reason")
+        reason = f"killed: {reason}" if isinstance(reason, str) and reason else "kill requested"
+        await self._kill(job_id, request_id, _grace(message.get("grace_seconds", DEFAULT_GRACE_S)), reason)
+        if request_id:
+            await self._save(job_id, request_id, {"state": "kill_sent"})
+
+    async def _kill(self, job_id: int, request_id: str, grace: float, reason: str) -> list[int]:
+        targets = [p for p in self.payloads.values() if p.job_id == job_id]
+        for payload in targets:
+            log.info("job %s: killing payload %s (grace %s s): %s", job_id, payload.pid, grace, reason)
+            payload.kill(grace, reason)
+        if not targets:
+            log.info("job %s: kill request %s, but no payload of it runs here", job_id, request_id)
+        pids = [p.pid for p in targets]
+        await bus.emit(self.redis, job_id, self.name, "payload_kill_sent", request_id=request_id or None,
+                       killed=bool(pids), pids=pids)
+        return pids
+
+    # --- state and events ----------------------------------------------------------------
+    async def _state(self, job_id: int, request_id: str) -> dict[str, Any]:
+        if not request_id:
+            return {}
+        raw = await self.redis.hget(bus.service_state_key(self.name, job_id), request_id)
+        try:
+            state = json.loads(raw) if raw else {}
+        except ValueError:
+            state = {"state": "unknown"}
+        return state if isinstance(state, dict) else {"state": "unknown"}
+
+    async def _save(self, job_id: int, request_id: str, state: dict[str, Any]) -> None:
+        if not request_id:
+            return
+        key = bus.service_state_key(self.name, job_id)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(key, request_id, json.dumps(state))
+            pipe.expire(key, STATE_TTL_S)
+            await pipe.execute()
+
+    async def _finish(self, job_id: int, request_id: str, result: Outcome, start_time: float | None = None,
+                      ended: Ended | None = None) -> None:
+        """Emit payload_finished and mark the request finished in one transaction."""
+        end_time = ended.end_time if ended else time.time()
+        fields = {
+            "request_id": request_id or None,
+            "exit_code": ended.exit_code if ended else None, "signal": ended.signal if ended else None,
+            "start_time": start_time, "end_time": end_time,
+            "wall_seconds": round(end_time - start_time, 3) if start_time else 0.0,
+            "cpu_seconds": ended.cpu_seconds if ended else 0.0, "max_rss_kb": ended.max_rss_kb if ended else 0,
+            **result.to_dict(),
+        }
+        self.counts["failed" if result.pilot_error_code else "finished"] += 1
+        key = bus.service_state_key(self.name, job_id)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            await bus.emit(pipe, job_id, self.name, "payload_finished", **fields)  # queued, not sent yet
+            if request_id:
+                pipe.hset(key, request_id, json.dumps({"state": "finished", "end_time": end_time,
+                                                       "pilot_error_code": result.pilot_error_code}))
+                pipe.expire(key, STATE_TTL_S)
+            await pipe.execute()
+
+
+# --- request parsing -------------------------------------------------------------------------
+def _job_id(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value if value > 0 else None
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value) or None
+    return None
+
+
+def _grace(value: Any) -> float:
+    try:
+        grace = float(value)
+    except (TypeError, ValueError):
+        return DEFAULT_GRACE_S
+    return min(max(grace, 0.0), MAX_GRACE_S) if grace == grace else DEFAULT_GRACE_S
+
+
+def _failed(diag: str) -> Outcome:
+    return Outcome(ErrorCode.SETUP_FAILED, clip_diag(diag))
+
+
+def _text(m: dict[str, Any], name: str, required: bool = False) -> str:
+    value = m.get(name)
+    if value is None and not required:
+        return ""
+    if not isinstance(value, str) or (required and not value.strip()):
+        raise BadRequest(f"{name} must be a {'non-empty ' if required else ''}string, got {value!r:.100}")
+    if "\0" in value:
+        raise BadRequest(f"{name} contains a NUL character")
+    return value
+
+
+def parse_run(m: dict[str, Any]) -> RunRequest:
+    """A typed run request, or BadRequest saying what is wrong with it."""
+    request_id = m.get("request_id")
+    if not isinstance(request_id, str) or not request_id:
+        raise BadRequest("no request_id")
+    workdir = _text(m, "workdir", required=True)
+    if not os.path.isabs(workdir):
+        raise BadRequest(f"workdir must be an absolute path, got {workdir!r:.200}")
+    if not os.path.isdir(workdir):
+        raise BadRequest(f"workdir {workdir} does not exist or is not a directory")
+    script = payload_script(_text(m, "setup"), _text(m, "command", required=True), _text(m, "args"))
+    env = m.get("env") or {}
+    if not isinstance(env, dict):
+        raise BadRequest(f"env must be an object, got {env!r:.100}")
+    clean: dict[str, str] = {}
+    for name, value in env.items():
+        if not name or "=" in name or "\0" in name:
+            raise BadRequest(f"env has an invalid variable name {name!r:.100}")
+        if isinstance(value, bool) or not isinstance(value, str | int | float) or "\0" in str(value):
+            raise BadRequest(f"env variable {name} has an invalid value {value!r:.100}")
+        clean[name] = str(value)
+    return RunRequest(request_id, Path(workdir), script, clean)
