@@ -26,6 +26,7 @@ from nodepilot import exitcodes
 from nodepilot.config import SERVICES, PilotConfig
 from nodepilot.http import uds_client
 from nodepilot.redis_server import EmbeddedRedis, RedisStartError, spawn_redis
+from nodepilot.service import Service, run_instance
 
 log = logging.getLogger("nodepilot.launcher")
 
@@ -37,17 +38,14 @@ FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGUSR1, sign
 _PR_SET_PDEATHSIG = 1
 
 
-def _service_main(name: str, config: PilotConfig) -> None:
-    """Entry of a forked service process."""
+def _service_main(instance: Service) -> None:
+    """Entry of a forked service process: runs the launcher's pristine copy of the service."""
     os.setpgid(0, 0)
     with contextlib.suppress(OSError, AttributeError):  # die with the launcher (Linux)
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
     for signum in FORWARDED:
         signal.signal(signum, signal.SIG_DFL)
-    from nodepilot import service
-    from nodepilot.registry import service_class
-
-    sys.exit(service.run(service_class(name), config))
+    sys.exit(run_instance(instance))
 
 
 class Launcher:
@@ -55,6 +53,7 @@ class Launcher:
         self.config = config
         self.redis: EmbeddedRedis | None = None
         self.procs: dict[str, multiprocessing.Process] = {}
+        self.instances: dict[str, Service] = {}
         self.restarts: dict[str, int] = dict.fromkeys(SERVICES, 0)
         self.ctx = multiprocessing.get_context("fork")
         self.signal_received: int | None = None
@@ -74,8 +73,12 @@ class Launcher:
         os.environ.setdefault("NODEPILOT_LAUNCHED_AT", str(time.time()))
         from nodepilot.registry import service_class
 
-        for name in SERVICES:  # import once here; forked children share these pages
-            service_class(name)
+        # import, instantiate and build each service's app once here: forked children share
+        # these pages (an app alone is ~8 MB private per process when built after the fork)
+        for name in SERVICES:
+            instance = service_class(name)(self.config)
+            _ = instance.app
+            self.instances[name] = instance
         if self.config.server.startswith("https"):
             from nodepilot.panda.api_v1 import tls_context
 
@@ -85,7 +88,7 @@ class Launcher:
         gc.freeze()
 
     def spawn(self, name: str) -> None:
-        proc = self.ctx.Process(target=_service_main, args=(name, self.config), name=f"nodepilot-{name}")
+        proc = self.ctx.Process(target=_service_main, args=(self.instances[name],), name=f"nodepilot-{name}")
         proc.start()
         self.procs[name] = proc
         log.debug("started %s (pid %s)", name, proc.pid)

@@ -36,6 +36,7 @@ class Service:
         self.stopping = asyncio.Event()
         self.stop_signal: int | None = None
         self.started = time.time()
+        self._app: FastAPI | None = None
 
     # --- what a service defines ----------------------------------------------------
     def main(self) -> Coroutine[Any, Any, int] | None:
@@ -58,6 +59,13 @@ class Service:
         self.stopping.set()
 
     # --- plumbing --------------------------------------------------------------------
+    @property
+    def app(self) -> FastAPI:
+        """Built once; the launcher builds it before forking so the children share its pages."""
+        if self._app is None:
+            self._app = self.build_app()
+        return self._app
+
     def build_app(self) -> FastAPI:
         app = FastAPI(title=f"nodepilot {self.name}", docs_url=None, redoc_url=None)
 
@@ -82,7 +90,7 @@ class Service:
         with contextlib.suppress(FileNotFoundError):
             sock.unlink()
         server = _QuietServer(
-            uvicorn.Config(self.build_app(), uds=str(sock), log_level="warning", lifespan="off",
+            uvicorn.Config(self.app, uds=str(sock), log_level="warning", lifespan="off",
                            timeout_graceful_shutdown=2)
         )
         loop = asyncio.get_running_loop()
@@ -152,9 +160,9 @@ def setup_logging(service: str, level: str | None = None) -> None:
 
 def run(service_cls: type[Service], config: PilotConfig) -> int:
     """Run one service to completion in this process; returns its exit code."""
-    setup_logging(service_cls.name)
+    return run_instance(service_cls(config))
 
-    async def _main() -> int:
-        return await service_cls(config).serve()
 
-    return asyncio.run(_main())
+def run_instance(instance: Service) -> int:
+    setup_logging(instance.name)
+    return asyncio.run(instance.serve())
