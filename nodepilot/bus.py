@@ -49,7 +49,11 @@ def service_state_key(service: str, job_id: int | str) -> str:
 
 
 def connect(url: str) -> aioredis.Redis:
-    return aioredis.Redis.from_url(url, decode_responses=True, health_check_interval=0)
+    # no read time-out: our reads block on streams by design (redis-py 8 defaults to 5 s,
+    # which would break every XREAD/XREADGROUP BLOCK longer than that); a dead server still
+    # shows up at once as a closed socket
+    return aioredis.Redis.from_url(url, decode_responses=True, health_check_interval=0,
+                                   socket_timeout=None, socket_connect_timeout=10)
 
 
 def encode(message: dict[str, Any]) -> dict[str, str]:

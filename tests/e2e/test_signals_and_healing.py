@@ -1,0 +1,88 @@
+"""The pilot under stress: a signal mid-payload, a service killed mid-job."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+
+import psutil
+
+from tests.e2e.conftest import NODEPILOT, add_jobs, final_update
+
+
+def start_pilot(site, server_url: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [*NODEPILOT, "start", "--queue", "LOCAL_TEST", "--server", server_url, "--workdir", str(site / "work"),
+         "--se-dir", str(site / "se")],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+
+
+def wait_for_file(path, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.05)
+
+
+def service_pids(pilot: subprocess.Popen) -> dict[str, int]:
+    """The launcher's service children, by the socket each one holds open."""
+    pids = {}
+    for child in psutil.Process(pilot.pid).children():
+        try:
+            for conn in child.net_connections(kind="unix"):
+                if conn.laddr.endswith(".sock") and "redis" not in conn.laddr:
+                    pids[conn.laddr.rsplit("/", 1)[-1].removesuffix(".sock")] = child.pid
+        except psutil.Error:
+            pass
+    return pids
+
+
+def test_sigterm_mid_payload_fails_job_with_1201_and_leaves_nothing(site, job_server):
+    add_jobs(site, {
+        "PandaID": 5001, "attemptNr": 1, "transformation": "bash",
+        "jobPars": "-c 'touch started; trap \"\" TERM; sleep 300 & setsid sleep 301 & wait'",
+        "outFiles": "out.txt,l5001.tgz", "logFile": "l5001.tgz", "scopeOut": "demo.output", "scopeLog": "demo.log",
+    })
+    pilot = start_pilot(site, job_server.url)
+    try:
+        wait_for_file(site / "work" / "PanDA_Pilot-5001" / "started")
+        pilot.send_signal(signal.SIGTERM)
+        output, _ = pilot.communicate(timeout=60)
+    finally:
+        if pilot.poll() is None:
+            pilot.kill()
+    assert pilot.returncode == 128 + signal.SIGTERM, output[-3000:]
+    update = final_update(job_server.jobs()[5001])
+    assert update["job_status"] == "failed" and update["pilot_error_code"] == 1201
+    assert "l5001.tgz" in json.loads(update.get("job_output_report") or "{}"), output[-4000:]  # log staged out
+    leftovers = [p for p in psutil.process_iter(["cmdline"]) if p.info["cmdline"]
+                 and p.info["cmdline"][:2] in (["sleep", "300"], ["sleep", "301"])]
+    assert not leftovers, leftovers
+
+
+def test_a_killed_stager_is_restarted_and_the_job_completes(site, job_server):
+    add_jobs(site, {
+        "PandaID": 5002, "attemptNr": 1, "transformation": "bash",
+        "jobPars": "-c 'touch started; while [ ! -e go ]; do sleep 0.05; done; echo data > out.txt'",
+        "outFiles": "out.txt,l5002.tgz", "logFile": "l5002.tgz", "scopeOut": "demo.output", "scopeLog": "demo.log",
+    })
+    pilot = start_pilot(site, job_server.url)
+    try:
+        workdir = site / "work" / "PanDA_Pilot-5002"
+        wait_for_file(workdir / "started")
+        stager = service_pids(pilot)["stager"]
+        psutil.Process(stager).kill()
+        psutil.Process(stager).wait(10)
+        (workdir / "go").touch()
+        output, _ = pilot.communicate(timeout=60)
+    finally:
+        if pilot.poll() is None:
+            pilot.kill()
+    assert pilot.returncode == 0, output[-3000:]
+    assert "stager died" in output and "restarting" in output
+    update = final_update(job_server.jobs()[5002])
+    assert update["job_status"] == "finished", update
+    assert set(json.loads(update["job_output_report"])) == {"out.txt", "l5002.tgz"}
