@@ -8,6 +8,7 @@ wakes for them at once. Only the first error of a job becomes its pilot error co
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -28,6 +29,8 @@ from services.monitor.updates import Outbox, file_report, jobmetrics, pilot_timi
 
 log = logging.getLogger(__name__)
 
+DEBUG_HEARTBEAT_S = 60.0
+STDOUT_TAIL_BYTES = 2048
 SIGNAL_CODES = {1: ErrorCode.SIGNAL_OTHER, 2: ErrorCode.SIGINT, 3: ErrorCode.SIGQUIT,
                 7: ErrorCode.SIGBUS, 10: ErrorCode.SIGUSR1, 11: ErrorCode.SIGSEGV,
                 15: ErrorCode.SIGTERM, 24: ErrorCode.SIGXCPU}
@@ -74,7 +77,8 @@ class JobRun:
         self.kill_reason: tuple[int, str] | None = None
         self.payload: dict[str, Any] = {}
         self.staged: list[dict[str, Any]] = []
-        self.mean_rss_kb = 0
+        self.debug = job.debug
+        self._heartbeat_changed = asyncio.Event()
 
     # --- events --------------------------------------------------------------------------
     async def wait_for(self, request_id: str, type_: str) -> dict[str, Any]:
@@ -93,10 +97,32 @@ class JobRun:
             signum = int(event.get("signum", 15))
             await self.interrupt(SIGNAL_CODES.get(signum, ErrorCode.SIGNAL_OTHER),
                                  f"pilot received signal {signum}")
-        elif kind == "server_command" and event.get("command") == "tobekilled":
-            await self.interrupt(ErrorCode.KILLED_BY_SERVER, "job killed by the server (tobekilled)")
+        elif kind == "server_command":
+            await self.on_command(str(event.get("command", "")).lower())
         elif kind == "payload_started":
             await self.mark_running(event)
+
+    async def on_command(self, command: str) -> None:
+        if command == "tobekilled":
+            await self.interrupt(ErrorCode.KILLED_BY_SERVER, "job killed by the server (tobekilled)")
+        elif command in ("debug", "debugoff"):
+            self.debug = command == "debug"
+            log.info("job %s: debug mode %s", self.job.panda_id, "on" if self.debug else "off")
+            self._heartbeat_changed.set()
+        else:
+            log.info("job %s: server command %r ignored for this kind of job", self.job.panda_id, command)
+
+    def heartbeat_period(self) -> float:
+        return min(DEBUG_HEARTBEAT_S, self.config.heartbeat_s) if self.debug else self.config.heartbeat_s
+
+    def stdout_tail(self, limit: int = STDOUT_TAIL_BYTES) -> str:
+        path = self.workdir / "payload.stdout"
+        try:
+            with path.open("rb") as fh:
+                fh.seek(max(0, path.stat().st_size - limit))
+                return fh.read(limit).decode(errors="replace")
+        except OSError:
+            return ""
 
     async def interrupt(self, code: int, diag: str) -> None:
         if self.kill_reason is None:
@@ -186,8 +212,14 @@ class JobRun:
 
     async def heartbeat(self) -> None:
         while True:
-            await asyncio.sleep(self.config.heartbeat_s)  # a timer, not a poll
-            await self.outbox.put(self.update_fields(final=False))
+            self._heartbeat_changed.clear()
+            with contextlib.suppress(TimeoutError):  # a timer, woken early when the period changes
+                await asyncio.wait_for(self._heartbeat_changed.wait(), self.heartbeat_period())
+                continue
+            fields = self.update_fields(final=False)
+            if self.debug:
+                fields["stdout"] = self.stdout_tail()
+            await self.outbox.put(fields)
 
     def _request_id(self, step: str) -> str:
         return f"{self.job.panda_id}:{self.job.attempt_nr}:{step}"

@@ -61,12 +61,18 @@ def done_file(lfn: str, guid: str = "g") -> dict:
 
 
 @pytest.fixture
-def monitor(pilot_config: PilotConfig, tmp_path: Path):
+def heartbeat_s() -> float:
+    return 1800.0
+
+
+@pytest.fixture
+def monitor(pilot_config: PilotConfig, tmp_path: Path, heartbeat_s: float):
     job_file = tmp_path / "job.json"
     job_file.write_text(json.dumps(JOB))
     pilot_config.job_file = str(job_file)
     pilot_config.updates_file = str(tmp_path / "updates.jsonl")
     pilot_config.max_jobs = 1
+    pilot_config.heartbeat_s = heartbeat_s
     pilot_config.save()
     proc = subprocess.Popen([sys.executable, "-m", "nodepilot", "service", "monitor",
                              "-c", str(pilot_config.config_path)])
@@ -147,3 +153,37 @@ def test_stagein_failure_skips_payload_but_stages_log(monitor, rds):
     final = updates(config)[-1]
     assert final["state"] == "failed" and final["pilotErrorCode"] == 1171
     assert not [r for r in n.requests if r.get("action") == "run"]
+
+
+@pytest.mark.parametrize("heartbeat_s", [0.2])
+def test_heartbeats_while_the_payload_runs(monitor, rds):
+    proc, config = monitor
+    n = Neighbours(rds)
+    stagein = n.next_request(bus.STAGER_REQUESTS)
+    n.answer(stagein, "stagein_done", ok=True, error_code=0, diag="", files=[done_file("in.dat")])
+    run = n.next_request(bus.RUNNER_REQUESTS)
+    n.answer(run, "payload_started", pid=1, start_time=time.time())
+    time.sleep(1.0)  # the payload "runs" for a second: heartbeats every 0.2 s
+    n.answer(run, "payload_finished", exit_code=0, signal=None, pilot_error_code=0, exe_error_code=0)
+    for kind in ("stageout", "stagelog"):
+        request = n.next_request(bus.STAGER_REQUESTS)
+        assert request["kind"] == kind
+        n.answer(request, f"{kind}_done", ok=True, error_code=0, diag="", files=[done_file("x")])
+    assert proc.wait(20) == 0
+    states = [u["state"] for u in updates(config)]
+    assert states[0] == "starting" and states[-1] == "finished"
+    assert states.count("running") >= 3, states
+    assert all(s == "running" for s in states[1:-1])
+
+
+def test_status_api_shows_the_current_job(monitor, rds):
+    from nodepilot.http import uds_client
+
+    proc, config = monitor
+    n = Neighbours(rds)
+    n.next_request(bus.STAGER_REQUESTS)  # stage-in requested: the job is current
+    wait_healthy(config.socket_path("monitor"), proc, 20)
+    with uds_client(config.socket_path("monitor")) as client:
+        status = client.get("/status").json()
+    assert status["service"] == "monitor" and status["current_job"] == 77
+    assert status["current_state"] == "starting"
