@@ -97,6 +97,8 @@ def start(
 @app.command()
 def run(
     job_file: Annotated[Path, typer.Argument(help="a job definition (JSON)", exists=True, dir_okay=False)],
+    ranges: Annotated[Path | None, typer.Option("--ranges", exists=True, dir_okay=False,
+                                                help="event ranges (JSON list) of an event-service job")] = None,
     queue: QueueOpt = "LOCAL_TEST",
     workdir: WorkDirOpt = Path("."),
     se_dir: SeDirOpt = Path("se"),
@@ -108,7 +110,8 @@ def run(
     work = workdir.resolve()
     config = PilotConfig(queue=queue, site=queue, work_dir=str(work), run_dir=_run_dir(workdir, run_dir),
                          redis_url=redis_url, se_dir=str(se_dir), queuedata_file=queuedata, max_jobs=1,
-                         job_file=str(job_file.resolve()), updates_file=str(work / "updates.jsonl"))
+                         job_file=str(job_file.resolve()), updates_file=str(work / "updates.jsonl"),
+                         ranges_file=str(ranges.resolve()) if ranges else "")
     raise typer.Exit(_launch(config))
 
 

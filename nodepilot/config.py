@@ -87,6 +87,7 @@ class PilotConfig:
     pilot_id_tag: str = "nodepilot"
     updates_file: str = ""  # standalone mode: updates go to this JSONL file, not a server
     job_file: str = ""  # standalone mode: the one job definition to run
+    ranges_file: str = ""  # standalone event-service job: its event ranges (JSON list)
     node: str = field(default_factory=socket.gethostname)
     queuedata: QueueData = field(default_factory=QueueData)
 

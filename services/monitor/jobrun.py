@@ -30,6 +30,7 @@ from services.monitor.updates import Outbox, file_report, jobmetrics, pilot_timi
 log = logging.getLogger(__name__)
 
 DEBUG_HEARTBEAT_S = 60.0
+ES_BATCH = 10
 STDOUT_TAIL_BYTES = 2048
 SIGNAL_CODES = {1: ErrorCode.SIGNAL_OTHER, 2: ErrorCode.SIGINT, 3: ErrorCode.SIGQUIT,
                 7: ErrorCode.SIGBUS, 10: ErrorCode.SIGUSR1, 11: ErrorCode.SIGSEGV,
@@ -78,6 +79,7 @@ class JobRun:
         self.payload: dict[str, Any] = {}
         self.staged: list[dict[str, Any]] = []
         self.debug = job.debug
+        self.es_socket = ""
         self._heartbeat_changed = asyncio.Event()
 
     # --- events --------------------------------------------------------------------------
@@ -109,6 +111,8 @@ class JobRun:
             self.debug = command == "debug"
             log.info("job %s: debug mode %s", self.job.panda_id, "on" if self.debug else "off")
             self._heartbeat_changed.set()
+        elif command == "softkill" and self.job.event_service:
+            await self.softkill()
         else:
             log.info("job %s: server command %r ignored for this kind of job", self.job.panda_id, command)
 
@@ -190,12 +194,13 @@ class JobRun:
         self.result.timings["setup"] = time.monotonic() - t0
         heartbeat = asyncio.create_task(self.heartbeat())
         try:
-            if self.job.event_service:
-                self.result.fail(ErrorCode.ES_FATAL, "event-service jobs are not supported by this pilot yet")
             if not self.result.pilot_error_code and self.job.inputs:
                 await self.stage_in()
             if not self.result.pilot_error_code:
-                await self.run_payload()
+                if self.job.event_service:
+                    await self.run_event_service()
+                else:
+                    await self.run_payload()
             t_out = time.monotonic()
             if not self.result.pilot_error_code and self.job.outputs:
                 await self.stage_out()
@@ -247,13 +252,54 @@ class JobRun:
             self.result.fail(event.get("error_code") or ErrorCode.STAGEIN_FAILED,
                              event.get("diag") or "stage-in failed")
 
-    async def run_payload(self) -> None:
+    async def run_event_service(self) -> None:
+        """The eventclient serves ranges to the payload and stages each output out as it comes."""
+        job = self.job
+        start_id = self._request_id("es-start")
+        await bus.publish(self.r, bus.EVENTCLIENT_REQUESTS, {
+            "action": "start", "job_id": job.panda_id, "request_id": start_id, "workdir": str(self.workdir),
+            "jobset_id": job.jobset_id or 0, "task_id": job.task_id, "batch": ES_BATCH,
+            "endpoints": self._endpoints("es_events"),
+            "scope_out": job.outputs[0].scope if job.outputs else (job.log.scope if job.log else ""),
+            "ranges_file": self.config.ranges_file or None,
+            "report_file": str(self.workdir.parent / f"ranges-{job.panda_id}.jsonl") if self.config.ranges_file
+            else None,
+        })
+        ready = await self.wait_for(start_id, "es_ready")
+        self.es_socket = ready.get("socket") or str(self.workdir / "events.sock")
+        await self.run_payload({"NODEPILOT_EVENTS_SOCKET": self.es_socket})
+        finish_id = self._request_id("es-finish")
+        await bus.publish(self.r, bus.EVENTCLIENT_REQUESTS, {
+            "action": "finish", "job_id": job.panda_id, "request_id": finish_id,
+            "reason": self.kill_reason[1] if self.kill_reason else "payload finished",
+        })
+        done = await self.wait_for(finish_id, "es_done")
+        self.payload["n_events"] = self.payload.get("n_events") or done.get("n_events")
+        self.result.files_out = int(done.get("finished") or 0)
+        log.info("job %s: event ranges: %s finished, %s failed", job.panda_id, done.get("finished"),
+                 done.get("failed"))
+        if done.get("error_code"):
+            self.result.fail(done["error_code"], done.get("diag") or "event service failed")
+
+    async def softkill(self) -> None:
+        """Event service: let the payload finish the ranges in hand, then stop."""
+        if not self.es_socket:
+            return
+        from nodepilot.http import async_uds_client
+
+        try:
+            async with async_uds_client(self.es_socket, timeout=5) as client:
+                await client.post("/softkill")
+        except Exception as exc:  # the payload API may be gone already
+            log.warning("job %s: softkill not delivered: %s", self.job.panda_id, exc)
+
+    async def run_payload(self, extra_env: dict[str, str] | None = None) -> None:
         t = time.monotonic()
         request_id = self._request_id("run")
         await bus.publish(self.r, bus.RUNNER_REQUESTS, {
             "action": "run", "job_id": self.job.panda_id, "request_id": request_id,
             "workdir": str(self.workdir), "command": self.job.transformation,
-            "args": self.job.job_pars, "env": self.payload_env(),
+            "args": self.job.job_pars, "env": {**self.payload_env(), **(extra_env or {})},
             "setup": self.config.queuedata.envsetup,
         })
         self.payload = await self.wait_for(request_id, "payload_finished")
