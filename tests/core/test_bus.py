@@ -19,6 +19,10 @@ async def _consume_until(url: str, stream: str, want: int, handler_delay: float 
     consumer = bus.Consumer(r, stream, "g", "c1", handler, block_ms=1000)
     task = asyncio.create_task(consumer.run())
     await asyncio.wait_for(done.wait(), 10)
+    for _ in range(200):  # handled counts an entry once it is acknowledged
+        if consumer.handled >= want:
+            break
+        await asyncio.sleep(0.01)
     task.cancel()
     await asyncio.wait([task], timeout=2)
     await consumer.aclose()
