@@ -9,6 +9,7 @@ Contract (one JSON object per stream entry, under the field ``data``):
 - ``job:<id>``           hash, written by the monitor only (state, definition, timings, errors)
 - ``pilot:jobs``         list of the job ids this pilot took, in order (monitor only)
 - ``pilot:outbox``       stream of server updates not yet delivered (monitor only)
+- ``runner:job:<id>:usage`` hash, the runner's latest sample of the payload tree (read by the watchdog)
 
 Work streams use consumer groups: at-least-once delivery, an entry is acknowledged only once
 its handler finished, and a restarted consumer first re-reads its own pending entries.
@@ -46,6 +47,22 @@ def job_events(job_id: int | str) -> str:
 def service_state_key(service: str, job_id: int | str) -> str:
     """Private bookkeeping of one service for one job (idempotency markers)."""
     return f"{service}:job:{job_id}"
+
+
+def runner_usage_key(job_id: int | str) -> str:
+    """Hash with the runner's latest sample of a job's payload tree (the watchdog reads it)."""
+    return f"{service_state_key('runner', job_id)}:usage"
+
+
+def job_id_of(value: Any) -> int | None:
+    """A message's job id if it is a positive integer (or its digits), else None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value if value > 0 else None
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value) or None
+    return None
 
 
 def connect(url: str) -> aioredis.Redis:

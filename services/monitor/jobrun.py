@@ -25,16 +25,28 @@ from nodepilot.errors import ErrorCode, clip_diag
 from nodepilot.job import Job
 from nodepilot.timeutil import panda_time
 from nodepilot.worker import batch_system, pilot_id
+from services.monitor.checks.base import CheckContext, Firing
 from services.monitor.updates import Outbox, file_report, jobmetrics, pilot_timing
+from services.monitor.watchdog import Watchdog
 
 log = logging.getLogger(__name__)
 
+# the runner's measurements of the payload tree -> update fields (kB, bytes, bytes/s)
+USAGE_FIELDS = {
+    "max_rss_kb": "maxRSS", "max_pss_kb": "maxPSS", "max_vmem_kb": "maxVMEM", "max_swap_kb": "maxSWAP",
+    "avg_rss_kb": "avgRSS", "avg_pss_kb": "avgPSS", "avg_vmem_kb": "avgVMEM", "avg_swap_kb": "avgSWAP",
+    "tot_rbytes": "totRBYTES", "tot_wbytes": "totWBYTES", "rate_rbytes": "rateRBYTES", "rate_wbytes": "rateWBYTES",
+}
 DEBUG_HEARTBEAT_S = 60.0
 ES_BATCH = 10
 STDOUT_TAIL_BYTES = 2048
 SIGNAL_CODES = {1: ErrorCode.SIGNAL_OTHER, 2: ErrorCode.SIGINT, 3: ErrorCode.SIGQUIT,
                 7: ErrorCode.SIGBUS, 10: ErrorCode.SIGUSR1, 11: ErrorCode.SIGSEGV,
                 15: ErrorCode.SIGTERM, 24: ErrorCode.SIGXCPU}
+
+
+def _number(value: Any) -> int | None:
+    return int(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
 @dataclass
@@ -80,6 +92,8 @@ class JobRun:
         self.staged: list[dict[str, Any]] = []
         self.debug = job.debug
         self.es_socket = ""
+        self.watchdog: Watchdog | None = None
+        self._watchdog_task: asyncio.Task[Firing] | None = None
         self._heartbeat_changed = asyncio.Event()
 
     # --- events --------------------------------------------------------------------------
@@ -159,8 +173,8 @@ class JobRun:
         if payload:
             fields.update(cpuConsumptionTime=round(payload.get("cpu_seconds") or 0),
                           cpuConsumptionUnit="s", cpuConversionFactor=1.0,
-                          maxRSS=payload.get("max_rss_kb") or None,
                           nEvents=payload.get("n_events") or None)
+            fields.update({name: _number(payload.get(key)) for key, name in USAGE_FIELDS.items()})
         if final:
             fields.update(
                 endTime=panda_time(res.end_time), pilotErrorCode=res.pilot_error_code,
@@ -181,6 +195,21 @@ class JobRun:
         self.result.start_time = self.result.start_time or event.get("start_time") or time.time()
         await self.set_state("running")
         await self.outbox.put(self.update_fields(final=False))
+        self.start_watchdog(float(event.get("start_time") or time.time()))
+
+    def start_watchdog(self, payload_started: float) -> None:
+        ctx = CheckContext(job=self.job, workdir=self.workdir, queuedata=self.config.queuedata,
+                           started=payload_started, redis=self.r)
+        self.watchdog = Watchdog(ctx, on_fire=self.on_watchdog_fire)
+        self._watchdog_task = asyncio.create_task(self.watchdog.run())
+
+    async def on_watchdog_fire(self, firing: Firing) -> None:
+        await self.interrupt(firing.code, firing.diag)
+
+    def stop_watchdog(self) -> None:
+        if self._watchdog_task is not None:
+            self._watchdog_task.cancel()
+            self._watchdog_task = None
 
     # --- the lifecycle -------------------------------------------------------------------------
     async def run(self) -> JobResult:
@@ -266,7 +295,11 @@ class JobRun:
             else None,
         })
         ready = await self.wait_for(start_id, "es_ready")
-        self.es_socket = ready.get("socket") or str(self.workdir / "events.sock")
+        if not ready.get("ok", True) or not ready.get("socket"):
+            self.result.fail(ready.get("error_code") or ErrorCode.ES_FATAL,
+                             ready.get("diag") or "the event service could not serve this job")
+            return
+        self.es_socket = ready["socket"]
         await self.run_payload({"NODEPILOT_EVENTS_SOCKET": self.es_socket})
         finish_id = self._request_id("es-finish")
         await bus.publish(self.r, bus.EVENTCLIENT_REQUESTS, {
@@ -302,7 +335,10 @@ class JobRun:
             "args": self.job.job_pars, "env": {**self.payload_env(), **(extra_env or {})},
             "setup": self.config.queuedata.envsetup,
         })
-        self.payload = await self.wait_for(request_id, "payload_finished")
+        try:
+            self.payload = await self.wait_for(request_id, "payload_finished")
+        finally:
+            self.stop_watchdog()
         self.payload_running = False
         self.result.timings["payload"] = time.monotonic() - t
         p = self.payload

@@ -33,6 +33,7 @@ class MonitorService(Service):
         return {
             "current_job": current.job.panda_id if current else None,
             "current_state": current.result.state if current else None,
+            "checks": current.watchdog.last_results if current and current.watchdog else {},
             "jobs": self.pilot.results,
             "updates_delivered": self.pilot.outbox.delivered,
         }

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import os
 import time
 import uuid
@@ -36,6 +37,14 @@ from services.runner.execute import (
     start,
 )
 from services.runner.report import Outcome, outcome
+from services.runner.sampler import (
+    DEFAULT_INTERVAL_S,
+    MAX_INTERVAL_S,
+    MIN_INTERVAL_S,
+    Sample,
+    UsageSampler,
+    summarize,
+)
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +66,7 @@ class RunRequest:
     workdir: Path
     script: str
     env: dict[str, str]
+    sample_interval: float = DEFAULT_INTERVAL_S
 
 
 class RunnerService(Service):
@@ -120,7 +130,7 @@ class RunnerService(Service):
 
     # --- one request ---------------------------------------------------------------------
     async def handle(self, entry_id: str, message: dict[str, Any]) -> None:
-        job_id, action = _job_id(message.get("job_id")), message.get("action")
+        job_id, action = bus.job_id_of(message.get("job_id")), message.get("action")
         request_id = message.get("request_id")
         request_id = request_id if isinstance(request_id, str) else ""
         if job_id is None:
@@ -169,6 +179,9 @@ class RunnerService(Service):
             return
         self.payloads[request_id] = payload
         log.info("job %s: payload started, pid %s", job_id, payload.pid)
+        sampler = UsageSampler(self.redis, job_id, payload.pid, request.workdir, request.sample_interval)
+        sampler.start()
+        ended: Ended | None = None
         try:
             await self._announce(payload)
             ended = await payload.wait()
@@ -177,6 +190,9 @@ class RunnerService(Service):
             raise
         finally:
             self.payloads.pop(request_id, None)
+            if ended is None:
+                sampler.cancel()
+        samples = await sampler.stop()
         result = await asyncio.to_thread(outcome, request.workdir, ended.exit_code, ended.signal)
         if result.pilot_error_code and payload.kill_reason:
             result.pilot_error_diag = clip_diag(f"{result.pilot_error_diag} ({payload.kill_reason})")
@@ -184,7 +200,7 @@ class RunnerService(Service):
                 result.pilot_error_code = ErrorCode.PILOT_EXCEPTION
         log.info("job %s: payload ended: exit %s, signal %s, pilot code %s", job_id, ended.exit_code,
                  ended.signal, result.pilot_error_code)
-        await self._finish(job_id, request_id, result, payload.start_time, ended)
+        await self._finish(job_id, request_id, result, payload.start_time, ended, samples)
 
     async def _announce(self, payload: Payload) -> None:
         """Record and announce the start; a Redis failure here must not orphan the payload."""
@@ -255,16 +271,17 @@ class RunnerService(Service):
             await pipe.execute()
 
     async def _finish(self, job_id: int, request_id: str, result: Outcome, start_time: float | None = None,
-                      ended: Ended | None = None) -> None:
+                      ended: Ended | None = None, samples: list[Sample] | None = None) -> None:
         """Emit payload_finished and mark the request finished in one transaction."""
         end_time = ended.end_time if ended else time.time()
+        wall_seconds = round(end_time - start_time, 3) if start_time else 0.0
+        usage = summarize(samples or [], ended.cpu_seconds if ended else 0.0, ended.max_rss_kb if ended else 0,
+                          wall_seconds)
         fields = {
             "request_id": request_id or None,
             "exit_code": ended.exit_code if ended else None, "signal": ended.signal if ended else None,
-            "start_time": start_time, "end_time": end_time,
-            "wall_seconds": round(end_time - start_time, 3) if start_time else 0.0,
-            "cpu_seconds": ended.cpu_seconds if ended else 0.0, "max_rss_kb": ended.max_rss_kb if ended else 0,
-            **result.to_dict(),
+            "start_time": start_time, "end_time": end_time, "wall_seconds": wall_seconds,
+            **usage.to_dict(), **result.to_dict(),
         }
         self.counts["failed" if result.pilot_error_code else "finished"] += 1
         key = bus.service_state_key(self.name, job_id)
@@ -278,14 +295,6 @@ class RunnerService(Service):
 
 
 # --- request parsing -------------------------------------------------------------------------
-def _job_id(value: Any) -> int | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value if value > 0 else None
-    if isinstance(value, str) and value.strip().isdigit():
-        return int(value) or None
-    return None
 
 
 def _grace(value: Any) -> float:
@@ -332,4 +341,13 @@ def parse_run(m: dict[str, Any]) -> RunRequest:
         if isinstance(value, bool) or not isinstance(value, str | int | float) or "\0" in str(value):
             raise BadRequest(f"env variable {name} has an invalid value {value!r:.100}")
         clean[name] = str(value)
-    return RunRequest(request_id, Path(workdir), script, clean)
+    return RunRequest(request_id, Path(workdir), script, clean, _interval(m.get("sample_interval")))
+
+
+def _interval(value: Any) -> float:
+    """The sampling period asked for (default 10 s), kept within [0.1 s, 1 h]."""
+    if value is None:
+        return DEFAULT_INTERVAL_S
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
+        raise BadRequest(f"sample_interval must be a positive number of seconds, got {value!r:.100}")
+    return min(max(float(value), MIN_INTERVAL_S), MAX_INTERVAL_S)

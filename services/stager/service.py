@@ -136,7 +136,7 @@ class StagerService(Service):
 
     # --- one request -------------------------------------------------------------------
     async def handle(self, entry_id: str, message: dict[str, Any]) -> None:
-        job_id, kind = _job_id(message.get("job_id")), message.get("kind")
+        job_id, kind = bus.job_id_of(message.get("job_id")), message.get("kind")
         if job_id is None or kind not in KINDS:
             why = "no valid job_id" if job_id is None else f"unknown kind {kind!r}"
             log.error("stager request %s dropped (%s): %.300r", entry_id, why, message)
@@ -291,14 +291,6 @@ def _summary(files: list[FileResult], started: float,
 
 
 # --- request parsing ---------------------------------------------------------------------
-def _job_id(value: Any) -> int | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value if value > 0 else None
-    if isinstance(value, str) and value.strip().isdigit():
-        return int(value) or None
-    return None
 
 
 def _lfns(m: dict[str, Any]) -> list[str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import time
@@ -41,9 +42,10 @@ def service_pids(pilot: subprocess.Popen) -> dict[str, int]:
 
 
 def test_sigterm_mid_payload_fails_job_with_1201_and_leaves_nothing(site, job_server):
+    mark = f"{300 + os.getpid() % 1000}.{time.monotonic_ns() % 10**6}"  # this run's payload only
     add_jobs(site, {
         "PandaID": 5001, "attemptNr": 1, "transformation": "bash",
-        "jobPars": "-c 'touch started; trap \"\" TERM; sleep 300 & setsid sleep 301 & wait'",
+        "jobPars": f"-c 'trap \"\" TERM; sleep {mark} & setsid sleep {mark} & touch started; wait'",
         "outFiles": "out.txt,l5001.tgz", "logFile": "l5001.tgz", "scopeOut": "demo.output", "scopeLog": "demo.log",
     })
     pilot = start_pilot(site, job_server.url)
@@ -58,9 +60,9 @@ def test_sigterm_mid_payload_fails_job_with_1201_and_leaves_nothing(site, job_se
     update = final_update(job_server.jobs()[5001])
     assert update["job_status"] == "failed" and update["pilot_error_code"] == 1201
     assert "l5001.tgz" in json.loads(update.get("job_output_report") or "{}"), output[-4000:]  # log staged out
-    leftovers = [p for p in psutil.process_iter(["cmdline"]) if p.info["cmdline"]
-                 and p.info["cmdline"][:2] in (["sleep", "300"], ["sleep", "301"])]
-    assert not leftovers, leftovers
+    leftovers = [p for p in psutil.process_iter(["cmdline", "status"])
+                 if p.info["cmdline"] == ["sleep", mark] and p.info["status"] != psutil.STATUS_ZOMBIE]
+    assert not leftovers, output[-6000:]
 
 
 def test_a_killed_stager_is_restarted_and_the_job_completes(site, job_server):

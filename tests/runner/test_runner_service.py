@@ -22,6 +22,8 @@ FINISHED_FIELDS = {
     "type", "service", "request_id", "exit_code", "signal", "start_time", "end_time", "wall_seconds",
     "cpu_seconds", "max_rss_kb", "pilot_error_code", "pilot_error_diag", "exe_error_code", "exe_error_diag",
     "n_events", "report_text", "output_guids",
+    "max_pss_kb", "max_vmem_kb", "max_swap_kb", "avg_rss_kb", "avg_pss_kb", "avg_vmem_kb", "avg_swap_kb",
+    "tot_rbytes", "tot_wbytes", "rate_rbytes", "rate_wbytes",
 }
 
 

@@ -1,0 +1,109 @@
+"""Where a job's event ranges come from and where their status goes (PANDA_PROTOCOL.md section 4).
+
+``ServerRangeSource`` asks the PanDA server through the pilot's ``ServerClient``;
+``FileRangeSource`` serves a standalone job from a JSON list of ranges and appends every report
+as one JSON line to a file (``{"time", "version", "eventRanges"}``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from nodepilot.config import PilotConfig
+
+log = logging.getLogger(__name__)
+
+
+class RangeSource(Protocol):
+    async def acquire(self, n: int) -> list[dict[str, Any]]:
+        """Up to ``n`` new ranges; [] when the source has no more."""
+
+    async def report(self, ranges: list[dict[str, Any]], version: int) -> None:
+        """Deliver one status update (version 1: zipFile records, 0: single ranges); raise on failure."""
+
+    async def aclose(self) -> None: ...
+
+
+class EventRangeClient(Protocol):
+    """The two event-range calls of ``nodepilot.panda.client.ServerClient``."""
+
+    async def acquire_event_ranges(self, job_id: int, jobset_id: int, task_id: int | None,
+                                   n_ranges: int) -> list[dict[str, Any]]: ...
+
+    async def update_event_ranges(self, ranges: list[dict[str, Any]], version: int = 1) -> dict[str, Any]: ...
+
+    async def aclose(self) -> None: ...
+
+
+class ServerRangeSource:
+    def __init__(self, client: EventRangeClient, job_id: int, jobset_id: int, task_id: int | None) -> None:
+        self.client, self.job_id, self.jobset_id, self.task_id = client, job_id, jobset_id, task_id
+
+    async def acquire(self, n: int) -> list[dict[str, Any]]:
+        return list(await self.client.acquire_event_ranges(self.job_id, self.jobset_id, self.task_id, n) or [])
+
+    async def report(self, ranges: list[dict[str, Any]], version: int) -> None:
+        reply = await self.client.update_event_ranges(ranges, version=version)
+        returns = reply.get("Returns") if isinstance(reply, dict) else None
+        if isinstance(returns, list) and not all(returns):
+            # refused per range (unknown or closed already): sending it again would not help
+            log.warning("job %s: the server did not accept every range of a version %d update: %.300r",
+                        self.job_id, version, returns)
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+
+class FileRangeSource:
+    """Standalone mode: the ranges of a JSON list file (or ``{"eventRanges": [...]}``), in order."""
+
+    def __init__(self, ranges_file: str | Path, report_file: str | Path) -> None:
+        self.ranges_file, self.report_file = Path(ranges_file), Path(report_file)
+        self._ranges: list[dict[str, Any]] | None = None
+        self._next = 0
+
+    async def acquire(self, n: int) -> list[dict[str, Any]]:
+        if self._ranges is None:
+            self._ranges = await asyncio.to_thread(self._load)
+        batch = self._ranges[self._next:self._next + max(0, n)]
+        self._next += len(batch)
+        return batch
+
+    def _load(self) -> list[dict[str, Any]]:
+        data = json.loads(self.ranges_file.read_text())
+        if isinstance(data, dict):
+            data = data.get("eventRanges", [])
+        if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
+            raise ValueError(f"{self.ranges_file}: expected a JSON list of event ranges")
+        return data
+
+    async def report(self, ranges: list[dict[str, Any]], version: int) -> None:
+        line = json.dumps({"time": time.time(), "version": version, "eventRanges": ranges}) + "\n"
+        await asyncio.to_thread(self._append, line)
+
+    def _append(self, line: str) -> None:
+        self.report_file.parent.mkdir(parents=True, exist_ok=True)
+        with self.report_file.open("a") as fh:
+            fh.write(line)
+
+    async def aclose(self) -> None:
+        return None
+
+
+def make_source(config: PilotConfig, job_id: int, jobset_id: int, task_id: int | None,
+                ranges_file: str | None, report_file: str | None, workdir: Path) -> RangeSource:
+    """A file source when the request names a ranges file, else the PanDA server of the config."""
+    if ranges_file:
+        return FileRangeSource(ranges_file, report_file or workdir.parent / f"ranges-{job_id}.jsonl")
+    from nodepilot.panda.client import make_client  # lazily: the server dialects are heavy
+
+    client: Any = make_client(config)
+    if not hasattr(client, "acquire_event_ranges") or not hasattr(client, "update_event_ranges"):
+        raise ValueError(f"{type(client).__name__} cannot serve event ranges (and no ranges file was given)")
+    return ServerRangeSource(client, job_id, jobset_id, task_id)

@@ -1,0 +1,27 @@
+"""CPU time of the payload's process tree above the job's maxCpuCount.
+
+Error code: 1213 (``ErrorCode.WALL_TIME``, the reference pilot's REACHEDMAXTIME, "reached the time
+limit"), the same as the wall-time check; the diag says it was the CPU time. Not 1204: that code
+means the pilot received SIGXCPU from the batch system, which is not what happened here."""
+
+from __future__ import annotations
+
+from nodepilot.errors import ErrorCode
+from services.monitor.checks.base import Check, CheckContext, Firing, fmt_seconds, number
+
+
+class CputimeCheck(Check):
+    name = "cputime"
+    code = ErrorCode.WALL_TIME
+    period_s = 60.0
+
+    def __init__(self, limit_s: float | None, period_s: float | None = None) -> None:
+        super().__init__(period_s)
+        self.limit_s = limit_s
+
+    async def check(self, ctx: CheckContext) -> Firing | None:
+        if self.limit_s is None:
+            return self.compare("CPU time", None, None)
+        cpu = number((await ctx.usage()).get("cpu_s"))
+        return self.compare("CPU time of the payload's processes", cpu, self.limit_s, fmt=fmt_seconds,
+                            note=" (maxCpuCount)")

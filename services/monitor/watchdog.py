@@ -1,0 +1,103 @@
+"""The watchdog: runs the checks of services/monitor/checks each on its own period while a payload runs.
+
+It ends at the first firing that asks for a kill, and then calls ``on_fire`` once with it; the
+caller kills the payload and fails the job with the firing's code. A firing without ``kill`` is
+only logged and shown in ``last_results``. A check that raises is logged and tried again at its
+next period; the others go on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from nodepilot.config import QueueData
+from nodepilot.job import Job
+from services.monitor.checks import memory, workdir_size
+from services.monitor.checks.base import Check, CheckContext, Firing
+from services.monitor.checks.cputime import CputimeCheck
+from services.monitor.checks.disk import DiskSpaceCheck
+from services.monitor.checks.looping import LoopingCheck
+from services.monitor.checks.memory import MemoryCheck
+from services.monitor.checks.output_size import OutputSizeCheck
+from services.monitor.checks.stdout_size import StdoutSizeCheck
+from services.monitor.checks.walltime import WalltimeCheck
+from services.monitor.checks.workdir_size import WorkdirSizeCheck
+
+log = logging.getLogger(__name__)
+
+OnFire = Callable[[Firing], Awaitable[None]]
+
+
+def _positive(value: int | None) -> float | None:
+    return float(value) if value and value > 0 else None
+
+
+def default_checks(job: Job, queuedata: QueueData) -> list[Check]:
+    """Every check, with the limits of PANDA_PROTOCOL.md section 6 and those of the job and queue."""
+    return [
+        LoopingCheck(),
+        DiskSpaceCheck(),
+        WorkdirSizeCheck(workdir_size.limit_bytes(job, queuedata)),
+        StdoutSizeCheck(),
+        OutputSizeCheck(),
+        MemoryCheck(memory.limit_kb(job, queuedata)),
+        WalltimeCheck(_positive(job.max_walltime)),
+        CputimeCheck(_positive(job.max_cpu_count)),
+    ]
+
+
+class Watchdog:
+    def __init__(self, ctx: CheckContext, checks: Sequence[Check] | None = None, *, on_fire: OnFire) -> None:
+        self.ctx = ctx
+        self.checks = list(checks) if checks is not None else default_checks(ctx.job, ctx.queuedata)
+        self.on_fire = on_fire
+        self.last_results: dict[str, dict[str, Any]] = {}  # check name -> {ok, value, time[, diag, code, error]}
+        self.fired: Firing | None = None
+
+    async def run(self) -> Firing:
+        """Until the first killing firing (returned, after ``on_fire``); cancel it to stop watching."""
+        killing: asyncio.Future[Firing] = asyncio.get_running_loop().create_future()
+        tasks = [asyncio.create_task(self._watch(check, killing), name=f"watchdog:{check.name}")
+                 for check in self.checks]
+        try:
+            firing = await killing
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        self.fired = firing
+        log.warning("job %s: watchdog check fired: %s: %s", self.ctx.job.panda_id, firing.code, firing.diag)
+        try:
+            await self.on_fire(firing)
+        except Exception:
+            log.exception("job %s: the watchdog's on_fire failed", self.ctx.job.panda_id)
+        return firing
+
+    async def _watch(self, check: Check, killing: asyncio.Future[Firing]) -> None:
+        while not killing.done():
+            firing = await self._run_check(check)
+            if firing is not None and firing.kill:
+                if not killing.done():
+                    killing.set_result(firing)
+                return
+            await asyncio.sleep(check.period_s)  # the check's period: a timer, not a poll
+
+    async def _run_check(self, check: Check) -> Firing | None:
+        started = self.ctx.now()
+        try:
+            firing = await check.check(self.ctx)
+        except Exception as exc:
+            log.exception("job %s: watchdog check %s failed", self.ctx.job.panda_id, check.name)
+            self.last_results[check.name] = {"ok": False, "value": None, "time": started, "error": repr(exc)}
+            return None
+        result: dict[str, Any] = {"ok": firing is None, "value": getattr(check, "value", None), "time": started}
+        if firing is not None:
+            result.update(diag=firing.diag, code=firing.code)
+            if not firing.kill:
+                log.warning("job %s: watchdog check %s: %s", self.ctx.job.panda_id, check.name, firing.diag)
+        self.last_results[check.name] = result
+        log.debug("job %s: watchdog check %s: %s", self.ctx.job.panda_id, check.name, result)
+        return firing
