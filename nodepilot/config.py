@@ -41,6 +41,9 @@ class QueueData:
     # per activity (read_lan, write_lan, pl, es_events): ordered endpoints, primary first
     endpoints: dict[str, list[Endpoint]] = field(default_factory=dict)
     copytools: dict[str, list[str]] = field(default_factory=dict)
+    # watchdog overrides (docs/operations.md): period_s, sample_interval_s, looping_limit_s,
+    # disk_min_free_mb, stdout_limit_mb, output_limit_mb, memory_limit_mb
+    watchdog: dict[str, float] = field(default_factory=dict)
 
     @classmethod
     def default(cls, name: str, se_dir: Path) -> QueueData:

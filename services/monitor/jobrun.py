@@ -334,6 +334,8 @@ class JobRun:
             "workdir": str(self.workdir), "command": self.job.transformation,
             "args": self.job.job_pars, "env": {**self.payload_env(), **(extra_env or {})},
             "setup": self.config.queuedata.envsetup,
+            **({"sample_interval": interval} if (interval := self.config.queuedata.watchdog.get("sample_interval_s"))
+               else {}),
         })
         try:
             self.payload = await self.wait_for(request_id, "payload_finished")

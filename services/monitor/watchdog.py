@@ -18,10 +18,13 @@ from nodepilot.job import Job
 from services.monitor.checks import memory, workdir_size
 from services.monitor.checks.base import Check, CheckContext, Firing
 from services.monitor.checks.cputime import CputimeCheck
-from services.monitor.checks.disk import DiskSpaceCheck
+from services.monitor.checks.disk import DEFAULT_MIN_FREE_BYTES, DiskSpaceCheck
+from services.monitor.checks.looping import DEFAULT_LIMIT_S as DEFAULT_LOOPING_S
 from services.monitor.checks.looping import LoopingCheck
 from services.monitor.checks.memory import MemoryCheck
+from services.monitor.checks.output_size import DEFAULT_LIMIT_BYTES as DEFAULT_OUTPUT_BYTES
 from services.monitor.checks.output_size import OutputSizeCheck
+from services.monitor.checks.stdout_size import DEFAULT_LIMIT_BYTES as DEFAULT_STDOUT_BYTES
 from services.monitor.checks.stdout_size import StdoutSizeCheck
 from services.monitor.checks.walltime import WalltimeCheck
 from services.monitor.checks.workdir_size import WorkdirSizeCheck
@@ -36,17 +39,29 @@ def _positive(value: int | None) -> float | None:
 
 
 def default_checks(job: Job, queuedata: QueueData) -> list[Check]:
-    """Every check, with the limits of PANDA_PROTOCOL.md section 6 and those of the job and queue."""
-    return [
-        LoopingCheck(),
-        DiskSpaceCheck(),
+    """Every check, with the limits of PANDA_PROTOCOL.md section 6 and those of the job and queue;
+    the queue data's ``watchdog`` section may override a limit and the period of every check."""
+    w = queuedata.watchdog
+    period = w.get("period_s")
+    mb = 1 << 20
+
+    def given(key: str, default: Any, scale: float = 1) -> Any:
+        return type(default)(w[key] * scale) if key in w else default
+
+    checks: list[Check] = [
+        LoopingCheck(given("looping_limit_s", DEFAULT_LOOPING_S)),
+        DiskSpaceCheck(given("disk_min_free_mb", DEFAULT_MIN_FREE_BYTES, mb)),
         WorkdirSizeCheck(workdir_size.limit_bytes(job, queuedata)),
-        StdoutSizeCheck(),
-        OutputSizeCheck(),
-        MemoryCheck(memory.limit_kb(job, queuedata)),
+        StdoutSizeCheck(given("stdout_limit_mb", DEFAULT_STDOUT_BYTES, mb)),
+        OutputSizeCheck(given("output_limit_mb", DEFAULT_OUTPUT_BYTES, mb)),
+        MemoryCheck(int(w["memory_limit_mb"] * 1024) if "memory_limit_mb" in w else memory.limit_kb(job, queuedata)),
         WalltimeCheck(_positive(job.max_walltime)),
         CputimeCheck(_positive(job.max_cpu_count)),
     ]
+    if period:
+        for check in checks:
+            check.period_s = float(period)
+    return checks
 
 
 class Watchdog:
