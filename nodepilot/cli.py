@@ -122,11 +122,17 @@ def serve(
     port: Annotated[int, typer.Option("--port", help="0: pick a free port")] = 0,
     db: Annotated[Path | None, typer.Option("--db", help="SQLite file of received updates")] = None,
     port_file: Annotated[Path | None, typer.Option("--port-file", help="write the port here")] = None,
+    tls: Annotated[bool, typer.Option("--tls", help="HTTPS; clients need a certificate or a token")] = False,
+    cert: Annotated[Path | None, typer.Option("--cert", help="server certificate (PEM)")] = None,
+    key: Annotated[Path | None, typer.Option("--key", help="server key (PEM)")] = None,
+    ca: Annotated[Path | None, typer.Option("--ca", help="CA of accepted client certificates")] = None,
+    tokens: Annotated[Path | None, typer.Option("--tokens", help="file of accepted bearer tokens")] = None,
 ) -> None:
-    """A local job server speaking the PanDA pilot protocol, for tests, demos and small sites."""
+    """A local job server speaking the PanDA pilot protocol (both dialects), for tests, demos and small sites."""
     from nodepilot.panda.server import run_server
 
-    run_server(jobs, host=host, port=port, db_path=db, port_file=port_file)
+    run_server(jobs, host=host, port=port, db_path=db, port_file=port_file, tls=tls, cert=cert, key=key, ca=ca,
+               tokens=tokens)
 
 
 @app.command()

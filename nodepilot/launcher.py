@@ -43,8 +43,8 @@ def _service_main(instance: Service) -> None:
     os.setpgid(0, 0)
     with contextlib.suppress(OSError, AttributeError):  # die with the launcher (Linux)
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    for signum in FORWARDED:
-        signal.signal(signum, signal.SIG_DFL)
+    for signum in FORWARDED:  # kept until the service's own handlers are in place, then replayed
+        signal.signal(signum, lambda signum, _frame: instance.early_signals.append(signum))
     sys.exit(run_instance(instance))
 
 
@@ -103,7 +103,10 @@ class Launcher:
                     if name == "monitor":  # the pilot may be done already (no job)
                         pending.discard(name)
                         continue
-                    raise RuntimeError(f"{name} exited with {proc.exitcode} during start-up")
+                    proc.join()
+                    if not self._restart(name, proc.exitcode):
+                        raise RuntimeError(f"{name} keeps dying during start-up (exit {proc.exitcode})")
+                    continue
                 sock = self.config.socket_path(name)
                 if sock.exists():
                     with contextlib.suppress(Exception), uds_client(sock, timeout=2) as client:
@@ -118,11 +121,14 @@ class Launcher:
     def _on_signal(self, signum: int, _frame: Any) -> None:
         os.write(self._wake_w, bytes([signum]))
 
-    def supervise(self) -> int:
-        """Block until the monitor ends; restart others that die; forward signals."""
+    def catch_signals(self) -> None:
+        """From the very start: a signal is kept in the wake pipe until ``supervise`` forwards it."""
         os.set_blocking(self._wake_w, False)
         for signum in FORWARDED:
             signal.signal(signum, self._on_signal)
+
+    def supervise(self) -> int:
+        """Block until the monitor ends; restart others that die; forward signals."""
         while True:
             monitor = self.procs["monitor"]
             handles: list[Any] = [p.sentinel for p in self.procs.values()] + [self._wake_r]
@@ -188,6 +194,7 @@ class Launcher:
                 self.config.socket_path(name).unlink()
 
     def run(self) -> int:
+        self.catch_signals()
         try:
             self.prepare()
         except (RedisStartError, OSError) as exc:

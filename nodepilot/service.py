@@ -37,6 +37,7 @@ class Service:
         self.stop_signal: int | None = None
         self.started = time.time()
         self._app: FastAPI | None = None
+        self.early_signals: list[int] = []  # arrived before the event loop's handlers were set
 
     # --- what a service defines ----------------------------------------------------
     def main(self) -> Coroutine[Any, Any, int] | None:
@@ -97,6 +98,8 @@ class Service:
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGUSR1,
                        signal.SIGXCPU, signal.SIGBUS):
             loop.add_signal_handler(signum, self.on_signal, signum)
+        for signum in self.early_signals:
+            self.on_signal(signum)
 
         background = [asyncio.create_task(w) for w in self.workers()]
         http = asyncio.create_task(server.serve())

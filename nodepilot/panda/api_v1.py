@@ -1,33 +1,36 @@
-"""The new PanDA API (``<server>/api/v1/pilot/...``, PANDA_PROTOCOL.md sections 1-3).
+"""The new PanDA API (``<server>/api/v1/pilot/...`` and ``.../event/...``, PANDA_PROTOCOL.md
+sections 1-4).
 
 The server checks every parameter against its handler's signature and rejects the whole call
 for an unknown name or a JSON value of the wrong type, so each field is converted to the type
-the handler declares and anything it does not declare is left out.
+the handler declares and anything it does not declare is left out. Transport, retries and
+credentials are ``nodepilot.panda.http``'s; ``tls_context`` is re-exported for the launcher.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import functools
 import json
 import logging
-import os
-import random
 import re
-import ssl
 from collections import deque
 from collections.abc import Callable
 from typing import Any
 
 import httpx
 
+from nodepilot.panda.auth import tls_context
 from nodepilot.panda.client import ServerClient, ServerError, UpdateReply, normalize_command
+from nodepilot.panda.events import encode_updates, ranges_from_reply, update_reply
+from nodepilot.panda.http import HttpStatusError, PandaHttp, parse_json_object, parse_python_literal, snippet
 
 log = logging.getLogger(__name__)
 
-MAX_REPLY_BYTES = 50 * 1024 * 1024
-MAX_BACKOFF_S = 60.0
+__all__ = ["ACQUIRE_FIELDS", "UPDATE_FIELDS", "ApiV1Client", "as_float", "as_int", "as_text", "tls_context",
+           "translate"]
+
+JSON = "application/json"
+JSON_REQUEST = {"Accept": JSON, "Content-Type": JSON}
 NO_JOBS_MESSAGE = "No jobs in PanDA"
 SC_NO_JOBS = 20
 _NULLS = ("", "NULL", "None", "null")
@@ -125,6 +128,9 @@ def _with_v1_names(table: dict[str, tuple[str, Converter]]) -> dict[str, tuple[s
 
 UPDATE_MAP = _with_v1_names(UPDATE_FIELDS)
 ACQUIRE_MAP = _with_v1_names(ACQUIRE_FIELDS)
+# the v1 names of event/acquire_event_ranges (callers of acquire_event_ranges use them already)
+EVENT_ACQUIRE_MAP: dict[str, tuple[str, Converter]] = {
+    name: (name, as_int) for name in ("job_id", "jobset_id", "task_id", "n_ranges")}
 
 
 def translate(fields: dict[str, Any], table: dict[str, tuple[str, Converter]],
@@ -150,11 +156,6 @@ def translate(fields: dict[str, Any], table: dict[str, tuple[str, Converter]],
     return out
 
 
-def _snippet(content: bytes, limit: int = 200) -> str:
-    text = content[:limit].decode("utf-8", errors="replace")
-    return " ".join(text.split()) + ("..." if len(content) > limit else "")
-
-
 def _status_code(method: str, data: dict[str, Any]) -> int:
     try:
         return int(data.get("StatusCode", 0))
@@ -163,42 +164,29 @@ def _status_code(method: str, data: dict[str, Any]) -> int:
                           retryable=True) from None
 
 
-@functools.cache
-def tls_context() -> ssl.SSLContext:
-    """The server-verifying TLS context: built once (loading CAs takes ~80 ms), before the
-    launcher forks, so no service pays for it on a job's critical path. Plain http needs none."""
-    cafile = os.environ.get("X509_CERT_FILE")
-    capath = os.environ.get("X509_CERT_DIR")
-    if cafile or capath:
-        return ssl.create_default_context(cafile=cafile, capath=capath)
-    return httpx.create_ssl_context()
-
-
 class ApiV1Client(ServerClient):
     def __init__(self, base_url: str, timeout: float = 120, retries: int = 3,
-                 transport: httpx.AsyncBaseTransport | None = None, backoff_s: float = 1.0) -> None:
-        base = base_url.rstrip("/")
-        self.base_url = base.removesuffix("/api/v1")
-        self.timeout, self.retries, self.backoff_s = timeout, retries, backoff_s
-        self._http = httpx.AsyncClient(timeout=timeout, transport=transport, follow_redirects=False,
-                                       verify=tls_context() if base_url.startswith("https") else False)
+                 transport: httpx.AsyncBaseTransport | None = None, backoff_s: float = 1.0,
+                 ca_file: str | None = None) -> None:
+        self.base_url = base_url.rstrip("/").removesuffix("/api/v1")
+        self._http = PandaHttp(self.base_url, timeout, retries, transport, backoff_s, ca_file)
         self._spare_jobs: deque[dict[str, Any]] = deque()
+        self._events_in_text = False  # set once the server showed the 1.0.4 bug
 
     async def aclose(self) -> None:
         await self._http.aclose()
 
-    # --- calls ----------------------------------------------------------------------------
+    # --- jobs -----------------------------------------------------------------------------
     async def acquire_job(self, params: dict[str, Any]) -> dict[str, Any] | None:
         if self._spare_jobs:
             return self._spare_jobs.popleft()
         body = translate({"n_jobs": 1, **params}, ACQUIRE_MAP, required=("site_name",))
-        reply = await self._call("acquire_jobs", body)
+        reply = await self._call("pilot/acquire_jobs", body)
         if not reply["success"]:
             message = str(reply.get("message") or "")
             if message.strip().lower() == NO_JOBS_MESSAGE.lower():
                 return None
-            raise ServerError(f"acquire_jobs refused: {message}",
-                              retryable=message.lower().startswith("timed out"))
+            raise ServerError(f"acquire_jobs refused: {message}", retryable=_retryable(message))
         data = reply.get("data")
         if not isinstance(data, dict):
             raise ServerError(f"acquire_jobs: reply data is {type(data).__name__}, not an object", retryable=True)
@@ -216,7 +204,7 @@ class ApiV1Client(ServerClient):
     async def update_job(self, fields: dict[str, Any]) -> UpdateReply:
         body = translate(fields, UPDATE_MAP, required=("job_id", "job_status"))
         what = f"update_job of job {body['job_id']} ({body['job_status']})"
-        reply = await self._call("update_job", body)
+        reply = await self._call("pilot/update_job", body)
         data = reply.get("data")
         if not reply["success"]:
             raise ServerError(f"{what} refused: {reply.get('message')}")
@@ -228,60 +216,69 @@ class ApiV1Client(ServerClient):
             raise ServerError(f"{what}: StatusCode {code} {diag}".rstrip(), retryable=True)
         return UpdateReply(command=normalize_command(data.get("command")), status_code=code, raw=reply)
 
-    # --- transport ------------------------------------------------------------------------
-    async def _call(self, method: str, body: dict[str, Any]) -> dict[str, Any]:
-        """POST with bounded retries on connection trouble, time-outs, 5xx and 429; decode the reply."""
-        url = f"{self.base_url}/api/v1/pilot/{method}"
-        payload = json.dumps(body).encode()
-        headers = {"Accept": "application/json", "Content-Type": "application/json"}
-        for attempt in range(self.retries + 1):
-            retry_after = 0.0
-            try:
-                async with asyncio.timeout(self.timeout):
-                    status, content, retry_header = await self._post(url, payload, headers)
-            except (httpx.TransportError, TimeoutError) as exc:
-                if isinstance(exc, httpx.UnsupportedProtocol):
-                    raise ServerError(f"{method}: {exc}") from exc
-                error = ServerError(f"{method}: {type(exc).__name__}: {str(exc) or 'timed out'}", retryable=True)
-            except httpx.HTTPError as exc:  # undecodable content, too many redirects
-                raise ServerError(f"{method}: {type(exc).__name__}: {exc}", retryable=True) from exc
-            else:
-                if 200 <= status < 300:
-                    return self._decode(method, content)
-                error = ServerError(f"{method}: HTTP {status}: {_snippet(content)}",
-                                    retryable=status >= 500 or status == 429)
-                if not error.retryable:
-                    raise error
-                retry_after = float(retry_header) if retry_header.isdigit() else 0.0
-            if attempt == self.retries:
-                raise error
-            delay = min(MAX_BACKOFF_S, max(self.backoff_s * 2**attempt * (0.5 + random.random()), retry_after))
-            log.warning("%s (attempt %d of %d); retrying in %.1f s", error, attempt + 1, self.retries + 1, delay)
-            await asyncio.sleep(delay)
-        raise AssertionError("unreachable")
+    # --- event ranges ---------------------------------------------------------------------
+    async def acquire_event_ranges(self, job_id: int, jobset_id: int, task_id: int | None,
+                                   n_ranges: int) -> list[dict[str, Any]]:
+        body = translate({"job_id": job_id, "jobset_id": jobset_id, "task_id": task_id, "n_ranges": n_ranges},
+                         EVENT_ACQUIRE_MAP, required=("job_id", "jobset_id"))
+        reply = await self._call("event/acquire_event_ranges", body)
+        if not reply["success"]:
+            message = str(reply.get("message") or "")
+            raise ServerError(f"acquire_event_ranges of job {job_id} refused: {message}",
+                              retryable=_retryable(message))
+        return ranges_from_reply("acquire_event_ranges", reply.get("data"))
 
-    async def _post(self, url: str, payload: bytes, headers: dict[str, str]) -> tuple[int, bytes, str]:
-        async with self._http.stream("POST", url, content=payload, headers=headers) as resp:
-            length = resp.headers.get("content-length", "")
-            if length.isdigit() and int(length) > MAX_REPLY_BYTES:
-                raise ServerError(f"reply of {length} bytes is larger than {MAX_REPLY_BYTES} bytes")
-            chunks, size = [], 0
-            async for chunk in resp.aiter_bytes():
-                size += len(chunk)
-                if size > MAX_REPLY_BYTES:
-                    raise ServerError(f"reply larger than {MAX_REPLY_BYTES} bytes")
-                chunks.append(chunk)
-            return resp.status_code, b"".join(chunks), resp.headers.get("retry-after", "").strip()
+    async def update_event_ranges(self, ranges: list[dict[str, Any]], version: int = 1) -> dict[str, Any]:
+        what = "update_event_ranges"
+        body = json.dumps({"event_ranges": encode_updates(ranges), "version": as_int(version)}).encode()
+        url = f"{self.base_url}/api/v1/event/update_event_ranges"
+        if not self._events_in_text:
+            try:
+                reply = _decode(what, (await self._http.post(url, body, JSON_REQUEST, what, retry_500=False)).content)
+                return self._event_update_result(what, reply)
+            except HttpStatusError as exc:
+                if exc.status != 500:
+                    raise
+                log.warning("%s: HTTP 500 when asking for JSON (the panda-server 1.0.4 bug); "
+                            "asking without Accept: application/json", what)
+        text = (await self._http.post(url, body, {"Content-Type": JSON}, what)).content
+        reply = _decode_text(what, text)
+        self._events_in_text = True
+        return self._event_update_result(what, reply)
 
     @staticmethod
-    def _decode(method: str, content: bytes) -> dict[str, Any]:
-        # the real server labels its JSON text/plain: the content type proves nothing either way
-        try:
-            reply = json.loads(content)
-        except ValueError:
-            raise ServerError(f"{method}: reply is not JSON (without Accept: application/json the server "
-                              f"answers in text): {_snippet(content)!r}", retryable=True) from None
-        if not isinstance(reply, dict) or not isinstance(reply.get("success"), bool):
-            raise ServerError(f"{method}: reply is not {{success, message, data}}: {_snippet(content)!r}",
-                              retryable=True)
-        return reply
+    def _event_update_result(what: str, reply: dict[str, Any]) -> dict[str, Any]:
+        if not reply["success"]:
+            message = str(reply.get("message") or "")
+            raise ServerError(f"{what} refused: {message}", retryable=_retryable(message))
+        return update_reply(what, reply.get("data"))
+
+    # --- transport ------------------------------------------------------------------------
+    async def _call(self, method: str, body: dict[str, Any]) -> dict[str, Any]:
+        what = method.rpartition("/")[2]
+        reply = await self._http.post(f"{self.base_url}/api/v1/{method}", json.dumps(body).encode(),
+                                      JSON_REQUEST, what)
+        return _decode(what, reply.content)
+
+
+def _retryable(message: str) -> bool:
+    """Refusals worth retrying: the server timed out or its database failed."""
+    return message.strip().lower().startswith(("timed out", "timeout", "database error"))
+
+
+def _checked(what: str, reply: Any, content: bytes) -> dict[str, Any]:
+    if not isinstance(reply, dict) or not isinstance(reply.get("success"), bool):
+        raise ServerError(f"{what}: reply is not {{success, message, data}}: {snippet(content)!r}", retryable=True)
+    return reply
+
+
+def _decode(what: str, content: bytes) -> dict[str, Any]:
+    return _checked(what, parse_json_object(what, content), content)
+
+
+def _decode_text(what: str, content: bytes) -> dict[str, Any]:
+    """A reply to a request without Accept: application/json: JSON, or Python's str() of it."""
+    try:
+        return _decode(what, content)
+    except ServerError:
+        return _checked(what, parse_python_literal(what, content), content)

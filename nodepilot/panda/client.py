@@ -43,6 +43,16 @@ class ServerClient(ABC):
     async def update_job(self, fields: dict[str, Any]) -> UpdateReply:
         """Deliver one update; raise ServerError unless the server accepted it."""
 
+    @abstractmethod
+    async def acquire_event_ranges(self, job_id: int, jobset_id: int, task_id: int | None,
+                                   n_ranges: int) -> list[dict[str, Any]]:
+        """Up to ``n_ranges`` event ranges of an event-service job; [] when there are no more."""
+
+    @abstractmethod
+    async def update_event_ranges(self, ranges: list[dict[str, Any]], version: int = 1) -> dict[str, Any]:
+        """Report event ranges (version 1: per zip file, version 0: single ranges). Returns
+        ``{"Returns": <per range, as the server answered>, "Commands": <per PanDA ID, or None>}``."""
+
     async def aclose(self) -> None:  # noqa: B027 - nothing to release by default
         pass
 
@@ -69,12 +79,14 @@ def make_client(config: PilotConfig) -> ServerClient:
         updates = config.updates_file or str(Path(config.work_dir) / "updates.jsonl")
         return StandaloneClient(config.job_file, updates)
     api = (config.api or "v1").lower()
-    if api == "legacy":
-        raise ValueError("the legacy PanDA API (/server/panda/...) is not implemented yet; use api=v1")
-    if api != "v1":
+    if api not in ("v1", "legacy"):
         raise ValueError(f"unknown PanDA API dialect {config.api!r}: expected 'v1' or 'legacy'")
     if not config.server:
         raise ValueError("no PanDA server URL configured (and no job file for standalone mode)")
+    if api == "legacy":
+        from nodepilot.panda.legacy import LegacyClient
+
+        return LegacyClient(config.server)
     from nodepilot.panda.api_v1 import ApiV1Client
 
     return ApiV1Client(config.server)

@@ -1,4 +1,9 @@
-"""Standalone mode (``nodepilot run``): one job from a file, updates appended to a JSONL file."""
+"""Standalone mode (``nodepilot run``): one job from a file, updates appended to a JSONL file.
+
+Each line is ``{"time": <epoch>, "fields": {...}}`` for a job update, or ``{"time": <epoch>,
+"event_ranges": [...], "version": <int>}`` for an event-range update. There are no event ranges
+to hand out: an event-service job gets its ranges from a file later.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from nodepilot.panda.client import ServerClient, ServerError, UpdateReply
+from nodepilot.panda.events import encode_updates, flatten_updates
 
 
 class StandaloneClient(ServerClient):
@@ -28,12 +34,24 @@ class StandaloneClient(ServerClient):
         return job  # as written, even if broken: parsing it is the pilot's job
 
     async def update_job(self, fields: dict[str, Any]) -> UpdateReply:
-        line = json.dumps({"time": time.time(), "fields": fields}, default=str) + "\n"
+        await self._record({"time": time.time(), "fields": fields})
+        return UpdateReply(command=None, status_code=0, raw={})
+
+    async def acquire_event_ranges(self, job_id: int, jobset_id: int, task_id: int | None,
+                                   n_ranges: int) -> list[dict[str, Any]]:
+        return []
+
+    async def update_event_ranges(self, ranges: list[dict[str, Any]], version: int = 1) -> dict[str, Any]:
+        encode_updates(ranges)  # the same check as for a server
+        await self._record({"time": time.time(), "event_ranges": ranges, "version": version})
+        return {"Returns": [True] * len(flatten_updates(ranges, version)), "Commands": None}
+
+    async def _record(self, entry: dict[str, Any]) -> None:
+        line = json.dumps(entry, default=str) + "\n"
         try:
             await asyncio.to_thread(self._append, line)
         except OSError as exc:
             raise ServerError(f"cannot write {self.updates_file}: {exc}", retryable=True) from exc
-        return UpdateReply(command=None, status_code=0, raw={})
 
     def _append(self, line: str) -> None:
         self.updates_file.parent.mkdir(parents=True, exist_ok=True)

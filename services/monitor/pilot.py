@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -25,6 +26,7 @@ from services.monitor.updates import DeliveryAbandoned, Outbox
 log = logging.getLogger(__name__)
 
 ACQUIRE_ATTEMPTS = 5
+GRACEFUL_STOP_S = 110.0  # the launcher kills everything at 120 s
 
 
 class Pilot:
@@ -45,13 +47,19 @@ class Pilot:
             log.warning("signal %s during the graceful stop: ignored", signum)
             return
         self.signal = signum
-        log.warning("signal %s: stopping gracefully", signum)
+        log.warning("signal %s: stopping gracefully (at most %.0f s)", signum, GRACEFUL_STOP_S)
+        asyncio.get_running_loop().call_later(GRACEFUL_STOP_S, self._stop_overdue, signum)
         if self._acquiring is not None:
             self._acquiring.cancel()
         if self.current is not None:
             from nodepilot import bus
 
             await bus.emit(self.r, self.current.job.panda_id, "monitor", "signal", signum=signum)
+
+    def _stop_overdue(self, signum: int) -> None:
+        """Last resort: the graceful stop hangs (e.g. the launcher and the other services are gone)."""
+        log.error("graceful stop not done within %.0f s: exiting now", GRACEFUL_STOP_S)
+        os._exit(exitcodes.SIGNALLED + signum)
 
     async def on_reply(self, fields: dict[str, Any], reply: UpdateReply) -> None:
         command = (reply.command or "").lower()

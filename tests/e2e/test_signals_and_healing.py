@@ -9,6 +9,7 @@ import subprocess
 import time
 
 import psutil
+import pytest
 
 from tests.e2e.conftest import NODEPILOT, add_jobs, final_update
 
@@ -88,3 +89,24 @@ def test_a_killed_stager_is_restarted_and_the_job_completes(site, job_server):
     update = final_update(job_server.jobs()[5002])
     assert update["job_status"] == "finished", update
     assert set(json.loads(update["job_output_report"])) == {"out.txt", "l5002.tgz"}
+
+
+@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 1208), (signal.SIGQUIT, 1202), (signal.SIGUSR1, 1207)])
+def test_each_signal_has_its_code(site, job_server, signum, code):
+    add_jobs(site, {
+        "PandaID": 5100 + signum, "attemptNr": 1, "transformation": "bash",
+        "jobPars": "-c 'touch started; sleep 120'", "outFiles": "l.tgz", "logFile": "l.tgz", "scopeLog": "demo.log",
+    })
+    pilot = start_pilot(site, job_server.url)
+    try:
+        wait_for_file(site / "work" / f"PanDA_Pilot-{5100 + signum}" / "started")
+        pilot.send_signal(signum)
+        output, _ = pilot.communicate(timeout=60)
+    finally:
+        if pilot.poll() is None:
+            pilot.kill()
+    assert pilot.returncode == 128 + signum, output[-3000:]
+    updates = job_server.jobs()[5100 + signum]["updates"]
+    assert updates[-1]["job_status"] == "failed", output[-5000:]
+    update = final_update(job_server.jobs()[5100 + signum])
+    assert update["pilot_error_code"] == code and f"signal {int(signum)}" in update["pilot_error_diag"]

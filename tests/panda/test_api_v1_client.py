@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
-from collections.abc import Callable, Coroutine
 from typing import Any
 
 import httpx
@@ -18,12 +17,13 @@ import pytest
 
 from nodepilot.config import PilotConfig
 from nodepilot.job import parse_job
-from nodepilot.panda import api_v1
+from nodepilot.panda import http as panda_http
 from nodepilot.panda.api_v1 import ApiV1Client
 from nodepilot.panda.client import ServerError, UpdateReply, make_client
+from nodepilot.panda.legacy import LegacyClient
 from nodepilot.panda.standalone import StandaloneClient
+from tests.panda.mock import BASE, Recorder, run, text
 
-BASE = "https://panda.example.org:25443"
 NO_JOBS = b'{"success": false, "message": "No jobs in PanDA", "data": null}'
 UPDATE_OK = b'{"success": true, "message": "", "data": {"StatusCode": 0, "command": null}}'
 ACQUIRE_OK = (b'{"success": true, "message": "", "data": {"StatusCode": 0, "jobs": [{"PandaID": 4242,'
@@ -31,37 +31,6 @@ ACQUIRE_OK = (b'{"success": true, "message": "", "data": {"StatusCode": 0, "jobs
               b' "coreCount": 8, "maxCpuCount": 3600, "inFiles": "a.root", "GUID": "g-a", "fsize": "10",'
               b' "checksum": "ad:0000000a", "scopeIn": "mc", "logFile": "job.log.tgz", "outFiles": "job.log.tgz",'
               b' "StatusCode": 0, "nSent": 0}]}}')
-
-
-def run(coro: Coroutine[Any, Any, Any], timeout: float = 30) -> Any:
-    return asyncio.run(asyncio.wait_for(coro, timeout))
-
-
-def text(body: bytes, status: int = 200, **headers: str) -> httpx.Response:
-    return httpx.Response(status, content=body, headers={"Content-Type": "text/plain", **headers})
-
-
-class Recorder:
-    """A MockTransport handler answering from a script of replies, remembering every request."""
-
-    def __init__(self, *replies: httpx.Response | Exception | Callable[[], Any]) -> None:
-        self.replies = list(replies)
-        self.requests: list[httpx.Request] = []
-
-    async def __call__(self, request: httpx.Request) -> httpx.Response:
-        self.requests.append(request)
-        reply = self.replies.pop(0) if len(self.replies) > 1 else self.replies[0]
-        if isinstance(reply, Exception):
-            raise reply
-        if callable(reply):
-            return await reply()
-        return reply
-
-    def client(self, **kwargs: Any) -> ApiV1Client:
-        return ApiV1Client(BASE, transport=httpx.MockTransport(self), backoff_s=0.001, **kwargs)
-
-    def body(self, i: int = -1) -> dict[str, Any]:
-        return json.loads(self.requests[i].content)
 
 
 def same_json(actual: dict[str, Any], expected: dict[str, Any]) -> bool:
@@ -296,7 +265,7 @@ def test_html_error_page_message_says_what_came_back():
 
 
 def test_oversized_reply_is_refused(monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setattr(api_v1, "MAX_REPLY_BYTES", 1000)
+    monkeypatch.setattr(panda_http, "MAX_REPLY_BYTES", 1000)
     big = b'{"success": true, "message": "' + b"x" * 2000 + b'", "data": null}'
 
     async def chunks() -> Any:
@@ -322,8 +291,9 @@ def test_make_client_by_configuration(tmp_path):
     v1 = make_client(PilotConfig(server=BASE))
     assert isinstance(v1, ApiV1Client) and v1.base_url == BASE
     run(v1.aclose())
-    with pytest.raises(ValueError, match=r"legacy.*not implemented"):
-        make_client(PilotConfig(server=BASE, api="legacy"))
+    legacy = make_client(PilotConfig(server=BASE, api="legacy"))
+    assert isinstance(legacy, LegacyClient) and legacy.base_url == BASE
+    run(legacy.aclose())
     with pytest.raises(ValueError, match="dialect"):
         make_client(PilotConfig(server=BASE, api="v2"))
     with pytest.raises(ValueError, match="server"):

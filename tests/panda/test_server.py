@@ -12,11 +12,7 @@ import gzip
 import inspect
 import json
 import sqlite3
-import subprocess
-import sys
-import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,59 +22,11 @@ import pytest
 from nodepilot.panda.api_v1 import ACQUIRE_FIELDS, UPDATE_FIELDS, ApiV1Client
 from nodepilot.panda.client import ServerError
 from nodepilot.panda.server import PilotApi
+from tests.panda.serving import JSON_HEADERS, Server, serving, write_jobs
 
-JSON_HEADERS = {"Content-Type": "application/json", "Accept": "application/json"}
 NO_JOBS = {"success": False, "message": "No jobs in PanDA", "data": None}
 UPDATE_OK = {"success": True, "message": "", "data": {"StatusCode": 0, "command": None}}
 KILL = {"success": True, "message": "", "data": {"StatusCode": 0, "command": "tobekilled"}}
-
-
-@dataclass
-class Server:
-    url: str
-    db_path: Path
-    proc: subprocess.Popen
-
-    def post(self, method: str, body: Any = None, headers: dict[str, str] | None = None,
-             content: bytes | None = None, data: dict[str, str] | None = None) -> httpx.Response:
-        if content is None and data is None:
-            content = json.dumps(body).encode()
-        return httpx.post(f"{self.url}/api/v1/pilot/{method}", content=content, data=data,
-                          headers=JSON_HEADERS if headers is None else headers, timeout=10)
-
-    def call(self, method: str, body: dict[str, Any]) -> dict[str, Any]:
-        reply = self.post(method, body)
-        assert reply.status_code == 200, reply.text
-        return reply.json()
-
-    def jobs(self) -> list[dict[str, Any]]:
-        return httpx.get(f"{self.url}/jobs", timeout=10).json()
-
-
-@contextlib.contextmanager
-def serving(jobs_dir: Path, db_path: Path, timeout: float = 30) -> Iterator[Server]:
-    port_file = jobs_dir.parent / "port"
-    port_file.unlink(missing_ok=True)
-    code = ("import sys; from pathlib import Path; from nodepilot.panda.server import run_server; "
-            "run_server(Path(sys.argv[1]), db_path=Path(sys.argv[2]), port_file=Path(sys.argv[3]))")
-    proc = subprocess.Popen([sys.executable, "-c", code, str(jobs_dir), str(db_path), str(port_file)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        deadline = time.monotonic() + timeout
-        while not port_file.exists():
-            if proc.poll() is not None:
-                raise RuntimeError(f"server exited with {proc.returncode}: {proc.stdout.read()}")
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"no port file within {timeout} s")
-            time.sleep(0.02)
-        yield Server(f"http://127.0.0.1:{int(port_file.read_text())}", db_path, proc)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
 
 
 @pytest.fixture
@@ -87,11 +35,7 @@ def start(tmp_path: Path) -> Iterator[Callable[..., Server]]:
     stack = contextlib.ExitStack()
 
     def _start(**files: Any) -> Server:
-        jobs_dir = tmp_path / "jobs"
-        jobs_dir.mkdir(exist_ok=True)
-        for name, content in files.items():
-            (jobs_dir / f"{name}.json").write_text(content if isinstance(content, str) else json.dumps(content))
-        return stack.enter_context(serving(jobs_dir, tmp_path / "server.sqlite"))
+        return stack.enter_context(serving(write_jobs(tmp_path / "jobs", **files), tmp_path / "server.sqlite"))
 
     with stack:
         yield _start
@@ -154,13 +98,7 @@ def test_broken_definitions_are_served_as_they_are_unreadable_files_skipped(star
     server = start(a="{not json", b=[{"PandaID": "x", "inFiles": "../etc/passwd"}, "junk"])
     jobs = server.call("acquire_jobs", {"site_name": "Q", "n_jobs": 5})["data"]["jobs"]
     assert jobs == [{"PandaID": "x", "inFiles": "../etc/passwd", "StatusCode": 0, "nSent": 0}, "junk"]
-    assert "a.json" in _stop_and_read_log(server)
-
-
-def _stop_and_read_log(server: Server) -> str:
-    server.proc.terminate()
-    out, _ = server.proc.communicate(timeout=10)
-    return out
+    assert "a.json" in server.stop_and_read_log()
 
 
 def test_wrong_attempt_number_is_told_to_kill_and_ignored(start):

@@ -1,0 +1,201 @@
+"""The HTTP side both dialects share: credentials on every call, bounded retries with back-off,
+reply size limits, TLS refusals told apart from network trouble, and reply decoding helpers."""
+
+from __future__ import annotations
+
+import ast
+import asyncio
+import json
+import logging
+import random
+import ssl
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from nodepilot.panda.auth import Credentials, context_for, current_credentials, ssl_cause, tls_refusal
+from nodepilot.panda.client import ServerError
+
+log = logging.getLogger(__name__)
+
+MAX_REPLY_BYTES = 50 * 1024 * 1024
+MAX_BACKOFF_S = 60.0
+PROBE_TIMEOUT_S = 30.0
+KEPT_CLIENTS = 2  # connection pools kept per client: the current TLS identity and the one before
+
+
+class HttpStatusError(ServerError):
+    """An HTTP status outside 2xx, after the retries that apply to it."""
+
+    def __init__(self, message: str, status: int, retryable: bool) -> None:
+        super().__init__(message, retryable=retryable)
+        self.status = status
+
+
+@dataclass
+class Reply:
+    status: int
+    content: bytes
+    headers: httpx.Headers
+
+
+def snippet(content: bytes, limit: int = 200) -> str:
+    text = content[:limit].decode("utf-8", errors="replace")
+    return " ".join(text.split()) + ("..." if len(content) > limit else "")
+
+
+def decode_value(value: Any) -> Any:
+    """A value that may arrive encoded as text (JSON, or Python's repr in URL-encoded replies)."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return json.loads(value)
+    except ValueError:
+        pass
+    try:
+        return ast.literal_eval(value)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        return value
+
+
+def parse_json_object(what: str, content: bytes) -> dict[str, Any]:
+    """A JSON object, whatever the Content-Type says (the real server labels JSON text/plain)."""
+    try:
+        reply = json.loads(content)
+    except ValueError:
+        raise ServerError(f"{what}: reply is not JSON (without Accept: application/json the server "
+                          f"answers in text): {snippet(content)!r}", retryable=True) from None
+    if not isinstance(reply, dict):
+        raise ServerError(f"{what}: reply is not a JSON object: {snippet(content)!r}", retryable=True)
+    return reply
+
+
+def parse_python_literal(what: str, content: bytes) -> Any:
+    """The text reply of the new API without Accept: application/json is Python's str() of it."""
+    try:
+        return ast.literal_eval(content.decode("utf-8"))
+    except (ValueError, SyntaxError, TypeError, UnicodeDecodeError, MemoryError, RecursionError):
+        raise ServerError(f"{what}: text reply is not readable: {snippet(content)!r}", retryable=True) from None
+
+
+def _retry_after(value: str) -> float:
+    return float(value) if value.isdigit() else 0.0
+
+
+class PandaHttp:
+    """POSTs to one PanDA server. Each attempt takes the credentials as they are then."""
+
+    def __init__(self, base_url: str, timeout: float = 120, retries: int = 3,
+                 transport: httpx.AsyncBaseTransport | None = None, backoff_s: float = 1.0,
+                 ca_file: str | None = None) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.timeout, self.retries, self.backoff_s = timeout, retries, backoff_s
+        self.ca_file = ca_file
+        self._transport = transport
+        self._https = self.base_url.startswith("https")
+        self._clients: dict[ssl.SSLContext | None, httpx.AsyncClient] = {}
+
+    async def aclose(self) -> None:
+        clients, self._clients = list(self._clients.values()), {}
+        for client in clients:
+            await client.aclose()
+
+    # --- one connection pool per TLS identity ------------------------------------------------------
+    async def _client(self, creds: Credentials) -> httpx.AsyncClient:
+        context = context_for(creds) if self._https else None
+        client = self._clients.pop(context, None)
+        if client is None:
+            client = httpx.AsyncClient(timeout=self.timeout, transport=self._transport, follow_redirects=False,
+                                       verify=context if context is not None else False)
+        self._clients[context] = client  # most recent last
+        while len(self._clients) > KEPT_CLIENTS:  # a renewed proxy: the pool of an old one is idle by now
+            stale = next(iter(self._clients))
+            await self._clients.pop(stale).aclose()
+        return client
+
+    # --- calls ------------------------------------------------------------------------------------
+    async def post(self, url: str, payload: bytes, headers: dict[str, str], what: str,
+                   retry_500: bool = True) -> Reply:
+        """POST with bounded retries on connection trouble, time-outs, 5xx and 429. A 2xx reply is
+        returned; anything else raises ServerError (HttpStatusError for an HTTP status)."""
+        for attempt in range(self.retries + 1):
+            creds = current_credentials(self.ca_file)
+            outcome, retry_after = await self._attempt(url, payload, headers, what, creds, retry_500)
+            if isinstance(outcome, Reply):
+                return outcome
+            error = outcome
+            if not error.retryable or attempt == self.retries:
+                raise error
+            delay = min(MAX_BACKOFF_S, max(self.backoff_s * 2**attempt * (0.5 + random.random()), retry_after))
+            log.warning("%s (attempt %d of %d); retrying in %.1f s", error, attempt + 1, self.retries + 1, delay)
+            await asyncio.sleep(delay)
+        raise AssertionError("unreachable")
+
+    async def _attempt(self, url: str, payload: bytes, headers: dict[str, str], what: str, creds: Credentials,
+                       retry_500: bool) -> tuple[Reply | ServerError, float]:
+        try:
+            client = await self._client(creds)
+            async with asyncio.timeout(self.timeout):
+                reply = await self._send(client, url, payload, {**headers, **creds.headers()})
+        except ServerError as exc:
+            return exc, 0.0
+        except httpx.UnsupportedProtocol as exc:
+            return ServerError(f"{what}: {exc}"), 0.0
+        except (httpx.TransportError, TimeoutError) as exc:
+            return await self._transport_error(what, exc, creds), 0.0
+        except httpx.HTTPError as exc:  # undecodable content, too many redirects
+            return ServerError(f"{what}: {type(exc).__name__}: {exc}", retryable=True), 0.0
+        if 200 <= reply.status < 300:
+            return reply, 0.0
+        return self._status_error(what, reply, creds, retry_500), _retry_after(reply.headers.get("retry-after", ""))
+
+    async def _send(self, client: httpx.AsyncClient, url: str, payload: bytes, headers: dict[str, str]) -> Reply:
+        async with client.stream("POST", url, content=payload, headers=headers) as resp:
+            length = resp.headers.get("content-length", "")
+            if length.isdigit() and int(length) > MAX_REPLY_BYTES:
+                raise ServerError(f"reply of {length} bytes is larger than {MAX_REPLY_BYTES} bytes")
+            chunks, size = [], 0
+            async for chunk in resp.aiter_bytes():
+                size += len(chunk)
+                if size > MAX_REPLY_BYTES:
+                    raise ServerError(f"reply larger than {MAX_REPLY_BYTES} bytes")
+                chunks.append(chunk)
+            return Reply(resp.status_code, b"".join(chunks), resp.headers)
+
+    @staticmethod
+    def _status_error(what: str, reply: Reply, creds: Credentials, retry_500: bool) -> HttpStatusError:
+        status = reply.status
+        if status in (401, 403):
+            return HttpStatusError(f"{what}: the server refused {creds.describe()}: HTTP {status}: "
+                                   f"{snippet(reply.content)}", status, retryable=False)
+        retryable = (status >= 500 and (retry_500 or status != 500)) or status == 429
+        return HttpStatusError(f"{what}: HTTP {status}: {snippet(reply.content)}", status, retryable=retryable)
+
+    async def _transport_error(self, what: str, exc: Exception, creds: Credentials) -> ServerError:
+        refusal = tls_refusal(exc, creds)
+        if refusal:
+            return ServerError(f"{what}: {refusal}", retryable=False)
+        if (self._https and self._transport is None and creds.proxy
+                and (ssl_cause(exc) is not None or isinstance(exc, httpx.ReadError | httpx.RemoteProtocolError))
+                and await self._certificate_refused(creds)):
+            detail = str(ssl_cause(exc) or exc) or "connection closed"
+            return ServerError(f"{what}: the server refused the client certificate X509_USER_PROXY={creds.proxy}: "
+                               f"it closes TLS connections that present it and accepts them without it "
+                               f"({type(exc).__name__}: {detail})", retryable=False)
+        return ServerError(f"{what}: {type(exc).__name__}: {str(exc) or 'timed out'}", retryable=True)
+
+    async def _certificate_refused(self, creds: Credentials) -> bool:
+        """A server that refuses a client certificate in TLS 1.3 (or without sending an alert) just
+        closes the connection, which also happens on network trouble. Tell them apart: connect
+        again with the certificate and without it (a GET of the server root: any answer will do)."""
+        return not await self._answers(creds, True) and await self._answers(creds, False)
+
+    async def _answers(self, creds: Credentials, with_proxy: bool) -> bool:
+        try:
+            context = context_for(creds, with_proxy=with_proxy)
+            async with httpx.AsyncClient(verify=context, timeout=min(self.timeout, PROBE_TIMEOUT_S)) as probe:
+                await probe.get(f"{self.base_url}/")
+        except (httpx.HTTPError, ServerError):
+            return False
+        return True

@@ -1,0 +1,275 @@
+"""The local job server's state: job definitions from a directory, and SQLite for what happened
+(jobs handed out, every update, event ranges and their status)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from nodepilot.panda.events import EVENT_STATUSES
+
+log = logging.getLogger(__name__)
+
+FINAL_STATES = ("finished", "failed")
+EVENT_RANGES_KEY = "_event_ranges"  # a definition's ranges; stripped before the job is served
+MAX_RANGE_ATTEMPTS = 3
+RANGE_ACTIVE = ("running", "transferring")  # handed out, not reported as done
+
+
+class JobCatalog:
+    """The job definitions of a directory, read anew on each request (files may be added)."""
+
+    def __init__(self, jobs_dir: Path) -> None:
+        self.jobs_dir = jobs_dir
+        self._warned: set[tuple[str, int]] = set()
+
+    def scan(self) -> Iterator[tuple[str, Any]]:
+        """(source, definition) in file-name order; source is ``<file>#<index>``."""
+        if not self.jobs_dir.is_dir():
+            self._warn_once(str(self.jobs_dir), 0, "no such directory")
+            return
+        for path in sorted(self.jobs_dir.glob("*.json")):
+            try:
+                content = json.loads(path.read_text())
+            except (OSError, ValueError) as exc:
+                mtime = path.stat().st_mtime_ns if path.exists() else 0
+                self._warn_once(path.name, mtime, f"skipped, not readable JSON: {exc}")
+                continue
+            items = content if isinstance(content, list) else [content]
+            for index, definition in enumerate(items):
+                yield f"{path.name}#{index}", definition
+
+    def _warn_once(self, name: str, mtime: int, what: str) -> None:
+        if (name, mtime) not in self._warned:
+            self._warned.add((name, mtime))
+            log.warning("job definitions %s: %s", name, what)
+
+
+def number(definition: Any, key: str) -> int | None:
+    try:
+        return int(definition.get(key))
+    except (AttributeError, TypeError, ValueError):
+        return None
+
+
+def served_definition(definition: Any) -> Any:
+    """The definition as the pilot gets it: without the server's own ``_event_ranges``."""
+    if isinstance(definition, dict):
+        return {k: v for k, v in definition.items() if k != EVENT_RANGES_KEY}
+    return definition
+
+
+def _ranges_of(source: str, definition: Any) -> list[dict[str, Any]]:
+    ranges = definition.get(EVENT_RANGES_KEY) if isinstance(definition, dict) else None
+    if ranges is None:
+        return []
+    if not isinstance(ranges, list):
+        log.warning("%s: %s is not a list; ignored", source, EVENT_RANGES_KEY)
+        return []
+    usable = [r for r in ranges if isinstance(r, dict) and isinstance(r.get("eventRangeID"), str)]
+    if len(usable) != len(ranges):
+        log.warning("%s: %d entries of %s without an eventRangeID string skipped",
+                    source, len(ranges) - len(usable), EVENT_RANGES_KEY)
+    return usable
+
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    source TEXT UNIQUE NOT NULL,      -- <file name>#<index in the file>
+    panda_id INTEGER,                 -- NULL: the definition has no usable PandaID
+    attempt_nr INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    definition TEXT NOT NULL,         -- as served (without _event_ranges)
+    acquire_params TEXT NOT NULL,
+    dispatched_at REAL NOT NULL,
+    modified_at REAL NOT NULL,
+    start_time TEXT,
+    end_time TEXT
+);
+CREATE INDEX IF NOT EXISTS jobs_panda_id ON jobs (panda_id);
+CREATE TABLE IF NOT EXISTS updates (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    panda_id INTEGER NOT NULL,
+    time REAL NOT NULL,
+    params TEXT NOT NULL,             -- the parameters of the call as received, JSON
+    command TEXT,
+    applied INTEGER NOT NULL          -- 0: recorded only (unknown job, wrong attempt, already final)
+);
+CREATE INDEX IF NOT EXISTS updates_panda_id ON updates (panda_id);
+CREATE TABLE IF NOT EXISTS event_ranges (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    panda_id INTEGER NOT NULL,
+    range_id TEXT NOT NULL,           -- eventRangeID
+    definition TEXT NOT NULL,         -- the range as in the job definition, JSON
+    status TEXT NOT NULL,             -- ready, running, transferring, finished, failed, fatal
+    attempts INTEGER NOT NULL,        -- times handed out
+    error_code INTEGER,
+    modified_at REAL NOT NULL,
+    UNIQUE (panda_id, range_id)
+);
+CREATE INDEX IF NOT EXISTS event_ranges_range_id ON event_ranges (range_id);
+"""
+
+
+class JobStore:
+    def __init__(self, db_path: Path) -> None:
+        db_path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(db_path, check_same_thread=False, isolation_level=None)
+        self.db.row_factory = sqlite3.Row
+        self.db.executescript(SCHEMA)
+        self.lock = threading.RLock()
+
+    def _transaction(self) -> _Transaction:
+        return _Transaction(self)
+
+    # --- jobs -------------------------------------------------------------------------------
+    def dispatched_sources(self) -> set[str]:
+        with self.lock:
+            return {row["source"] for row in self.db.execute("SELECT source FROM jobs")}
+
+    def record_dispatch(self, source: str, definition: Any, acquire_params: dict[str, Any]) -> None:
+        now = time.time()
+        panda_id = number(definition, "PandaID")
+        ranges = _ranges_of(source, definition)
+        with self._transaction():
+            self.db.execute(
+                "INSERT INTO jobs (source, panda_id, attempt_nr, status, definition, acquire_params,"
+                " dispatched_at, modified_at) VALUES (?, ?, ?, 'sent', ?, ?, ?, ?)",
+                (source, panda_id, number(definition, "attemptNr") or 0,
+                 json.dumps(served_definition(definition)), json.dumps(acquire_params), now, now))
+            if panda_id is None:
+                if ranges:
+                    log.warning("%s: event ranges of a job without a usable PandaID are ignored", source)
+                return
+            self.db.executemany(
+                "INSERT OR IGNORE INTO event_ranges (panda_id, range_id, definition, status, attempts, modified_at)"
+                " VALUES (?, ?, ?, 'ready', 0, ?)",
+                [(panda_id, r["eventRangeID"], json.dumps(r), now) for r in ranges])
+
+    def _latest_job(self, panda_id: int) -> sqlite3.Row | None:
+        return self.db.execute("SELECT * FROM jobs WHERE panda_id = ? ORDER BY id DESC LIMIT 1",
+                               (panda_id,)).fetchone()
+
+    def record_update(self, job_id: int, status: str, attempt_nr: int | None, params: dict[str, Any],
+                      times: dict[str, str]) -> str | None:
+        """Apply one accepted update_job call and keep it; return the command for the pilot."""
+        now = time.time()
+        with self._transaction():
+            job = self._latest_job(job_id)
+            command: str | None = None
+            applied = False
+            if job is None or (attempt_nr is not None and attempt_nr != job["attempt_nr"]):
+                command = "tobekilled"  # not ours to run (any more)
+            elif job["status"] not in FINAL_STATES:
+                applied = True
+                self.db.execute(
+                    "UPDATE jobs SET status = ?, modified_at = ?, start_time = COALESCE(?, start_time),"
+                    " end_time = COALESCE(?, end_time) WHERE id = ?",
+                    (status, now, times.get("start_time"), times.get("end_time"), job["id"]))
+            self.db.execute(
+                "INSERT INTO updates (panda_id, time, params, command, applied) VALUES (?, ?, ?, ?, ?)",
+                (job_id, now, json.dumps(params), command, int(applied)))
+        return command
+
+    def jobs(self, panda_id: int | None = None) -> list[dict[str, Any]]:
+        with self.lock:
+            if panda_id is None:
+                rows = self.db.execute("SELECT * FROM jobs ORDER BY id").fetchall()
+            else:
+                row = self._latest_job(panda_id)
+                rows = [row] if row is not None else []
+            return [self._job(row) for row in rows]
+
+    def _job(self, row: sqlite3.Row) -> dict[str, Any]:
+        updates = self.db.execute("SELECT * FROM updates WHERE panda_id = ? ORDER BY id",
+                                  (row["panda_id"],)).fetchall() if row["panda_id"] is not None else []
+        return {
+            "PandaID": row["panda_id"], "status": row["status"], "attemptNr": row["attempt_nr"],
+            "source": row["source"], "dispatchedAt": row["dispatched_at"], "modifiedAt": row["modified_at"],
+            "startTime": row["start_time"], "endTime": row["end_time"],
+            # the parameters as received (never named so: they passed the signature check) and the answer
+            "updates": [{**json.loads(u["params"]), "time": u["time"], "command": u["command"],
+                         "applied": bool(u["applied"])} for u in updates],
+        }
+
+    # --- event ranges ---------------------------------------------------------------------------
+    def acquire_ranges(self, panda_id: int, jobset_id: int | None, n_ranges: int) -> list[dict[str, Any]]:
+        """Hand out up to ``n_ranges`` ranges of a running job: ready ones, and failed ones again
+        while they have had fewer than MAX_RANGE_ATTEMPTS attempts. [] when none are left."""
+        now = time.time()
+        with self._transaction():
+            job = self._latest_job(panda_id)
+            if job is None or job["status"] in FINAL_STATES or n_ranges < 1:
+                return []
+            expected = number(json.loads(job["definition"]), "jobsetID")
+            if expected is not None and jobset_id is not None and expected != jobset_id:
+                log.warning("event ranges of job %s asked for with jobsetID %s, not %s", panda_id, jobset_id, expected)
+                return []
+            rows = self.db.execute(
+                "SELECT id, definition FROM event_ranges WHERE panda_id = ?"
+                " AND (status = 'ready' OR (status = 'failed' AND attempts < ?)) ORDER BY id LIMIT ?",
+                (panda_id, MAX_RANGE_ATTEMPTS, n_ranges)).fetchall()
+            self.db.executemany(
+                "UPDATE event_ranges SET status = 'running', attempts = attempts + 1, error_code = NULL,"
+                " modified_at = ? WHERE id = ?", [(now, row["id"]) for row in rows])
+        return [json.loads(row["definition"]) for row in rows]
+
+    def update_ranges(self, updates: list[dict[str, Any]]) -> tuple[list[bool], dict[int, str | None]]:
+        """Apply single range updates in order: True for each one taken, and a command (none) per job.
+        A range handed out may go to any status; a final one only repeats its status (a retried call)."""
+        now = time.time()
+        returns: list[bool] = []
+        commands: dict[int, str | None] = {}
+        with self._transaction():
+            for update in updates:
+                status = update.get("eventStatus")
+                row = self.db.execute("SELECT * FROM event_ranges WHERE range_id = ? ORDER BY id DESC LIMIT 1",
+                                      (str(update.get("eventRangeID")),)).fetchone()
+                if row is None or status not in EVENT_STATUSES:
+                    returns.append(False)
+                    continue
+                commands[row["panda_id"]] = None
+                if row["status"] in RANGE_ACTIVE:
+                    self.db.execute("UPDATE event_ranges SET status = ?, error_code = ?, modified_at = ? WHERE id = ?",
+                                    (status, number(update, "errorCode"), now, row["id"]))
+                    returns.append(True)
+                else:
+                    returns.append(row["status"] == status)
+        return returns, commands
+
+    def ranges(self, panda_id: int) -> list[dict[str, Any]] | None:
+        """The ranges of a job as the server keeps them; None for a job never handed out."""
+        with self.lock:
+            if self._latest_job(panda_id) is None:
+                return None
+            rows = self.db.execute("SELECT * FROM event_ranges WHERE panda_id = ? ORDER BY id", (panda_id,))
+            return [{**json.loads(row["definition"]), "status": row["status"], "attempts": row["attempts"],
+                     "errorCode": row["error_code"], "modifiedAt": row["modified_at"]} for row in rows]
+
+
+class _Transaction:
+    """The store's lock held and one SQLite transaction: committed, or rolled back on any error."""
+
+    def __init__(self, store: JobStore) -> None:
+        self.store = store
+
+    def __enter__(self) -> None:
+        self.store.lock.acquire()
+        try:
+            self.store.db.execute("BEGIN IMMEDIATE")
+        except BaseException:
+            self.store.lock.release()
+            raise
+
+    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        try:
+            self.store.db.execute("COMMIT" if exc_type is None else "ROLLBACK")
+        finally:
+            self.store.lock.release()
