@@ -213,13 +213,20 @@ class JobStore:
                 log.warning("event ranges of job %s asked for with jobsetID %s, not %s", panda_id, jobset_id, expected)
                 return []
             rows = self.db.execute(
-                "SELECT id, definition FROM event_ranges WHERE panda_id = ?"
+                "SELECT id, definition, status, attempts FROM event_ranges WHERE panda_id = ?"
                 " AND (status = 'ready' OR (status = 'failed' AND attempts < ?)) ORDER BY id LIMIT ?",
                 (panda_id, MAX_RANGE_ATTEMPTS, n_ranges)).fetchall()
-            self.db.executemany(
-                "UPDATE event_ranges SET status = 'running', attempts = attempts + 1, error_code = NULL,"
-                " modified_at = ? WHERE id = ?", [(now, row["id"]) for row in rows])
-        return [json.loads(row["definition"]) for row in rows]
+            handed_out = []
+            for row in rows:
+                definition = json.loads(row["definition"])
+                if row["status"] == "failed":  # redispatched: a new attempt is a new range id, as PanDA does
+                    definition["eventRangeID"] = next_attempt_id(str(definition["eventRangeID"]), row["attempts"] + 1)
+                self.db.execute(
+                    "UPDATE event_ranges SET status = 'running', attempts = attempts + 1, error_code = NULL,"
+                    " range_id = ?, definition = ?, modified_at = ? WHERE id = ?",
+                    (str(definition["eventRangeID"]), json.dumps(definition), now, row["id"]))
+                handed_out.append(definition)
+        return handed_out
 
     def update_ranges(self, updates: list[dict[str, Any]]) -> tuple[list[bool], dict[int, str | None]]:
         """Apply single range updates in order: True for each one taken, and a command (none) per job.
@@ -273,3 +280,9 @@ class _Transaction:
             self.store.db.execute("COMMIT" if exc_type is None else "ROLLBACK")
         finally:
             self.store.lock.release()
+
+
+def next_attempt_id(range_id: str, attempt: int) -> str:
+    """``<task>-<panda>-<file>-<proc>-<attempt>`` with the attempt replaced (appended if absent)."""
+    head, sep, tail = range_id.rpartition("-")
+    return f"{head}-{attempt}" if sep and tail.isdigit() else f"{range_id}-{attempt}"

@@ -77,6 +77,12 @@ def run_pilot(site: Path, server_url: str, *extra: str, timeout: float = 120) ->
 
 
 def final_update(job: dict) -> dict:
-    finals = [u for u in job["updates"] if u.get("job_status") in ("finished", "failed")]
+    """The last final update, with the new API's names (legacy updates are stored as sent)."""
+    finals = [u for u in job["updates"] if (u.get("job_status") or u.get("state")) in ("finished", "failed")]
     assert finals, f"no final update for {job['PandaID']}: {job['updates']}"
-    return finals[-1]
+    update = dict(finals[-1])
+    for legacy, new in (("state", "job_status"), ("pilotErrorCode", "pilot_error_code"),
+                        ("pilotErrorDiag", "pilot_error_diag"), ("xml", "job_output_report")):
+        if legacy in update and new not in update:
+            update[new] = update[legacy]
+    return update

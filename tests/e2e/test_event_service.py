@@ -47,3 +47,35 @@ def test_standalone_event_service_job(site):
     staged = list((site / "se").rglob("out_*"))
     assert len(staged) == 26
     assert not list((site / "work" / "PanDA_Pilot-6001").glob("out_*"))  # removed once staged
+
+
+def test_event_service_job_through_the_job_server(site, job_server):
+    from tests.e2e.conftest import add_jobs, final_update, run_pilot
+
+    add_jobs(site, {**es_job(6002, "--n 3 --fail-every 9"), "_event_ranges": ranges(40)})
+    result = run_pilot(site, job_server.url)
+    assert result.returncode == 0, result.stderr[-3000:]
+    update = final_update(job_server.jobs()[6002])
+    assert update["job_status"] == "finished", update
+    import httpx
+
+    states = httpx.get(f"{job_server.url}/jobs/6002/ranges", timeout=10).json()
+    items = states if isinstance(states, list) else states.get("ranges", [])
+    by_status: dict[str, int] = {}
+    for item in items:
+        by_status[item["status"]] = by_status.get(item["status"], 0) + 1
+    assert sum(by_status.values()) >= 40 and not by_status.get("running") and not by_status.get("ready"), by_status
+    assert update["n_events"] == by_status.get("finished", 0) * 10
+
+
+def test_demo_jobs_through_the_legacy_dialect(site, job_server):
+    from tests.e2e.conftest import add_jobs, final_update, run_pilot
+
+    add_jobs(site, EXAMPLES / "jobs" / "02_merge_inputs.json", EXAMPLES / "jobs" / "03_failing.json")
+    result = run_pilot(site, job_server.url, "--api", "legacy")
+    assert result.returncode == 0, result.stderr[-3000:]
+    jobs = job_server.jobs()
+    assert final_update(jobs[1002])["job_status"] == "finished"
+    failing = final_update(jobs[1003])
+    assert failing["job_status"] == "failed"
+    assert int(failing.get("pilot_error_code") or failing.get("pilotErrorCode")) == 1305

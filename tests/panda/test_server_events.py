@@ -99,12 +99,14 @@ def test_version_1_groups_ranges_per_zip_file(server: Server):
 
 def test_failed_ranges_are_handed_out_again_three_attempts_at_most(server: Server):
     server.call("acquire_jobs", {"site_name": "Q"})
-    first = RANGES[0]["eventRangeID"]
     assert acquire(server, 1) == [RANGES[0]]
-    for attempt in (1, 2):
-        report(server, [status(first, "failed", errorCode=1224)])
-        assert acquire(server, 1) == [RANGES[0]], f"attempt {attempt + 1}"
-    report(server, [status(first, "failed", errorCode=1224)])
+    current = RANGES[0]["eventRangeID"]
+    for attempt in (2, 3):  # each new attempt is a new range id: <task>-<panda>-<file>-<proc>-<attempt>
+        report(server, [status(current, "failed", errorCode=1224)])
+        again = acquire(server, 1)
+        current = f"{RANGES[0]['eventRangeID'].rsplit('-', 1)[0]}-{attempt}"
+        assert again == [{**RANGES[0], "eventRangeID": current}], f"attempt {attempt}"
+    report(server, [status(current, "failed", errorCode=1224)])
     assert acquire(server, 1) == [RANGES[1]]  # the third failure was the last
     report(server, [status(RANGES[1]["eventRangeID"], "fatal")])  # fatal: never again
     assert [r["eventRangeID"] for r in acquire(server, 10)] == [r["eventRangeID"] for r in RANGES[2:]]
