@@ -9,15 +9,12 @@ from pathlib import Path
 from typing import Any
 
 from nodepilot.errors import clip_diag
+from nodepilot.requests import BadRequest, endpoints_of, request_id_of, workdir_of
 
 DEFAULT_BATCH = 10
 DEFAULT_REPORT_BATCH = 10
 DEFAULT_REPORT_INTERVAL_S = 30.0
 DEFAULT_FINISH_TIMEOUT_S = 300.0
-
-
-class BadRequest(Exception):
-    pass
 
 
 @dataclass
@@ -38,27 +35,17 @@ class StartRequest:
 
     @classmethod
     def parse(cls, job_id: int, m: dict[str, Any]) -> StartRequest:
-        request_id = m.get("request_id")
-        if not isinstance(request_id, str) or not request_id:
-            raise BadRequest("no request_id")
-        workdir = m.get("workdir")
-        if not isinstance(workdir, str) or not os.path.isabs(workdir):
-            raise BadRequest(f"workdir must be an absolute path, got {workdir!r}")
-        endpoints = m.get("endpoints") or []
-        if not isinstance(endpoints, list) or not all(
-                isinstance(e, dict) and isinstance(e.get("name"), str) and isinstance(e.get("url"), str)
-                for e in endpoints):
-            raise BadRequest(f"endpoints must be a list of {{name, url}}, got {endpoints!r:.200}")
+        request_id, workdir, endpoints = request_id_of(m), workdir_of(m), endpoints_of(m)
         scope = m.get("scope_out")
         if not isinstance(scope, str) or not scope:
             raise BadRequest("no scope_out for the range outputs")
         try:
             return cls(
-                job_id=job_id, request_id=request_id, workdir=Path(workdir),
+                job_id=job_id, request_id=request_id, workdir=workdir,
                 jobset_id=int(m.get("jobset_id") or 0),
                 task_id=None if m.get("task_id") in (None, "") else int(m["task_id"]),
                 batch=max(1, int(m.get("batch") or DEFAULT_BATCH)),
-                endpoints=[{"name": e["name"], "url": e["url"]} for e in endpoints], scope_out=scope,
+                endpoints=[{"name": e.name, "url": e.url} for e in endpoints], scope_out=scope,
                 ranges_file=_optional_path(m.get("ranges_file")), report_file=_optional_path(m.get("report_file")),
                 report_batch=max(1, int(m.get("report_batch") or DEFAULT_REPORT_BATCH)),
                 report_interval_s=max(0.0, float(m.get("report_interval_s") or DEFAULT_REPORT_INTERVAL_S)),

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -22,6 +21,7 @@ from nodepilot import bus
 from nodepilot.config import Endpoint, PilotConfig
 from nodepilot.errors import ErrorCode, clip_diag
 from nodepilot.job import FileSpec, JobDefinitionError, check_lfn, parse_checksum
+from nodepilot.requests import BadRequest, endpoints_of, request_id_of, workdir_of
 from nodepilot.service import Service
 from services.stager.movers.base import Reason, TransferError, mover_for
 from services.stager.paths import deterministic_path, join_url
@@ -48,10 +48,6 @@ OUT_CODES = {
 }
 # failures on the worker node's side: another endpoint would not help
 LOCAL_REASONS = {"in": {Reason.NOSPACE}, "out": {Reason.MISSING}}
-
-
-class BadRequest(Exception):
-    pass
 
 
 @dataclass
@@ -303,19 +299,10 @@ def _lfns(m: dict[str, Any]) -> list[str]:
 
 def parse_request(kind: str, job_id: int, m: dict[str, Any]) -> Request:
     """A typed request, or BadRequest saying what is wrong with it."""
-    request_id = m.get("request_id")
-    if not isinstance(request_id, str) or not request_id:
-        raise BadRequest("no request_id")
-    workdir = m.get("workdir")
-    if not isinstance(workdir, str) or not os.path.isabs(workdir):
-        raise BadRequest(f"workdir must be an absolute path, got {workdir!r}")
-    endpoints = m.get("endpoints")
-    if not isinstance(endpoints, list) or not all(
-            isinstance(e, dict) and isinstance(e.get("name"), str) and isinstance(e.get("url"), str)
-            and e["url"] for e in endpoints):
-        raise BadRequest(f"endpoints must be a list of {{name, url}}, got {endpoints!r:.200}")
-    request = Request(kind, job_id, request_id, Path(workdir),
-                      [Endpoint(e["name"], e["url"]) for e in endpoints], [])
+    request_id, workdir = request_id_of(m), workdir_of(m)
+    if not isinstance(m.get("endpoints"), list):  # the stager needs them given, even if empty
+        raise BadRequest(f"endpoints must be a list of {{name, url}}, got {m.get('endpoints')!r:.200}")
+    request = Request(kind, job_id, request_id, workdir, endpoints_of(m), [])
     if kind == "stagelog":
         request.files = [_file(m.get("log"), "log")]
         request.tarball_dir = _safe_name(m.get("tarball_dir"), "tarball_dir")
