@@ -65,13 +65,18 @@ def running_service(name: str, config: PilotConfig, timeout: float = 20.0) -> It
         wait_healthy(config.socket_path(name), proc, timeout)
         yield proc
     finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_process(proc)
+
+
+def stop_process(proc: subprocess.Popen, timeout: float = 10.0) -> None:
+    """SIGTERM, then SIGKILL if it has not ended within ``timeout``."""
+    if proc.poll() is None:
+        proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout)
 
 
 def wait_healthy(sock: Path, proc: subprocess.Popen | None, timeout: float) -> None:

@@ -14,6 +14,8 @@ from typing import Any
 
 import httpx
 
+from tests.conftest import stop_process
+
 JSON_HEADERS = {"Content-Type": "application/json", "Accept": "application/json"}
 
 
@@ -78,10 +80,4 @@ def serving(jobs_dir: Path, db_path: Path, *options: str, timeout: float = 30) -
         scheme = "https" if "--tls" in options else "http"
         yield Server(f"{scheme}://127.0.0.1:{int(port_file.read_text())}", db_path, proc, log_path)
     finally:
-        if proc.poll() is None:
-            proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+        stop_process(proc)
