@@ -148,6 +148,16 @@ def create_app(jobs_dir: Path, db_path: Path) -> FastAPI:
             raise HTTPException(404, f"no job {panda_id}")
         return found[0]
 
+    @app.post("/jobs/{panda_id}/command")
+    def queue_command(panda_id: int, body: dict[str, Any]) -> dict[str, Any]:
+        """Operator API (not PanDA's): the command goes to the pilot with its next update's reply."""
+        command = body.get("command")
+        if command not in PILOT_COMMANDS:
+            raise HTTPException(400, f"command must be one of {', '.join(PILOT_COMMANDS)}")
+        if not store.queue_command(panda_id, command):
+            raise HTTPException(404, f"no job {panda_id}")
+        return {"PandaID": panda_id, "command": command, "queued": True}
+
     @app.get("/jobs/{panda_id}/ranges")
     def get_ranges(panda_id: int) -> JSONResponse:
         ranges = store.ranges(panda_id)
@@ -156,6 +166,9 @@ def create_app(jobs_dir: Path, db_path: Path) -> FastAPI:
         return JSONResponse(ranges)
 
     return app
+
+
+PILOT_COMMANDS = ("tobekilled", "softkill", "debug", "debugoff")
 
 
 def default_db_path(jobs_dir: Path) -> Path:

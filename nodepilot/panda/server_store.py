@@ -103,6 +103,13 @@ CREATE TABLE IF NOT EXISTS updates (
     applied INTEGER NOT NULL          -- 0: recorded only (unknown job, wrong attempt, already final)
 );
 CREATE INDEX IF NOT EXISTS updates_panda_id ON updates (panda_id);
+CREATE TABLE IF NOT EXISTS commands (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    panda_id INTEGER NOT NULL,
+    command TEXT NOT NULL,            -- tobekilled, softkill, debug, debugoff
+    queued_at REAL NOT NULL,
+    delivered_at REAL                 -- NULL: waits for the job's next update
+);
 CREATE TABLE IF NOT EXISTS event_ranges (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     panda_id INTEGER NOT NULL,
@@ -173,10 +180,24 @@ class JobStore:
                     "UPDATE jobs SET status = ?, modified_at = ?, start_time = COALESCE(?, start_time),"
                     " end_time = COALESCE(?, end_time) WHERE id = ?",
                     (status, now, times.get("start_time"), times.get("end_time"), job["id"]))
+                queued = self.db.execute("SELECT id, command FROM commands WHERE panda_id = ? AND delivered_at IS NULL"
+                                         " ORDER BY id LIMIT 1", (job_id,)).fetchone()
+                if queued is not None and status not in FINAL_STATES:
+                    command = queued["command"]
+                    self.db.execute("UPDATE commands SET delivered_at = ? WHERE id = ?", (now, queued["id"]))
             self.db.execute(
                 "INSERT INTO updates (panda_id, time, params, command, applied) VALUES (?, ?, ?, ?, ?)",
                 (job_id, now, json.dumps(params), command, int(applied)))
         return command
+
+    def queue_command(self, panda_id: int, command: str) -> bool:
+        """An operator's command for a job, answered to the job's next update; False: no such job."""
+        with self._transaction():
+            if self._latest_job(panda_id) is None:
+                return False
+            self.db.execute("INSERT INTO commands (panda_id, command, queued_at) VALUES (?, ?, ?)",
+                            (panda_id, command, time.time()))
+        return True
 
     def jobs(self, panda_id: int | None = None) -> list[dict[str, Any]]:
         with self.lock:

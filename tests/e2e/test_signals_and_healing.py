@@ -110,3 +110,60 @@ def test_each_signal_has_its_code(site, job_server, signum, code):
     assert updates[-1]["job_status"] == "failed", output[-5000:]
     update = final_update(job_server.jobs()[5100 + signum])
     assert update["pilot_error_code"] == code and f"signal {int(signum)}" in update["pilot_error_diag"]
+
+
+def test_server_tobekilled_kills_the_payload_with_1144(site, job_server):
+    import httpx
+
+    add_jobs(site, {
+        "PandaID": 5200, "attemptNr": 1, "transformation": "bash", "jobPars": "-c 'touch started; sleep 120'",
+        "outFiles": "l5200.tgz", "logFile": "l5200.tgz", "scopeLog": "demo.log",
+    })
+    pilot = subprocess.Popen(
+        [*NODEPILOT, "start", "--queue", "LOCAL_TEST", "--server", job_server.url, "--workdir", str(site / "work"),
+         "--se-dir", str(site / "se"), "--heartbeat", "0.5"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        wait_for_file(site / "work" / "PanDA_Pilot-5200" / "started")
+        reply = httpx.post(f"{job_server.url}/jobs/5200/command", json={"command": "tobekilled"}, timeout=10)
+        assert reply.status_code == 200, reply.text
+        output, _ = pilot.communicate(timeout=60)
+    finally:
+        if pilot.poll() is None:
+            pilot.kill()
+    assert pilot.returncode == 0, output[-3000:]
+    update = final_update(job_server.jobs()[5200])
+    assert update["job_status"] == "failed" and update["pilot_error_code"] == 1144, update
+    assert "l5200.tgz" in json.loads(update["job_output_report"])
+    assert update["time"] - [u for u in job_server.jobs()[5200]["updates"] if u["command"]][0]["time"] < 15
+
+
+def test_server_debug_command_sends_the_stdout_tail(site, job_server):
+    import httpx
+
+    add_jobs(site, {
+        "PandaID": 5201, "attemptNr": 1, "transformation": "bash",
+        "jobPars": "-c 'echo visible-in-debug; touch started; while [ ! -e go ]; do sleep 0.05; done'",
+        "outFiles": "l5201.tgz", "logFile": "l5201.tgz", "scopeLog": "demo.log",
+    })
+    pilot = subprocess.Popen(
+        [*NODEPILOT, "start", "--queue", "LOCAL_TEST", "--server", job_server.url, "--workdir", str(site / "work"),
+         "--se-dir", str(site / "se"), "--heartbeat", "0.3"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    workdir = site / "work" / "PanDA_Pilot-5201"
+    try:
+        wait_for_file(workdir / "started")
+        httpx.post(f"{job_server.url}/jobs/5201/command", json={"command": "debug"}, timeout=10).raise_for_status()
+        deadline = time.monotonic() + 20
+        while not any("visible-in-debug" in (u.get("stdout") or "") for u in job_server.jobs()[5201]["updates"]):
+            assert time.monotonic() < deadline, "no heartbeat with the stdout tail"
+            time.sleep(0.1)
+        (workdir / "go").touch()
+        output, _ = pilot.communicate(timeout=60)
+    finally:
+        if pilot.poll() is None:
+            pilot.kill()
+    assert pilot.returncode == 0, output[-3000:]
+    assert final_update(job_server.jobs()[5201])["job_status"] == "finished"
