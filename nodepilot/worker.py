@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import platform
 import shutil
 from pathlib import Path
 
@@ -50,3 +51,30 @@ def memory_mb() -> int:
 def cpu_mhz() -> int:
     freq = psutil.cpu_freq()
     return int(freq.current) if freq else 0
+
+
+def node_inventory(site: str, queue: str, node: str, work_dir: str | Path) -> dict[str, object]:
+    """The ``update_worker_node`` fields: CPU model and layout, memory (MB), local disk (GB)."""
+    model, socket, sockets, cores = "", "", set(), set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines()[:20000]:
+            key, _, value = (part.strip() for part in line.partition(":"))
+            if key == "model name" and not model:
+                model = value
+            elif key == "physical id":
+                socket = value
+                sockets.add(value)
+            elif key == "core id":
+                cores.add((socket, value))
+    except OSError:
+        pass
+    logical = psutil.cpu_count() or 0
+    n_sockets = max(1, len(sockets))
+    physical = len(cores) or psutil.cpu_count(logical=False) or logical
+    return {
+        "site": site, "panda_queue": queue, "host_name": node, "cpu_model": model or platform.processor() or "unknown",
+        "n_logical_cpus": logical, "n_sockets": n_sockets, "cores_per_socket": max(1, physical // n_sockets),
+        "threads_per_core": max(1, logical // max(1, physical)), "cpu_architecture": platform.machine(),
+        "clock_speed": float(cpu_mhz()) or None, "total_memory": memory_mb(),
+        "total_local_disk": shutil.disk_usage(work_dir).total // 10**9,
+    }

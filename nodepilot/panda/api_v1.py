@@ -253,6 +253,22 @@ class ApiV1Client(ServerClient):
             raise ServerError(f"{what} refused: {message}", retryable=_retryable(message))
         return update_reply(what, reply.get("data"))
 
+    # --- the worker ------------------------------------------------------------------------
+    async def update_worker_status(self, worker_id: str, harvester_id: str, status: str,
+                                   node_id: str | None = None) -> None:
+        body = {"worker_id": str(worker_id), "harvester_id": str(harvester_id), "status": status,
+                **({"node_id": node_id} if node_id else {})}
+        await self._expect_success("pilot/update_worker_status", body)
+
+    async def update_worker_node(self, inventory: dict[str, Any]) -> None:
+        await self._expect_success("pilot/update_worker_node", {k: v for k, v in inventory.items() if v is not None})
+
+    async def _expect_success(self, method: str, body: dict[str, Any]) -> None:
+        reply = await self._call(method, body)
+        if not reply["success"]:
+            message = str(reply.get("message") or "")
+            raise ServerError(f"{method} refused: {message}", retryable=_retryable(message))
+
     # --- transport ------------------------------------------------------------------------
     async def _call(self, method: str, body: dict[str, Any]) -> dict[str, Any]:
         what = method.rpartition("/")[2]

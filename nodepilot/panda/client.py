@@ -53,6 +53,13 @@ class ServerClient(ABC):
         """Report event ranges (version 1: per zip file, version 0: single ranges). Returns
         ``{"Returns": <per range, as the server answered>, "Commands": <per PanDA ID, or None>}``."""
 
+    async def update_worker_status(  # noqa: B027 - no server (standalone), nothing to do
+            self, worker_id: str, harvester_id: str, status: str, node_id: str | None = None) -> None:
+        """The batch worker started/finished, as the pilot sees it (for Harvester's workers)."""
+
+    async def update_worker_node(self, inventory: dict[str, Any]) -> None:  # noqa: B027 - no server, nothing to do
+        """The worker node's hardware (``update_worker_node`` fields; new API only)."""
+
     async def aclose(self) -> None:  # noqa: B027 - nothing to release by default
         pass
 

@@ -147,6 +147,15 @@ class LegacyClient(ServerClient):
             raise status_error(what, code, reply)
         return UpdateReply(command=normalize_command(reply.get("command")), status_code=code, raw=reply)
 
+    async def update_worker_status(self, worker_id: str, harvester_id: str, status: str,
+                                   node_id: str | None = None) -> None:
+        body = {"workerID": str(worker_id), "harvesterID": str(harvester_id), "status": status,
+                **({"node_id": node_id} if node_id else {})}
+        what = f"updateWorkerPilotStatus of worker {worker_id} ({status})"
+        reply, code = await self._call("updateWorkerPilotStatus", body, what)
+        if code != SC_SUCCESS:
+            raise status_error(what, code, reply)
+
     # --- event ranges ---------------------------------------------------------------------
     async def acquire_event_ranges(self, job_id: int, jobset_id: int, task_id: int | None,
                                    n_ranges: int) -> list[dict[str, Any]]:

@@ -148,6 +148,10 @@ def create_app(jobs_dir: Path, db_path: Path) -> FastAPI:
             raise HTTPException(404, f"no job {panda_id}")
         return found[0]
 
+    @app.get("/workers")
+    def list_worker_reports() -> list[dict[str, Any]]:
+        return store.worker_reports()
+
     @app.post("/jobs/{panda_id}/command")
     def queue_command(panda_id: int, body: dict[str, Any]) -> dict[str, Any]:
         """Operator API (not PanDA's): the command goes to the pilot with its next update's reply."""

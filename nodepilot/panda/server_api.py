@@ -134,7 +134,10 @@ class Handlers:
 class PilotApi(Handlers):
     def __init__(self, dispatcher: Dispatcher) -> None:
         super().__init__(dispatcher)
-        self.methods = {"acquire_jobs": self.acquire_jobs, "update_job": self.update_job}
+        self.methods = {"acquire_jobs": self.acquire_jobs, "update_job": self.update_job,
+                        "update_worker_status": self.update_worker_status,
+                        "update_worker_node": self.update_worker_node,
+                        "update_worker_node_gpu": self.update_worker_node_gpu}
 
     def acquire_jobs(
         self,
@@ -224,6 +227,50 @@ class PilotApi(Handlers):
             return response(False, f"Invalid job status: {job_status}", {"StatusCode": SC_INVALID})
         command = self.dispatcher.update(job_id, job_status, attempt_nr, self._params, start_time, end_time)
         return response(True, data={"StatusCode": SC_SUCCESS, "command": command})
+
+
+    def update_worker_status(self, worker_id, harvester_id, status, timeout=60, node_id=None) -> dict[str, Any]:
+        if status not in ("started", "finished"):
+            return response(False, "Invalid worker state. The worker state has to be in ('started', 'finished')")
+        self.store.record_worker_report("update_worker_status", self._params)
+        return response(True)
+
+    def update_worker_node(
+        self,
+        site: str,
+        host_name: str,
+        cpu_model: str,
+        panda_queue: str | None = None,
+        n_logical_cpus: int | None = None,
+        n_sockets: int | None = None,
+        cores_per_socket: int | None = None,
+        threads_per_core: int | None = None,
+        cpu_architecture: str | None = None,
+        cpu_architecture_level: str | None = None,
+        clock_speed: float | None = None,
+        total_memory: int | None = None,
+        total_local_disk: int | None = None,
+        timeout: int = 60,
+    ) -> dict[str, Any]:
+        self.store.record_worker_report("update_worker_node", self._params)
+        return response(True, "")
+
+    def update_worker_node_gpu(
+        self,
+        site: str,
+        host_name: str,
+        vendor: str,
+        model: str,
+        count: int,
+        vram: int | None = None,
+        architecture: str | None = None,
+        framework: str | None = None,
+        framework_version: str | None = None,
+        driver_version: str | None = None,
+        timeout: int = 60,
+    ) -> dict[str, Any]:
+        self.store.record_worker_report("update_worker_node_gpu", self._params)
+        return response(True, "")
 
 
 # --- the signatures of pandaserver/api/v1/event_api.py -------------------------------------------

@@ -43,7 +43,8 @@ class LegacyApi:
         self.store = dispatcher.store
         self.methods: dict[str, Callable[..., dict[str, Any]]] = {
             "getJob": self.getJob, "updateJob": self.updateJob,
-            "getEventRanges": self.getEventRanges, "updateEventRanges": self.updateEventRanges}
+            "getEventRanges": self.getEventRanges, "updateEventRanges": self.updateEventRanges,
+            "updateWorkerPilotStatus": self.updateWorkerPilotStatus}
         self._lock = threading.Lock()
         self._params: dict[str, Any] = {}
         self._accept_json = False
@@ -70,6 +71,12 @@ class LegacyApi:
         if nJobs is None:  # one job: the reply is the job
             return jobs[0]
         return {"StatusCode": SC_SUCCESS, "jobs": jobs if self._accept_json else json.dumps(jobs)}
+
+    def updateWorkerPilotStatus(self, workerID, harvesterID, status, timeout=60, node_id=None) -> dict[str, Any]:
+        if status not in ("started", "finished"):
+            return {"StatusCode": SC_FAILED, "errorDialog": f"invalid worker state {status!r}"}
+        self.store.record_worker_report("update_worker_status", self._params)
+        return {"StatusCode": SC_SUCCESS}
 
     def updateJob(self, jobId, state, token=None, transExitCode=None, pilotErrorCode=None,
                   pilotErrorDiag=None, timestamp=None, timeout=60, xml="", node=None, workdir=None,

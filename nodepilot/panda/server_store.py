@@ -103,6 +103,12 @@ CREATE TABLE IF NOT EXISTS updates (
     applied INTEGER NOT NULL          -- 0: recorded only (unknown job, wrong attempt, already final)
 );
 CREATE INDEX IF NOT EXISTS updates_panda_id ON updates (panda_id);
+CREATE TABLE IF NOT EXISTS worker_reports (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    method TEXT NOT NULL,             -- update_worker_status, update_worker_node, update_worker_node_gpu
+    time REAL NOT NULL,
+    params TEXT NOT NULL              -- as received, JSON
+);
 CREATE TABLE IF NOT EXISTS commands (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     panda_id INTEGER NOT NULL,
@@ -189,6 +195,16 @@ class JobStore:
                 "INSERT INTO updates (panda_id, time, params, command, applied) VALUES (?, ?, ?, ?, ?)",
                 (job_id, now, json.dumps(params), command, int(applied)))
         return command
+
+    def record_worker_report(self, method: str, params: dict[str, Any]) -> None:
+        with self._transaction():
+            self.db.execute("INSERT INTO worker_reports (method, time, params) VALUES (?, ?, ?)",
+                            (method, time.time(), json.dumps(params)))
+
+    def worker_reports(self) -> list[dict[str, Any]]:
+        with self.lock:
+            rows = self.db.execute("SELECT method, time, params FROM worker_reports ORDER BY id").fetchall()
+        return [{"method": r["method"], "time": r["time"], **json.loads(r["params"])} for r in rows]
 
     def queue_command(self, panda_id: int, command: str) -> bool:
         """An operator's command for a job, answered to the job's next update; False: no such job."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -19,13 +20,14 @@ from nodepilot.errors import ErrorCode, clip_diag
 from nodepilot.job import JobDefinitionError, parse_job
 from nodepilot.panda.client import ServerClient, ServerError, UpdateReply, make_client
 from nodepilot.timeutil import panda_time
-from nodepilot.worker import cpu_mhz, free_disk_mb, memory_mb
+from nodepilot.worker import cpu_mhz, free_disk_mb, memory_mb, node_inventory
 from services.monitor import jobrun
 from services.monitor.updates import DeliveryAbandoned, Outbox
 
 log = logging.getLogger(__name__)
 
 ACQUIRE_ATTEMPTS = 5
+WORKER_REPORT_S = 10.0
 GRACEFUL_STOP_S = 110.0  # the launcher kills everything at 120 s
 
 
@@ -80,6 +82,7 @@ class Pilot:
 
     async def run(self) -> int:
         sender = asyncio.create_task(self.outbox.run())
+        reports = asyncio.create_task(self.report_worker("started"))  # never in the first job's way
         try:
             return await self._loop()
         except DeliveryAbandoned as exc:
@@ -87,7 +90,24 @@ class Pilot:
             return exitcodes.UPDATE_LOST
         finally:
             sender.cancel()
+            await asyncio.wait([reports], timeout=WORKER_REPORT_S)
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.report_worker("finished"), WORKER_REPORT_S)
             await self.client.aclose()
+
+    async def report_worker(self, status: str) -> None:
+        """Best effort: the node's inventory at the start, and the Harvester worker's status."""
+        config = self.config
+        try:
+            if status == "started":
+                await self.client.update_worker_node(await asyncio.to_thread(
+                    node_inventory, config.queuedata.site or config.queue, config.queue, config.node,
+                    config.work_dir))
+            worker_id, harvester_id = os.environ.get("HARVESTER_WORKER_ID"), os.environ.get("HARVESTER_ID")
+            if worker_id and harvester_id:
+                await self.client.update_worker_status(worker_id, harvester_id, status, config.node)
+        except Exception as exc:  # never the pilot's end: the server only keeps statistics of these
+            log.warning("worker report (%s) not delivered: %s", status, exc)
 
     async def _loop(self) -> int:
         initial_setup = time.time() - self.launched_at

@@ -111,3 +111,27 @@ def test_standalone_run_writes_updates_file(site, tmp_path):
     states = [line["fields"]["state"] for line in lines]
     assert states[0] == "starting" and states[-1] == "finished"
     assert lines[-1]["fields"]["nEvents"] == 3000
+
+
+def test_worker_inventory_and_status_reach_the_server(site, job_server):
+    import os
+    import subprocess
+
+    import httpx
+
+    from tests.e2e.conftest import NODEPILOT
+
+    add_jobs(site, EXAMPLES / "jobs" / "01_hello.json")
+    env = {**os.environ, "HARVESTER_WORKER_ID": "4711", "HARVESTER_ID": "harvester-test"}
+    for api in ("v1", "legacy"):
+        result = subprocess.run(
+            [*NODEPILOT, "start", "--queue", "LOCAL_TEST", "--server", job_server.url, "--api", api,
+             "--workdir", str(site / "work"), "--se-dir", str(site / "se")],
+            capture_output=True, text=True, timeout=120, env=env)
+        assert result.returncode == 0, result.stderr[-3000:]
+    reports = httpx.get(f"{job_server.url}/workers", timeout=10).json()
+    statuses = [(r.get("status"), r.get("worker_id") or r.get("workerID")) for r in reports
+                if r["method"] == "update_worker_status"]
+    assert statuses == [("started", "4711"), ("finished", "4711")] * 2, reports
+    nodes = [r for r in reports if r["method"] == "update_worker_node"]
+    assert len(nodes) == 1 and nodes[0]["n_logical_cpus"] >= 1 and nodes[0]["cpu_model"]  # v1 only

@@ -136,7 +136,7 @@ def test_server_tobekilled_kills_the_payload_with_1144(site, job_server):
     update = final_update(job_server.jobs()[5200])
     assert update["job_status"] == "failed" and update["pilot_error_code"] == 1144, update
     assert "l5200.tgz" in json.loads(update["job_output_report"])
-    assert update["time"] - [u for u in job_server.jobs()[5200]["updates"] if u["command"]][0]["time"] < 15
+    assert update["time"] - next(u for u in job_server.jobs()[5200]["updates"] if u["command"])["time"] < 15
 
 
 def test_server_debug_command_sends_the_stdout_tail(site, job_server):
