@@ -26,7 +26,7 @@ def print_summary(path: Path, console: Console | None = None) -> None:
         table.add_row(
             str(r.get("panda_id") or "-"), r.get("state", "?"),
             str(r.get("pilot_error_code") or 0), str(r.get("exe_error_code") or 0),
-            f"{t.get('stagein', 0):.2f}", f"{t.get('payload', 0):.2f}", f"{t.get('stageout', 0):.2f}",
+            f"{t.get('stagein', 0):.3f}", f"{t.get('payload', 0):.3f}", f"{t.get('stageout', 0):.3f}",
             str(r.get("files_in", 0)), str(r.get("files_out", 0)),
             (r.get("pilot_error_diag") or "")[:80],
         )
