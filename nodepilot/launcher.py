@@ -10,7 +10,6 @@ The monitor's exit code is the pilot's.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import gc
 import logging
 import multiprocessing
@@ -25,6 +24,7 @@ from typing import Any
 from nodepilot import exitcodes
 from nodepilot.config import SERVICES, PilotConfig
 from nodepilot.http import uds_client
+from nodepilot.proc import die_with_parent
 from nodepilot.redis_server import EmbeddedRedis, RedisStartError, spawn_redis
 from nodepilot.service import Service, run_instance
 
@@ -35,14 +35,12 @@ HEALTH_TIMEOUT = 30.0
 STOP_GRACE = 10.0
 GRACEFUL_STOP_BUDGET = 120.0
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGUSR1, signal.SIGXCPU, signal.SIGBUS)
-_PR_SET_PDEATHSIG = 1
 
 
 def _service_main(instance: Service) -> None:
     """Entry of a forked service process: runs the launcher's pristine copy of the service."""
     os.setpgid(0, 0)
-    with contextlib.suppress(OSError, AttributeError):  # die with the launcher (Linux)
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    die_with_parent()
     for signum in FORWARDED:  # kept until the service's own handlers are in place, then replayed
         signal.signal(signum, lambda signum, _frame: instance.early_signals.append(signum))
     sys.exit(run_instance(instance))

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
+from nodepilot.proc import die_with_parent
+
 
 class RedisStartError(RuntimeError):
     pass
@@ -97,6 +99,7 @@ def spawn_redis(directory: Path, *, appendonly: bool = False) -> EmbeddedRedis:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,  # a Ctrl-C on the terminal goes to the launcher, not here
+        preexec_fn=die_with_parent,  # a launcher killed with SIGKILL leaves no Redis behind
     )
     return EmbeddedRedis(directory, password, proc)
 
