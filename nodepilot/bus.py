@@ -24,7 +24,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import ResponseError
+from redis.exceptions import RedisError, ResponseError
 
 log = logging.getLogger(__name__)
 
@@ -128,8 +128,10 @@ class Consumer:
         concurrency: int = 8,
         block_ms: int = 30_000,
         claim_idle_ms: int = 60_000,
+        retry_s: float | None = None,
     ) -> None:
         self.r, self.stream, self.group, self.consumer = r, stream, group, consumer
+        self.retry_s = retry_s  # None: a failed read ends run(); else read again after this pause
         self.handler = handler
         self.block_ms, self.claim_idle_ms = block_ms, claim_idle_ms
         self._slots = asyncio.Semaphore(concurrency)
@@ -138,6 +140,17 @@ class Consumer:
         self.handled = 0
 
     async def run(self) -> None:
+        while True:
+            try:
+                await self._serve()
+            except (RedisError, OSError):
+                if self.retry_s is None:
+                    raise
+                # handlers in flight go on: only reading stopped
+                log.exception("cannot read %s: trying again in %s s", self.stream, self.retry_s)
+                await asyncio.sleep(self.retry_s)
+
+    async def _serve(self) -> None:
         await ensure_group(self.r, self.stream, self.group)
         await self._read("0")  # our own pending entries from before a restart
         while True:

@@ -54,6 +54,16 @@ class Service:
     async def status(self) -> dict[str, Any]:
         return {}
 
+    async def consume_or_stop(self, consumer: bus.Consumer) -> None:
+        """Serve a work stream; if it cannot be read, stop (the launcher starts a fresh instance)."""
+        try:
+            await consumer.run()
+        except Exception:
+            log.exception("%s cannot read %s: stopping (to be restarted)", self.name, consumer.stream)
+            self.stopping.set()
+        finally:
+            await consumer.aclose()
+
     def on_signal(self, signum: int) -> None:
         """Default: stop. The monitor overrides this to end its job gracefully first."""
         self.stop_signal = signum

@@ -50,13 +50,7 @@ class EventClientService(Service):
     async def _consume(self) -> None:
         consumer = bus.Consumer(self.redis, bus.EVENTCLIENT_REQUESTS, self.name, self.name, self.handle,
                                 concurrency=CONCURRENCY)
-        try:
-            await consumer.run()
-        except Exception:
-            log.exception("the eventclient cannot read its requests: stopping (to be restarted)")
-            self.stopping.set()
-        finally:
-            await consumer.aclose()
+        await self.consume_or_stop(consumer)
 
     async def _until_stopped(self) -> int:
         """Runs while the service does; a stop ends every job served here before the workers go."""

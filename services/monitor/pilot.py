@@ -14,7 +14,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from nodepilot import exitcodes
+from nodepilot import bus, exitcodes
 from nodepilot.config import PilotConfig
 from nodepilot.errors import ErrorCode, clip_diag
 from nodepilot.job import JobDefinitionError, parse_job
@@ -54,8 +54,6 @@ class Pilot:
         if self._acquiring is not None:
             self._acquiring.cancel()
         if self.current is not None:
-            from nodepilot import bus
-
             await bus.emit(self.r, self.current.job.panda_id, "monitor", "signal", signum=signum)
 
     def _stop_overdue(self, signum: int) -> None:
@@ -69,8 +67,6 @@ class Pilot:
             return
         log.info("server command for job %s: %s", fields.get("jobId"), command)
         if self.current is not None and self.current.job.panda_id == fields.get("jobId"):
-            from nodepilot import bus
-
             await bus.emit(self.r, self.current.job.panda_id, "monitor", "server_command", command=command)
 
     # --- the loop ------------------------------------------------------------------------

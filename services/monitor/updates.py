@@ -34,7 +34,6 @@ class Outbox:
         self._wake = asyncio.Event()
         self._waiters: dict[str, asyncio.Future[bool]] = {}
         self.last_delivery = time.monotonic()
-        self.failure: BaseException | None = None
         self.delivered = 0
 
     async def put(self, fields: dict[str, Any]) -> asyncio.Future[bool]:
@@ -94,8 +93,7 @@ class Outbox:
                     return None
                 waited = time.monotonic() - self.last_delivery
                 if waited > self.give_up_s:
-                    self.failure = DeliveryAbandoned(f"no update delivered for {waited:.0f} s: {exc}")
-                    raise self.failure from exc
+                    raise DeliveryAbandoned(f"no update delivered for {waited:.0f} s: {exc}") from exc
                 log.warning("update of job %s not delivered (%s); retry in %.0f s",
                             fields.get("jobId"), exc, delay)
                 await asyncio.sleep(delay * (0.5 + random.random()))  # back-off with jitter

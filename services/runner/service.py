@@ -102,16 +102,11 @@ class RunnerService(Service):
     async def _consume(self) -> None:
         # a thread per running payload blocks in wait4: the default pool (cpus + 4) would run out
         asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(CONCURRENCY + 8, "runner"))
+        # a failed read is retried in place: the payloads keep running and their handlers waiting
         consumer = bus.Consumer(self.redis, bus.RUNNER_REQUESTS, "runner", "runner", self.handle,
-                                concurrency=CONCURRENCY)
+                                concurrency=CONCURRENCY, retry_s=RETRY_S)
         try:
-            while True:
-                try:
-                    await consumer.run()
-                except Exception:
-                    # the payloads keep running and their handlers keep waiting: only reading stopped
-                    log.exception("cannot read %s: trying again in %s s", bus.RUNNER_REQUESTS, RETRY_S)
-                    await asyncio.sleep(RETRY_S)
+            await consumer.run()
         finally:
             await self._stop_payloads()
             await consumer.aclose()

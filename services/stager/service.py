@@ -122,13 +122,7 @@ class StagerService(Service):
         asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(workers, "stager"))
         consumer = bus.Consumer(self.redis, bus.STAGER_REQUESTS, "stager", "stager", self.handle,
                                 concurrency=CONSUMER_CONCURRENCY)
-        try:
-            await consumer.run()
-        except Exception:
-            log.exception("the stager cannot read its requests: stopping (to be restarted)")
-            self.stopping.set()
-        finally:
-            await consumer.aclose()
+        await self.consume_or_stop(consumer)
 
     # --- one request -------------------------------------------------------------------
     async def handle(self, entry_id: str, message: dict[str, Any]) -> None:

@@ -14,10 +14,10 @@ import pytest
 from tests.e2e.conftest import NODEPILOT, add_jobs, final_update
 
 
-def start_pilot(site, server_url: str) -> subprocess.Popen:
+def start_pilot(site, server_url: str, *extra: str) -> subprocess.Popen:
     return subprocess.Popen(
         [*NODEPILOT, "start", "--queue", "LOCAL_TEST", "--server", server_url, "--workdir", str(site / "work"),
-         "--se-dir", str(site / "se")],
+         "--se-dir", str(site / "se"), *extra],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
 
@@ -119,11 +119,7 @@ def test_server_tobekilled_kills_the_payload_with_1144(site, job_server):
         "PandaID": 5200, "attemptNr": 1, "transformation": "bash", "jobPars": "-c 'touch started; sleep 120'",
         "outFiles": "l5200.tgz", "logFile": "l5200.tgz", "scopeLog": "demo.log",
     })
-    pilot = subprocess.Popen(
-        [*NODEPILOT, "start", "--queue", "LOCAL_TEST", "--server", job_server.url, "--workdir", str(site / "work"),
-         "--se-dir", str(site / "se"), "--heartbeat", "0.5"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
+    pilot = start_pilot(site, job_server.url, "--heartbeat", "0.5")
     try:
         wait_for_file(site / "work" / "PanDA_Pilot-5200" / "started")
         reply = httpx.post(f"{job_server.url}/jobs/5200/command", json={"command": "tobekilled"}, timeout=10)
@@ -147,11 +143,7 @@ def test_server_debug_command_sends_the_stdout_tail(site, job_server):
         "jobPars": "-c 'echo visible-in-debug; touch started; while [ ! -e go ]; do sleep 0.05; done'",
         "outFiles": "l5201.tgz", "logFile": "l5201.tgz", "scopeLog": "demo.log",
     })
-    pilot = subprocess.Popen(
-        [*NODEPILOT, "start", "--queue", "LOCAL_TEST", "--server", job_server.url, "--workdir", str(site / "work"),
-         "--se-dir", str(site / "se"), "--heartbeat", "0.3"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
+    pilot = start_pilot(site, job_server.url, "--heartbeat", "0.3")
     workdir = site / "work" / "PanDA_Pilot-5201"
     try:
         wait_for_file(workdir / "started")
