@@ -17,7 +17,8 @@ from collections.abc import Coroutine
 from typing import Any
 
 import uvicorn
-from fastapi import FastAPI
+from fastapi import FastAPI, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from nodepilot import bus
 from nodepilot.config import PilotConfig
@@ -38,6 +39,7 @@ class Service:
         self.started = time.time()
         self._app: FastAPI | None = None
         self.early_signals: list[int] = []  # arrived before the event loop's handlers were set
+        self.metrics = CollectorRegistry()  # a service registers its own collectors here; /metrics shows them
 
     # --- what a service defines ----------------------------------------------------
     def main(self) -> Coroutine[Any, Any, int] | None:
@@ -89,6 +91,10 @@ class Service:
         async def status() -> dict[str, Any]:
             return {"service": self.name, "uptime_s": round(time.time() - self.started, 3),
                     **await self.status()}
+
+        @app.get("/metrics")
+        async def metrics() -> Response:
+            return Response(generate_latest(self.metrics), media_type=CONTENT_TYPE_LATEST)
 
         self.add_routes(app)
         return app

@@ -44,10 +44,14 @@ class Reason:
 
 
 class TransferError(Exception):
-    def __init__(self, reason: str, diag: str) -> None:
+    """``transient``: worth retrying on the same endpoint after a back-off (connection refused or
+    reset, a time-out talking to the server, HTTP 5xx/429); anything else is final for that endpoint."""
+
+    def __init__(self, reason: str, diag: str, transient: bool = False) -> None:
         super().__init__(diag)
         self.reason = reason
         self.diag = diag
+        self.transient = transient
 
 
 class Aborted(Exception):
