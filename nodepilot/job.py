@@ -8,6 +8,7 @@ can be failed cleanly at the server while the pilot goes on.
 
 from __future__ import annotations
 
+import base64
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -180,6 +181,24 @@ def parse_checksum(text: str, ident: tuple[int | None, int] = (None, 0)) -> Chec
     return Checksum(name, value.zfill(width))
 
 
+BASE64_PREFIX = "base64:"
+
+
+def job_pars(d: dict[str, Any], ident: tuple[Any, ...]) -> str:
+    """The payload's arguments. The server base64-encodes some without saying so: those pass on
+    unchanged (the payload decodes them). Decoded here only when marked: a ``base64:`` prefix or
+    ``jobParsEncoding: base64``; a marked value that does not decode is a broken definition."""
+    text = str(d.get("jobPars") or "")
+    marked = text.startswith(BASE64_PREFIX)
+    if not marked and str(d.get("jobParsEncoding") or "").lower() != "base64":
+        return text
+    encoded = text.removeprefix(BASE64_PREFIX) if marked else text
+    try:
+        return base64.b64decode(encoded, validate=True).decode()
+    except (ValueError, UnicodeDecodeError):
+        raise JobDefinitionError(f"jobPars is marked base64 but does not decode: {encoded[:60]!r}", *ident) from None
+
+
 def parse_job(d: Any) -> Job:
     """Parse one job definition; raise JobDefinitionError if the pilot cannot run it."""
     if not isinstance(d, dict):
@@ -266,7 +285,7 @@ def parse_job(d: Any) -> Job:
         prod_source_label=_text(d, "prodSourceLabel"),
         processing_type=_text(d, "processingType"),
         transformation=transformation,
-        job_pars=str(d.get("jobPars") or ""),  # passed on unchanged (may be base64, unmarked)
+        job_pars=job_pars(d, ident),
         sw_release=_text(d, "swRelease"),
         homepackage=_text(d, "homepackage"),
         cmtconfig=_text(d, "cmtConfig"),

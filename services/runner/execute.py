@@ -17,6 +17,7 @@ from pathlib import Path
 
 import psutil
 
+from services.runner.cgroup import PayloadCgroup
 from services.runner.report import STDERR, STDOUT
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,9 @@ def payload_script(setup: str, command: str, args: str) -> str:
     return f"{setup}\n{command} {args}"
 
 
+_cleanups: set[asyncio.Task[None]] = set()
+
+
 @dataclass
 class Ended:
     exit_code: int | None  # None: killed by a signal, or the status is unknown
@@ -44,6 +48,7 @@ class Ended:
     end_time: float
     cpu_seconds: float
     max_rss_kb: int
+    oom_kills: int = 0  # processes of the payload the kernel's OOM killer ended (known with a cgroup)
 
 
 @dataclass(eq=False)
@@ -57,6 +62,7 @@ class Payload:
     started: float = field(default_factory=time.monotonic)
     kill_reason: str = ""
     ended: Ended | None = None
+    cgroup: PayloadCgroup | None = None  # every process of the payload, escaped or not, where we have one
     _strays: dict[int, psutil.Process] = field(default_factory=dict)
     _kill_timer: asyncio.TimerHandle | None = None
 
@@ -77,9 +83,20 @@ class Payload:
         self.ended = Ended(exit_code, signum, time.time(), round(usage.ru_utime + usage.ru_stime, 3),
                            int(usage.ru_maxrss))
         if self._kill_timer is None:
-            # processes the payload left behind in its group are orphans now
+            # processes the payload left behind in its group (or its cgroup) are orphans now
             signal_group(self.pid, signal.SIGKILL)
+            if self.cgroup is not None:
+                self.cgroup.signal(signal.SIGKILL)
+        if self.cgroup is not None:
+            self.ended.oom_kills = self.cgroup.oom_kills()
+            cleanup = asyncio.get_running_loop().create_task(remove_when_empty(self.cgroup))
+            _cleanups.add(cleanup)  # a task nobody holds may be collected before it ends
+            cleanup.add_done_callback(_cleanups.discard)
         return self.ended
+
+    def tracked_pids(self) -> list[int]:
+        """Processes known to belong to the payload besides its descendants (its cgroup's)."""
+        return self.cgroup.pids() if self.cgroup is not None else []
 
     def kill(self, grace: float, reason: str) -> None:
         """SIGTERM to the group and to descendants that left it; SIGKILL to both after ``grace``."""
@@ -106,6 +123,8 @@ class Payload:
 
     def _signal_all(self, signum: int) -> None:
         signal_group(self.pid, signum)
+        if self.cgroup is not None:
+            self.cgroup.signal(signum)
         for proc in self._strays.values():
             with contextlib.suppress(psutil.Error):
                 proc.send_signal(signum)  # psutil checks it is still the same process
@@ -122,12 +141,31 @@ def signal_group(pgid: int, signum: int) -> bool:
 def start(job_id: int, request_id: str, workdir: Path, script: str, env: dict[str, str]) -> Payload:
     """Run ``script`` with bash in ``workdir``; raises OSError when it cannot be started."""
     bash = shutil.which("bash") or "/bin/bash"
-    with (workdir / STDOUT).open("wb") as out, (workdir / STDERR).open("wb") as err:
-        proc = subprocess.Popen(
-            [bash, "-c", script], cwd=workdir, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
-            start_new_session=True, close_fds=True,
-        )
-    return Payload(proc, job_id, request_id)
+    cgroup = PayloadCgroup.create(job_id)
+    try:
+        with (workdir / STDOUT).open("wb") as out, (workdir / STDERR).open("wb") as err:
+            proc = subprocess.Popen(
+                [bash, "-c", script], cwd=workdir, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+                start_new_session=True, close_fds=True, preexec_fn=cgroup.enter if cgroup else None,
+            )
+    except BaseException:
+        if cgroup is not None:
+            cgroup.remove()
+        raise
+    if cgroup is not None:
+        cgroup.started()
+    return Payload(proc, job_id, request_id, cgroup=cgroup)
+
+
+async def remove_when_empty(cgroup: PayloadCgroup, timeout: float = 30.0) -> None:
+    """The kernel empties a killed cgroup in a moment; remove it then (bounded, off the job's path)."""
+    deadline = time.monotonic() + timeout
+    while not cgroup.remove():
+        if time.monotonic() > deadline:
+            log.warning("cgroup %s still has processes after %.0f s: left in place", cgroup.path, timeout)
+            return
+        cgroup.signal(signal.SIGKILL)
+        await asyncio.sleep(0.1)
 
 
 async def wait_gone(pid: int, timeout: float) -> None:

@@ -23,6 +23,9 @@ STDERR = "payload.stderr"
 MAX_REPORT_BYTES = 10 * 1024 * 1024
 STDERR_TAIL_BYTES = 64 * 1024
 NOT_FOUND_MARKERS = ("command not found", "No such file")
+# what runtimes print when an allocation fails (Python, C++, glibc, the JVM, bash)
+OUT_OF_MEMORY_MARKERS = ("MemoryError", "std::bad_alloc", "Cannot allocate memory", "OutOfMemoryError",
+                         "out of memory", "Out of memory")
 PILOT_CODES = frozenset(int(c) for c in ErrorCode)
 
 
@@ -177,12 +180,14 @@ def effective_signal(exit_code: int | None, signum: int | None) -> int | None:
     return None
 
 
-def outcome(workdir: Path, exit_code: int | None, signum: int | None) -> Outcome:
-    """Pilot and exe error codes of a payload that ended with ``exit_code`` or ``signum``."""
+def outcome(workdir: Path, exit_code: int | None, signum: int | None, oom_kills: int = 0) -> Outcome:
+    """Pilot and exe error codes of a payload that ended with ``exit_code`` or ``signum``;
+    ``oom_kills``: processes of the payload the kernel's OOM killer ended (from its cgroup)."""
     reports = read_reports(workdir)
     result = Outcome(n_events=reports.n_events, report_text=reports.text, output_guids=reports.output_guids)
-    tail = stderr_tail(workdir) if exit_code else ""
+    tail = stderr_tail(workdir) if exit_code or signum else ""
     _classify(result, reports, exit_code, signum, tail)
+    _out_of_memory(result, exit_code, signum, oom_kills, tail)
     if reports.notes:
         notes = "; ".join(reports.notes)
         result.pilot_error_diag = f"{result.pilot_error_diag}; {notes}" if result.pilot_error_diag else notes
@@ -232,6 +237,19 @@ def _classify(result: Outcome, reports: Reports, exit_code: int | None, signum: 
                                           reports.diag)
     else:
         result.exe_error_diag = ""
+
+
+def _out_of_memory(result: Outcome, exit_code: int | None, signum: int | None, oom_kills: int, tail: str) -> None:
+    """A failure caused by memory exhaustion is 1212, whatever else it looked like."""
+    if result.pilot_error_code in (0, ErrorCode.PAYLOAD_OUT_OF_MEMORY) or not (exit_code or signum):
+        return
+    marker = next((m for m in OUT_OF_MEMORY_MARKERS if m in tail), None)
+    if not oom_kills and marker is None:
+        return
+    why = (f"the kernel's OOM killer ended {oom_kills} process(es) of the payload" if oom_kills
+           else f"the payload ran out of memory ({marker!r} in its stderr)")
+    result.pilot_error_code = ErrorCode.PAYLOAD_OUT_OF_MEMORY
+    result.pilot_error_diag = _joined(why, result.pilot_error_diag)
 
 
 def _joined(what: str, detail: str) -> str:

@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -133,7 +134,8 @@ def read_process(proc: psutil.Process) -> Reading:
 class ProcessTree:
     """The processes of one payload, and its totals. Not thread-safe: one sample at a time."""
 
-    def __init__(self, root_pid: int) -> None:
+    def __init__(self, root_pid: int, members: Callable[[], list[int]] | None = None) -> None:
+        self.members = members  # pids known to be the payload's whatever their parent (its cgroup)
         self.known: dict[int, psutil.Process] = {}
         self._last: dict[int, Counters] = {}  # live processes: their counters at the last sample
         self._ended = Counters()  # processes that ended: their counters at their last sample
@@ -182,6 +184,10 @@ class ProcessTree:
             ppid = proc.info["ppid"]
             if ppid is not None:
                 children.setdefault(ppid, []).append(proc)
+        for pid in self.members() if self.members else []:
+            if pid not in self.known:
+                with contextlib.suppress(psutil.Error):
+                    self.known[pid] = psutil.Process(pid)
         todo = list(self.known)
         while todo:
             for child in children.get(todo.pop(), []):
@@ -201,10 +207,10 @@ class UsageSampler:
     """Samples a payload's tree every ``interval`` s (the first at once) until ``stop``."""
 
     def __init__(self, r: aioredis.Redis, job_id: int, root_pid: int, workdir: Path,
-                 interval: float = DEFAULT_INTERVAL_S) -> None:
+                 interval: float = DEFAULT_INTERVAL_S, members: Callable[[], list[int]] | None = None) -> None:
         self.r, self.job_id, self.interval = r, job_id, interval
         self.path = workdir / USAGE_FILE
-        self.tree = ProcessTree(root_pid)
+        self.tree = ProcessTree(root_pid, members)
         self.samples: list[Sample] = []
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None

@@ -174,7 +174,8 @@ class RunnerService(Service):
             return
         self.payloads[request_id] = payload
         log.info("job %s: payload started, pid %s", job_id, payload.pid)
-        sampler = UsageSampler(self.redis, job_id, payload.pid, request.workdir, request.sample_interval)
+        sampler = UsageSampler(self.redis, job_id, payload.pid, request.workdir, request.sample_interval,
+                               payload.tracked_pids)
         sampler.start()
         ended: Ended | None = None
         try:
@@ -188,7 +189,7 @@ class RunnerService(Service):
             if ended is None:
                 sampler.cancel()
         samples = await sampler.stop()
-        result = await asyncio.to_thread(outcome, request.workdir, ended.exit_code, ended.signal)
+        result = await asyncio.to_thread(outcome, request.workdir, ended.exit_code, ended.signal, ended.oom_kills)
         if result.pilot_error_code and payload.kill_reason:
             result.pilot_error_diag = clip_diag(f"{result.pilot_error_diag} ({payload.kill_reason})")
             if self._shutting_down:

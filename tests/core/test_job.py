@@ -1,3 +1,5 @@
+import base64
+
 import pytest
 
 from nodepilot.errors import ErrorCode
@@ -74,3 +76,16 @@ def test_checksum_forms():
     assert parse_checksum("0a1b2c3d") == Checksum("adler32", "0a1b2c3d")
     assert str(parse_checksum("MD5:" + "A" * 32)) == "md5:" + "a" * 32
     assert parse_checksum("NULL") is None
+
+
+def test_marked_base64_job_pars_are_decoded():
+    pars = "--outputs 'a b' --x=\"$HOME\""
+    encoded = base64.b64encode(pars.encode()).decode()
+    assert parse_job({**BASE, "jobPars": f"base64:{encoded}"}).job_pars == pars
+    assert parse_job({**BASE, "jobPars": encoded, "jobParsEncoding": "base64"}).job_pars == pars
+    assert parse_job({**BASE, "jobPars": encoded}).job_pars == encoded  # unmarked: unchanged
+
+
+def test_marked_base64_job_pars_that_do_not_decode_break_the_definition():
+    with pytest.raises(JobDefinitionError, match="jobPars is marked base64"):
+        parse_job({**BASE, "jobPars": "base64:%%%not base64"})

@@ -83,3 +83,12 @@ def test_malformed_job_report_is_a_clear_failure_not_a_crash(site, job_server):
     assert final_update(jobs[7102])["job_status"] in ("finished", "failed")
     assert final_update(jobs[7103])["job_status"] == "finished"
     assert os.path.exists(site / "work" / "PanDA_Pilot-7102" / "jobReport.json")
+
+
+def test_payload_out_of_memory_is_1212(site, job_server):
+    add_jobs(site, hostile_job(7104, "python3 -c \"bytearray(1 << 50)\""))
+    result = run_pilot(site, job_server.url)
+    assert result.returncode == 0, result.stderr[-3000:]
+    update = final_update(job_server.jobs()[7104])
+    assert update["job_status"] == "failed" and update["pilot_error_code"] == 1212, update
+    assert "MemoryError" in update["pilot_error_diag"] and "l7104.tgz" in json.loads(update["job_output_report"])

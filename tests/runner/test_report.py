@@ -197,3 +197,16 @@ def test_diags_are_clipped(tmp_path):
     write(tmp_path, JOB_REPORT, {"exitCode": 9, "exitMsg": "m" * 2000})
     result = outcome(tmp_path, 9, None)
     assert len(result.exe_error_diag) <= 500 and len(result.pilot_error_diag) <= 500
+
+
+def test_out_of_memory_is_1212(tmp_path):
+    (tmp_path / STDERR).write_text("Traceback (most recent call last):\n  ...\nMemoryError\n")
+    result = outcome(tmp_path, 1, None)
+    assert result.pilot_error_code == ErrorCode.PAYLOAD_OUT_OF_MEMORY
+    assert "MemoryError" in result.pilot_error_diag and "exit code 1" in result.pilot_error_diag
+    (tmp_path / STDERR).write_text("terminate called after throwing an instance of 'std::bad_alloc'\n")
+    assert outcome(tmp_path, None, 6).pilot_error_code == ErrorCode.PAYLOAD_OUT_OF_MEMORY
+    (tmp_path / STDERR).write_text("")
+    killed = outcome(tmp_path, None, 9, oom_kills=1)
+    assert killed.pilot_error_code == ErrorCode.PAYLOAD_OUT_OF_MEMORY and "OOM killer" in killed.pilot_error_diag
+    assert outcome(tmp_path, 0, None, oom_kills=0).pilot_error_code == 0
