@@ -13,6 +13,10 @@ Contract (one JSON object per stream entry, under the field ``data``):
 
 Work streams use consumer groups: at-least-once delivery, an entry is acknowledged only once
 its handler finished, and a restarted consumer first re-reads its own pending entries.
+
+Redis may go away for a moment (the launcher restarts a Redis that died): every client retries a
+command that lost its connection, with back-off, for up to ~RECONNECT_S, and a consumer whose group
+vanished (a Redis that came back without its data) creates it again.
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import RedisError, ResponseError
 
 log = logging.getLogger(__name__)
@@ -34,6 +40,7 @@ EVENTCLIENT_REQUESTS = "eventclient:requests"
 PILOT_JOBS = "pilot:jobs"
 PILOT_OUTBOX = "pilot:outbox"
 STREAM_MAXLEN = 10_000
+RECONNECT_RETRIES = 40  # back-off from 20 ms doubling to 1 s: ~35 s in all before a command fails
 
 
 def job_key(job_id: int | str) -> str:
@@ -68,9 +75,15 @@ def job_id_of(value: Any) -> int | None:
 def connect(url: str) -> aioredis.Redis:
     # no read time-out: our reads block on streams by design (redis-py 8 defaults to 5 s,
     # which would break every XREAD/XREADGROUP BLOCK longer than that); a dead server still
-    # shows up at once as a closed socket
+    # shows up at once as a closed socket, and the command is sent again on a new connection
+    # (connection refused, socket missing and "loading the dataset" are retried alike)
+    retry = Retry(ExponentialWithJitterBackoff(cap=1.0, base=0.02), RECONNECT_RETRIES)
     return aioredis.Redis.from_url(url, decode_responses=True, health_check_interval=0,
-                                   socket_timeout=None, socket_connect_timeout=10)
+                                   socket_timeout=None, socket_connect_timeout=10, retry=retry)
+
+
+def missing_group(exc: BaseException) -> bool:
+    return isinstance(exc, ResponseError) and str(exc).startswith("NOGROUP")
 
 
 def encode(message: dict[str, Any]) -> dict[str, str]:
@@ -143,7 +156,11 @@ class Consumer:
         while True:
             try:
                 await self._serve()
-            except (RedisError, OSError):
+            except (RedisError, OSError) as exc:
+                if missing_group(exc):  # _serve creates it first thing
+                    log.warning("group %s of %s is gone: creating it again", self.group, self.stream)
+                    self._inflight.clear()  # their entries are gone with it
+                    continue
                 if self.retry_s is None:
                     raise
                 # handlers in flight go on: only reading stopped

@@ -29,18 +29,58 @@ def _run_dir(work_dir: Path, given: str) -> str:
     return tempfile.mkdtemp(prefix="nodepilot-")  # a deep work dir: sockets must stay short
 
 
-def _launch(config: PilotConfig) -> int:
+def _log_format(given: str) -> None:
+    """The services inherit the launcher's environment: the format chosen here is theirs too."""
+    from nodepilot.logs import FORMAT_ENV, log_format
+
+    try:
+        os.environ[FORMAT_ENV] = log_format(given)
+    except ValueError as exc:
+        typer.echo(f"nodepilot: {exc}", err=True)
+        raise typer.Exit(exitcodes.USAGE) from None
+
+
+def _progress_wanted() -> bool:
+    """Progress lines on a terminal, for people (not with JSON logs, meant for a collector)."""
+    return sys.stdout.isatty() and os.environ.get("NODEPILOT_LOG_FORMAT", "plain") == "plain"
+
+
+def _launch(config: PilotConfig, in_process: bool = False) -> int:
+    from nodepilot import experiments
     from nodepilot.launcher import Launcher
     from nodepilot.service import setup_logging
     from nodepilot.summary import print_summary
 
+    progress_wanted = _progress_wanted()
+    if progress_wanted:
+        os.environ.setdefault("NODEPILOT_LOG_LEVEL", "WARNING")  # the progress lines say what INFO lines would
     setup_logging("launcher")
+    logger = logging.getLogger("nodepilot")
     try:
         config.queuedata = load_queuedata(config)
-    except (OSError, ValueError) as exc:
-        logging.getLogger("nodepilot").error("queue data: %s", exc)
+        experiments.load(experiments.name_for(config.pilot_user, config.queuedata.pilot_user))
+    except experiments.UnknownExperiment as exc:
+        logger.error("%s", exc)
         return exitcodes.USAGE
-    code = Launcher(config).run()
+    except (OSError, ValueError) as exc:
+        logger.error("queue data: %s", exc)
+        return exitcodes.USAGE
+    progress = None
+    if progress_wanted:
+        from nodepilot.progress import JobProgress
+
+        progress = JobProgress(Path(config.run_dir))
+        progress.start()
+    try:
+        if in_process:
+            from nodepilot.inprocess import run_in_process
+
+            code = run_in_process(config)
+        else:
+            code = Launcher(config).run()
+    finally:
+        if progress is not None:
+            progress.stop()
     print_summary(Path(config.run_dir) / "summary.json")
     return code
 
@@ -56,6 +96,12 @@ RedisOpt = Annotated[str, typer.Option("--redis-url", envvar="NODEPILOT_REDIS_UR
                                        help="use this Redis instead of an embedded one")]
 RunDirOpt = Annotated[str, typer.Option("--run-dir", envvar="NODEPILOT_RUN_DIR",
                                         help="sockets and state (default <workdir>/run-<pid>)")]
+PilotUserOpt = Annotated[str, typer.Option("--pilot-user", envvar="NODEPILOT_PILOT_USER",
+                                           help="experiment plug-in (default: the queue's, else generic)")]
+LogFormatOpt = Annotated[str, typer.Option("--log-format", envvar="NODEPILOT_LOG_FORMAT",
+                                           help="plain (for people) | json (one object per line)")]
+WebPortOpt = Annotated[int, typer.Option("--web-port", envvar="NODEPILOT_WEB_PORT",
+                                         help="also serve the monitor's web page on 127.0.0.1:PORT")]
 
 
 @app.command()
@@ -67,10 +113,10 @@ def start(
     site: Annotated[str, typer.Option("--site", "-s", envvar="NODEPILOT_SITE", help="site name")] = "",
     resource: Annotated[str, typer.Option("--resource", "-r", help="resource type, e.g. SCORE")] = "",
     job_label: Annotated[str, typer.Option("--job-label", "-j", help="prodSourceLabel")] = "managed",
-    pilot_user: Annotated[str, typer.Option("--pilot-user", help="experiment plug-in")] = "generic",
+    pilot_user: PilotUserOpt = "",
     workflow: Annotated[str, typer.Option("--workflow", "-w", help="generic | standalone")] = "generic",
     lifetime: Annotated[float, typer.Option("--lifetime", "-l", help="slot lifetime, s")] = 0.0,
-    api: Annotated[str, typer.Option("--api", envvar="NODEPILOT_API", help="v1 | legacy")] = "v1",
+    api: Annotated[str, typer.Option("--api", envvar="NODEPILOT_API", help="v1 | legacy | relay")] = "v1",
     heartbeat: Annotated[float, typer.Option("--heartbeat", help="heartbeat period, s")] = 1800.0,
     max_jobs: Annotated[int, typer.Option("--max-jobs", help="stop after this many jobs (0: no limit)")] = 0,
     workdir: WorkDirOpt = Path("."),
@@ -78,20 +124,100 @@ def start(
     queuedata: QueueDataOpt = "",
     redis_url: RedisOpt = "",
     run_dir: RunDirOpt = "",
+    log_format: LogFormatOpt = "plain",
+    web_port: WebPortOpt = 0,
+    slots: Annotated[str, typer.Option("--slots", envvar="NODEPILOT_SLOTS",
+                                       help="jobs at once: N, or auto (one per core)")] = "1",
+    in_process: Annotated[bool, typer.Option("--in-process", help="the services as tasks of this one process "
+                                             "(HPC compute nodes)")] = False,
+    worker_id: Annotated[str, typer.Option("--worker-id", envvar="NODEPILOT_WORKER_ID",
+                                           help="--api relay: this worker's name (default <node>-<pid>)")] = "",
 ) -> None:
     """Run jobs from a PanDA server until it has none or the slot's time is up."""
     if url:
         server = url if not port else f"{url.rstrip('/')}:{port}"
-    if not server:
+    relay = api.lower() == "relay"
+    if relay and not redis_url:
+        typer.echo("nodepilot start: --api relay needs the front-end's Redis (--redis-url)", err=True)
+        raise typer.Exit(exitcodes.USAGE)
+    if not server and not relay:
         typer.echo("nodepilot start: --server (or --url) is required", err=True)
         raise typer.Exit(exitcodes.USAGE)
-    del pilot_user, workflow  # accepted for wrapper compatibility; plug-ins come with issue 9
+    _check_slots(slots)
+    del workflow  # accepted for wrapper compatibility
+    _log_format(log_format)
     config = PilotConfig(queue=queue, site=site or queue, server=server, api=api, job_label=job_label,
                          resource_type=resource, work_dir=str(workdir.resolve()),
                          run_dir=_run_dir(workdir, run_dir), redis_url=redis_url, se_dir=str(se_dir),
                          queuedata_file=queuedata, heartbeat_s=heartbeat, lifetime_s=lifetime,
-                         max_jobs=max_jobs)
-    raise typer.Exit(_launch(config))
+                         max_jobs=max_jobs, pilot_user=pilot_user, web_port=web_port, slots=slots)
+    if relay:  # --redis-url is the front-end's; the bus gets a Redis (or a database there) of its own
+        from nodepilot.relay import default_worker_id
+
+        config.api, config.relay_url, config.redis_url = "relay", redis_url, ""
+        config.worker_id = worker_id or default_worker_id(config.node)
+    raise typer.Exit(_launch(config, in_process))
+
+
+def _check_slots(slots: str) -> None:
+    from nodepilot.slots import parse_slots
+
+    try:
+        parse_slots(slots)
+    except ValueError as exc:
+        typer.echo(f"nodepilot: {exc}", err=True)
+        raise typer.Exit(exitcodes.USAGE) from None
+
+
+@app.command()
+def frontend(
+    queue: QueueOpt = "LOCAL_TEST",
+    server: Annotated[str, typer.Option("--server", envvar="NODEPILOT_SERVER", help="PanDA server URL")] = "",
+    api: Annotated[str, typer.Option("--api", envvar="NODEPILOT_API", help="v1 | legacy")] = "v1",
+    site: Annotated[str, typer.Option("--site", "-s", envvar="NODEPILOT_SITE", help="site name")] = "",
+    resource: Annotated[str, typer.Option("--resource", "-r", help="workers' resource type, e.g. SCORE")] = "",
+    job_label: Annotated[str, typer.Option("--job-label", "-j", help="prodSourceLabel")] = "managed",
+    pilot_user: PilotUserOpt = "",
+    lifetime: Annotated[float, typer.Option("--lifetime", "-l", help="workers' slot lifetime, s")] = 0.0,
+    workdir: WorkDirOpt = Path("."),
+    se_dir: SeDirOpt = Path("se"),
+    queuedata: QueueDataOpt = "",
+    redis_url: Annotated[str, typer.Option("--redis-url", envvar="NODEPILOT_REDIS_URL",
+                                           help="the Redis workers reach (default: an embedded one, this host "
+                                                "only)")] = "",
+    run_dir: RunDirOpt = "",
+    log_format: LogFormatOpt = "plain",
+    launch: Annotated[str, typer.Option("--launch", help="none | local | slurm: start the workers too")] = "none",
+    workers: Annotated[int, typer.Option("--workers", help="--launch local: how many workers")] = 1,
+    cores_per_worker: Annotated[int, typer.Option("--cores-per-worker",
+                                                  help="--launch slurm: one worker per N cores (0: per node)")] = 0,
+    slots: Annotated[str, typer.Option("--slots", help="--launch local: each worker's --slots")] = "1",
+    jumbo: Annotated[int, typer.Option("--jumbo", help="share an event-service job among up to N workers")] = 1,
+    worker_arg: Annotated[list[str] | None, typer.Option("--worker-arg", help="one more argument for every "
+                                                         "worker's nodepilot start (repeatable)")] = None,
+) -> None:
+    """The front-end of compute nodes without outbound connections: serves their relay requests from its
+    Redis, forwards them to the PanDA server (updates stored until delivered), optionally starts them."""
+    from nodepilot.frontend import FrontendSettings, run_frontend
+    from nodepilot.service import setup_logging
+
+    if not server:
+        typer.echo("nodepilot frontend: --server is required", err=True)
+        raise typer.Exit(exitcodes.USAGE)
+    if api.lower() not in ("v1", "legacy"):
+        typer.echo("nodepilot frontend: --api is v1 or legacy (the front-end talks to the server itself)", err=True)
+        raise typer.Exit(exitcodes.USAGE)
+    _check_slots(slots)
+    _log_format(log_format)
+    setup_logging("frontend")
+    config = PilotConfig(queue=queue, site=site or queue, server=server, api=api.lower(), job_label=job_label,
+                         resource_type=resource, work_dir=str(workdir.resolve()),
+                         run_dir=_run_dir(workdir, run_dir), redis_url=redis_url, se_dir=str(se_dir.resolve()),
+                         queuedata_file=str(Path(queuedata).resolve()) if queuedata else "", lifetime_s=lifetime,
+                         pilot_user=pilot_user)
+    settings = FrontendSettings(launch=launch, workers=max(1, workers), cores_per_worker=max(0, cores_per_worker),
+                                jumbo=max(1, jumbo), slots=slots, worker_args=list(worker_arg or []))
+    raise typer.Exit(run_frontend(config, settings))
 
 
 @app.command()
@@ -105,13 +231,18 @@ def run(
     queuedata: QueueDataOpt = "",
     redis_url: RedisOpt = "",
     run_dir: RunDirOpt = "",
+    pilot_user: PilotUserOpt = "",
+    log_format: LogFormatOpt = "plain",
+    web_port: WebPortOpt = 0,
 ) -> None:
     """Run one job from a file with no server; updates go to <workdir>/updates.jsonl."""
+    _log_format(log_format)
     work = workdir.resolve()
     config = PilotConfig(queue=queue, site=queue, work_dir=str(work), run_dir=_run_dir(workdir, run_dir),
                          redis_url=redis_url, se_dir=str(se_dir), queuedata_file=queuedata, max_jobs=1,
                          job_file=str(job_file.resolve()), updates_file=str(work / "updates.jsonl"),
-                         ranges_file=str(ranges.resolve()) if ranges else "")
+                         ranges_file=str(ranges.resolve()) if ranges else "", pilot_user=pilot_user,
+                         web_port=web_port)
     raise typer.Exit(_launch(config))
 
 
@@ -140,14 +271,34 @@ def service(
     name: Annotated[str, typer.Argument(help="monitor | runner | stager | eventclient")],
     config: Annotated[Path | None, typer.Option("--config", "-c", envvar="NODEPILOT_CONFIG",
                                                 help="pilot.json (default: NODEPILOT_* variables)")] = None,
+    log_format: LogFormatOpt = "plain",
 ) -> None:
     """Run one service in the foreground (what compose starts; the launcher forks the same code)."""
+    _log_format(log_format)
     from nodepilot import service as service_mod
     from nodepilot.registry import service_class
 
     settings = PilotConfig.load(config) if config else PilotConfig.from_env()
     code = service_mod.run(service_class(name), settings)
     raise typer.Exit(code)
+
+
+@app.command()
+def status(
+    run_dir: Annotated[str, typer.Option("--run-dir", envvar="NODEPILOT_RUN_DIR",
+                                         help="the pilot's run directory (default: newest under --workdir)")] = "",
+    workdir: WorkDirOpt = Path("."),
+    once: Annotated[bool, typer.Option("--once", help="print one frame and exit")] = False,
+    interval: Annotated[float, typer.Option("--interval", help="seconds between frames")] = 1.0,
+) -> None:
+    """A live view of a running pilot: jobs, transfers, event ranges, watchdog checks."""
+    from nodepilot.status import find_run_dir, show
+
+    where = Path(run_dir) if run_dir else find_run_dir(workdir)
+    if where is None:
+        typer.echo(f"nodepilot status: no running pilot under {workdir.resolve()} (give --run-dir)", err=True)
+        raise typer.Exit(1)
+    raise typer.Exit(show(where, once, max(interval, 0.2)))
 
 
 @app.command()

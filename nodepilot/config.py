@@ -36,14 +36,24 @@ class QueueData:
     timefloor_min: int = 0
     corecount: int = 1
     maxrss_mb: int = 0
-    envsetup: str = ""
+    envsetup: str = ""  # shell text sourced in the payload's own shell before it runs
     copysetup: str = ""
-    # per activity (read_lan, write_lan, pl, es_events): ordered endpoints, primary first
+    pilot_user: str = ""  # experiment plug-in of this queue (when --pilot-user is not given)
+    # per activity (read_lan, write_lan, pl, es_events; log_se: the secondary log SE): ordered endpoints,
+    # primary first
     endpoints: dict[str, list[Endpoint]] = field(default_factory=dict)
     copytools: dict[str, list[str]] = field(default_factory=dict)
     # watchdog overrides (docs/operations.md): period_s, sample_interval_s, looping_limit_s,
     # disk_min_free_mb, stdout_limit_mb, output_limit_mb, memory_limit_mb
     watchdog: dict[str, float] = field(default_factory=dict)
+    allow_alt_stageout: bool = False  # outputs may go to the next write_lan/pl endpoint when the primary fails
+    direct_access_lan: bool = False  # inputs may be read in place (no copy) when the job allows it
+    direct_access_wan: bool = False
+    # stager overrides (services/stager/README.md): attempts, backoff_s, backoff_cap_s, files_per_request,
+    # transfers_per_pilot, trace_url, trace_timeout_s, trace_retry_cap_s, copysetup_timeout_s
+    stager: dict[str, Any] = field(default_factory=dict)
+    # payload isolation (services/runner/isolation.py): mode (auto|apptainer|bwrap|none), allow_plain, binds, network
+    isolation: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def default(cls, name: str, se_dir: Path) -> QueueData:
@@ -91,6 +101,11 @@ class PilotConfig:
     updates_file: str = ""  # standalone mode: updates go to this JSONL file, not a server
     job_file: str = ""  # standalone mode: the one job definition to run
     ranges_file: str = ""  # standalone event-service job: its event ranges (JSON list)
+    pilot_user: str = ""  # experiment plug-in (nodepilot.experiments); empty: the queue's, else generic
+    web_port: int = 0  # the monitor's read-only web page also on 127.0.0.1:<port> (0: socket only)
+    slots: str = "1"  # jobs at once: a number, or "auto" (one per core); nodepilot/slots.py
+    relay_url: str = ""  # --api relay: the front-end's Redis (redis_url is then this worker's database there)
+    worker_id: str = ""  # --api relay: this worker's name at the front-end (default <node>-<pid>)
     node: str = field(default_factory=socket.gethostname)
     queuedata: QueueData = field(default_factory=QueueData)
 

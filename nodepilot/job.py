@@ -53,6 +53,7 @@ class FileSpec:
             "lfn": self.lfn, "scope": self.scope, "guid": self.guid, "fsize": self.fsize,
             "checksum": str(self.checksum) if self.checksum else None,
             "ddm_endpoint": self.ddm_endpoint, "dataset": self.dataset,
+            **({"dispatch_token": self.dispatch_token} if self.dispatch_token else {}),
         }
 
 

@@ -3,8 +3,9 @@
 Services run as separate processes forked from the launcher after their code is imported
 once (start-up in milliseconds; shared pages keep memory low). Each gets its own process
 group, so a Ctrl-C reaches the launcher only, which turns it into the monitor's graceful
-stop; the others stop when the monitor is done. A service that dies is restarted (bounded).
-The monitor's exit code is the pilot's.
+stop; the others stop when the monitor is done. A service that dies is restarted, and so is the
+embedded Redis (same socket and password; its append-only file in the run dir brings every key,
+stream and consumer group back), unless it keeps dying. The monitor's exit code is the pilot's.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import os
 import signal
 import sys
 import time
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +32,8 @@ from nodepilot.service import Service, run_instance
 
 log = logging.getLogger("nodepilot.launcher")
 
-MAX_RESTARTS = 5
+MAX_RESTARTS = 5  # a service (or Redis) that died more often than this within RESTART_WINDOW_S is given up
+RESTART_WINDOW_S = 300.0
 HEALTH_TIMEOUT = 30.0
 STOP_GRACE = 10.0
 GRACEFUL_STOP_BUDGET = 120.0
@@ -43,7 +46,17 @@ def _service_main(instance: Service) -> None:
     die_with_parent()
     for signum in FORWARDED:  # kept until the service's own handlers are in place, then replayed
         signal.signal(signum, lambda signum, _frame: instance.early_signals.append(signum))
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED)  # blocked by the launcher around the fork
     sys.exit(run_instance(instance))
+
+
+def _pidfd(pid: int) -> int | None:
+    """A descriptor that becomes readable when ``pid`` ends (None: this kernel has no pidfd)."""
+    try:
+        return os.pidfd_open(pid)
+    except OSError as exc:
+        log.warning("cannot watch process %s (%s): it is not restarted if it dies", pid, exc)
+        return None
 
 
 class Launcher:
@@ -52,7 +65,9 @@ class Launcher:
         self.redis: EmbeddedRedis | None = None
         self.procs: dict[str, multiprocessing.Process] = {}
         self.instances: dict[str, Service] = {}
-        self.restarts: dict[str, int] = dict.fromkeys(SERVICES, 0)
+        self.restarts: dict[str, int] = dict.fromkeys((*SERVICES, "redis"), 0)
+        self._deaths: dict[str, deque[float]] = {name: deque() for name in self.restarts}
+        self._redis_fd: int | None = None  # readable when the embedded Redis has ended
         self.ctx = multiprocessing.get_context("fork")
         self.signal_received: int | None = None
         self.stop_deadline: float | None = None
@@ -65,7 +80,9 @@ class Launcher:
         os.chmod(run, 0o700)
         Path(self.config.work_dir).mkdir(parents=True, exist_ok=True)
         if not self.config.redis_url:
-            self.redis = spawn_redis(run / "redis")  # starts while we import below
+            # append-only (fsync every second: a killed Redis loses nothing it acknowledged) so that
+            # a Redis that died comes back with its data; it starts while we import below
+            self.redis = spawn_redis(run / "redis", appendonly=True)
             self.config.redis_url = self.redis.url
         self.config.save()
         os.environ.setdefault("NODEPILOT_LAUNCHED_AT", str(time.time()))
@@ -83,11 +100,17 @@ class Launcher:
             tls_context()  # built once, shared by the forked monitor
         if self.redis is not None:
             self.redis.wait_ready()
+            self._redis_fd = _pidfd(self.redis.process.pid)
         gc.freeze()
 
     def spawn(self, name: str) -> None:
         proc = self.ctx.Process(target=_service_main, args=(self.instances[name],), name=f"nodepilot-{name}")
-        proc.start()
+        # the child keeps our signals blocked until it can hold them for its service (see _service_main)
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED)
+        try:
+            proc.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         self.procs[name] = proc
         log.debug("started %s (pid %s)", name, proc.pid)
 
@@ -130,6 +153,8 @@ class Launcher:
         while True:
             monitor = self.procs["monitor"]
             handles: list[Any] = [p.sentinel for p in self.procs.values()] + [self._wake_r]
+            if self._redis_fd is not None:
+                handles.append(self._redis_fd)
             timeout = None
             if self.stop_deadline is not None:
                 timeout = max(0.0, self.stop_deadline - time.monotonic())
@@ -140,6 +165,8 @@ class Launcher:
             if self._wake_r in ready:
                 for signum in os.read(self._wake_r, 64):
                     self.forward(signum)
+            if self._redis_fd is not None and self._redis_fd in ready and not self._redis_died():
+                return exitcodes.SERVICES
             if not monitor.is_alive():
                 monitor.join()
                 code = monitor.exitcode
@@ -159,18 +186,51 @@ class Launcher:
         if self.signal_received is None:
             self.signal_received = signum
             self.stop_deadline = time.monotonic() + GRACEFUL_STOP_BUDGET
+        self._send(signum)
+
+    def _send(self, signum: int) -> None:
         monitor = self.procs.get("monitor")
         if monitor is not None and monitor.is_alive() and monitor.pid:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(monitor.pid, signum)
 
     def _restart(self, name: str, exitcode: int | None) -> bool:
-        if self.restarts[name] >= MAX_RESTARTS:
-            log.error("%s died (exit %s) %d times: giving up", name, exitcode, self.restarts[name])
+        now = time.monotonic()
+        deaths = self._deaths[name]
+        deaths.append(now)
+        while now - deaths[0] > RESTART_WINDOW_S:
+            deaths.popleft()
+        if len(deaths) > MAX_RESTARTS:
+            log.error("%s died (exit %s) %d times within %.0f s: giving up", name, exitcode, len(deaths),
+                      RESTART_WINDOW_S)
             return False
         self.restarts[name] += 1
-        log.warning("%s died (exit %s): restarting (%d/%d)", name, exitcode, self.restarts[name], MAX_RESTARTS)
+        log.warning("%s died (exit %s): restarting (%d in the last %.0f s, %d in all)", name, exitcode,
+                    len(deaths), RESTART_WINDOW_S, self.restarts[name])
+        if name == "redis":
+            return self._restart_redis()
         self.spawn(name)
+        if name == "monitor" and self.signal_received is not None:
+            self._send(self.signal_received)  # the dead monitor never acted on it
+        return True
+
+    def _redis_died(self) -> bool:
+        """The embedded Redis ended: start it again (False: it cannot be kept alive)."""
+        assert self.redis is not None and self._redis_fd is not None
+        os.close(self._redis_fd)
+        self._redis_fd = None
+        return self._restart("redis", self.redis.process.wait())
+
+    def _restart_redis(self) -> bool:
+        assert self.redis is not None
+        try:
+            self.redis.restart()
+            self.redis.wait_ready()  # bounded; the services retry their commands meanwhile
+        except (RedisStartError, OSError) as exc:
+            log.error("Redis cannot be restarted: %s", exc)
+            return False
+        self._redis_fd = _pidfd(self.redis.process.pid)
+        log.warning("Redis restarted from its append-only file (pid %s)", self.redis.process.pid)
         return True
 
     # --- stop ---------------------------------------------------------------------------
@@ -185,6 +245,9 @@ class Launcher:
             if proc.is_alive():
                 proc.kill()
                 proc.join(2)
+        if self._redis_fd is not None:
+            os.close(self._redis_fd)
+            self._redis_fd = None
         if self.redis is not None:
             self.redis.stop()
         for name in SERVICES:

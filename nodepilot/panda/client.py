@@ -60,6 +60,9 @@ class ServerClient(ABC):
     async def update_worker_node(self, inventory: dict[str, Any]) -> None:  # noqa: B027 - no server, nothing to do
         """The worker node's hardware (``update_worker_node`` fields; new API only)."""
 
+    async def update_worker_node_gpu(self, gpu: dict[str, Any]) -> None:  # noqa: B027 - no server, nothing to do
+        """One GPU model of the node (``update_worker_node_gpu`` fields; new API only)."""
+
     async def aclose(self) -> None:  # noqa: B027 - nothing to release by default
         pass
 
@@ -86,8 +89,14 @@ def make_client(config: PilotConfig) -> ServerClient:
         updates = config.updates_file or str(Path(config.work_dir) / "updates.jsonl")
         return StandaloneClient(config.job_file, updates)
     api = (config.api or "v1").lower()
+    if api == "relay":  # a compute node: every call through the front-end's Redis (nodepilot/relay.py)
+        from nodepilot.relay import RelayClient, default_worker_id
+
+        if not config.relay_url:
+            raise ValueError("--api relay needs the front-end's Redis (--redis-url)")
+        return RelayClient(config.relay_url, config.worker_id or default_worker_id(config.node), config.redis_url)
     if api not in ("v1", "legacy"):
-        raise ValueError(f"unknown PanDA API dialect {config.api!r}: expected 'v1' or 'legacy'")
+        raise ValueError(f"unknown PanDA API dialect {config.api!r}: expected 'v1', 'legacy' or 'relay'")
     if not config.server:
         raise ValueError("no PanDA server URL configured (and no job file for standalone mode)")
     if api == "legacy":

@@ -28,6 +28,7 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from nodepilot.panda.server_api import Dispatcher, EventApi, Handlers, PilotApi, response
+from nodepilot.panda.server_faults import Faults
 from nodepilot.panda.server_legacy import LegacyApi, encode
 from nodepilot.panda.server_store import JobCatalog, JobStore
 from nodepilot.panda.server_tls import AuthMiddleware, TlsSettings, recording_peer_certificates
@@ -99,12 +100,15 @@ def create_app(jobs_dir: Path, db_path: Path) -> FastAPI:
     legacy = LegacyApi(dispatcher)
     log.info("%d job definitions in %s", sum(1 for _ in catalog.scan()), jobs_dir)  # warns of bad files now
     app = FastAPI(title="nodepilot job server", docs_url=None, redoc_url=None, openapi_url=None)
+    faults = Faults()
 
     @app.api_route("/api/v1/{module}/{method}", methods=["GET", "POST"])
     async def v1_call(module: str, method: str, request: Request) -> PlainTextResponse:
         api = v1.get(module)
         if api is None or method not in api.methods:
             return PlainTextResponse(f"ERROR : method {method} is forbidden", status_code=403)
+        if failure := faults.answer(method):
+            return failure
         content_type = request.headers.get("content-type")
         # JSON out when the request is JSON or asks for it (an exact match, as there)
         json_app = content_type == JSON or request.headers.get("accept") == JSON
@@ -126,6 +130,8 @@ def create_app(jobs_dir: Path, db_path: Path) -> FastAPI:
     async def legacy_call(method: str, request: Request) -> Response:
         if method not in legacy.methods:
             return PlainTextResponse(f"ERROR : {method} is forbidden", status_code=403)
+        if failure := faults.answer(method):
+            return failure
         accept_json = JSON in request.headers.get("accept", "")  # a substring test, as there
         try:
             params = parse_legacy_params(request, await _read_body(request))
@@ -161,6 +167,23 @@ def create_app(jobs_dir: Path, db_path: Path) -> FastAPI:
         if not store.queue_command(panda_id, command):
             raise HTTPException(404, f"no job {panda_id}")
         return {"PandaID": panda_id, "command": command, "queued": True}
+
+    @app.post("/faults")
+    def start_outage(body: dict[str, Any]) -> dict[str, Any]:
+        """Test API (not PanDA's): answer PanDA calls with an HTTP error for a while (server_faults.py)."""
+        try:
+            return faults.start(body)
+        except (TypeError, ValueError) as exc:
+            raise HTTPException(400, str(exc)) from None
+
+    @app.delete("/faults")
+    def end_outage() -> dict[str, Any]:
+        faults.stop()
+        return {"errors_answered": faults.log}
+
+    @app.get("/faults")
+    def outage_log() -> dict[str, Any]:
+        return {"errors_answered": faults.log}
 
     @app.get("/jobs/{panda_id}/ranges")
     def get_ranges(panda_id: int) -> JSONResponse:
@@ -211,7 +234,9 @@ def run_server(jobs_dir: Path, host: str = "127.0.0.1", port: int = 0, db_path: 
     db_path = Path(db_path) if db_path else default_db_path(Path(jobs_dir))
     config = _uvicorn_config(create_app(Path(jobs_dir), db_path), settings)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP named: asyncio sets TCP_NODELAY only on sockets that say so, and without it every reply
+    # after the first on a kept-alive connection waits ~40 ms (uvicorn writes headers and body apart)
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
     sock.listen(128)

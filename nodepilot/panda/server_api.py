@@ -312,4 +312,13 @@ def event_update(store: JobStore, text: str, version: int) -> tuple[list[bool] |
         return None, {}
     if not isinstance(ranges, list):
         return None, {}
-    return store.update_ranges(flatten_updates(ranges, version))
+    return store.update_ranges(flatten_updates(ranges, version), zip_files(ranges, version))
+
+
+def zip_files(ranges: list[Any], version: int) -> dict[str, Any]:
+    """Version 1: the zipFile record each range came with, by range id (kept in the ledger)."""
+    if version < 1:
+        return {}
+    return {str(r.get("eventRangeID") if isinstance(r, dict) else r): item["zipFile"]
+            for item in ranges if isinstance(item, dict) and isinstance(item.get("eventRanges"), list)
+            for r in item["eventRanges"] if "zipFile" in item}

@@ -128,6 +128,17 @@ CREATE TABLE IF NOT EXISTS event_ranges (
     UNIQUE (panda_id, range_id)
 );
 CREATE INDEX IF NOT EXISTS event_ranges_range_id ON event_ranges (range_id);
+CREATE TABLE IF NOT EXISTS range_updates (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    range_row INTEGER NOT NULL,       -- event_ranges.id: one range over all its attempts
+    range_id TEXT NOT NULL,           -- the eventRangeID as reported (an attempt's)
+    status TEXT NOT NULL,
+    error_code INTEGER,
+    zip_file TEXT,                    -- version 1: the zipFile record the range came in, JSON
+    applied INTEGER NOT NULL,         -- 1: it settled the range; 0: a repeat or refused
+    time REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS range_updates_range_row ON range_updates (range_row);
 """
 
 
@@ -265,37 +276,56 @@ class JobStore:
                 handed_out.append(definition)
         return handed_out
 
-    def update_ranges(self, updates: list[dict[str, Any]]) -> tuple[list[bool], dict[int, str | None]]:
+    def update_ranges(self, updates: list[dict[str, Any]], zip_files: dict[str, Any] | None = None
+                      ) -> tuple[list[bool], dict[int, str | None]]:
         """Apply single range updates in order: True for each one taken, and a command (none) per job.
-        A range handed out may go to any status; a final one only repeats its status (a retried call)."""
+        A range handed out may go to any status; a final one only repeats its status (a retried call).
+        Every update of a known range is kept (``range_updates``), with its zipFile record if any."""
         now = time.time()
         returns: list[bool] = []
         commands: dict[int, str | None] = {}
+        zip_files = zip_files or {}
         with self._transaction():
             for update in updates:
                 status = update.get("eventStatus")
+                range_id = str(update.get("eventRangeID"))
                 row = self.db.execute("SELECT * FROM event_ranges WHERE range_id = ? ORDER BY id DESC LIMIT 1",
-                                      (str(update.get("eventRangeID")),)).fetchone()
+                                      (range_id,)).fetchone()
                 if row is None or status not in EVENT_STATUSES:
                     returns.append(False)
                     continue
                 commands[row["panda_id"]] = None
-                if row["status"] in RANGE_ACTIVE:
+                applied = row["status"] in RANGE_ACTIVE
+                if applied:
                     self.db.execute("UPDATE event_ranges SET status = ?, error_code = ?, modified_at = ? WHERE id = ?",
                                     (status, number(update, "errorCode"), now, row["id"]))
-                    returns.append(True)
-                else:
-                    returns.append(row["status"] == status)
+                returns.append(applied or row["status"] == status)
+                zip_file = zip_files.get(range_id)
+                self.db.execute(
+                    "INSERT INTO range_updates (range_row, range_id, status, error_code, zip_file, applied, time)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (row["id"], range_id, status, number(update, "errorCode"),
+                     json.dumps(zip_file) if zip_file is not None else None, int(applied), now))
         return returns, commands
 
     def ranges(self, panda_id: int) -> list[dict[str, Any]] | None:
-        """The ranges of a job as the server keeps them; None for a job never handed out."""
+        """The ranges of a job as the server keeps them, each with every update received for it (over
+        all its attempts, in order); None for a job never handed out."""
         with self.lock:
             if self._latest_job(panda_id) is None:
                 return None
-            rows = self.db.execute("SELECT * FROM event_ranges WHERE panda_id = ? ORDER BY id", (panda_id,))
+            rows = self.db.execute("SELECT * FROM event_ranges WHERE panda_id = ? ORDER BY id", (panda_id,)).fetchall()
+            received: dict[int, list[dict[str, Any]]] = {}
+            for u in self.db.execute(
+                    "SELECT u.* FROM range_updates u JOIN event_ranges r ON u.range_row = r.id"
+                    " WHERE r.panda_id = ? ORDER BY u.id", (panda_id,)):
+                received.setdefault(u["range_row"], []).append({
+                    "eventRangeID": u["range_id"], "eventStatus": u["status"], "errorCode": u["error_code"],
+                    "zipFile": json.loads(u["zip_file"]) if u["zip_file"] else None, "applied": bool(u["applied"]),
+                    "time": u["time"]})
             return [{**json.loads(row["definition"]), "status": row["status"], "attempts": row["attempts"],
-                     "errorCode": row["error_code"], "modifiedAt": row["modified_at"]} for row in rows]
+                     "errorCode": row["error_code"], "modifiedAt": row["modified_at"],
+                     "updates": received.get(row["id"], [])} for row in rows]
 
 
 class _Transaction:

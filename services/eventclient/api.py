@@ -1,88 +1,110 @@
-"""The payload's API: a small HTTP app on ``<workdir>/events.sock``, served in the eventclient's
-process. The socket lives in the job's work dir so a sandboxed payload reaches it and nothing
-else of the pilot. Routes (README.md): ``POST /ranges?n=N``, ``POST /ranges/{id}/done``,
+"""The payload's HTTP API: ``<workdir>/events.sock``, served by uvicorn in the eventclient's process.
+The socket lives in the job's work dir so a sandboxed payload reaches it and nothing else of the
+pilot. Routes (README.md): ``POST /ranges?n=N``, ``POST /ranges/{id}/done``,
 ``POST /ranges/{id}/failed``, ``GET /ranges``, ``POST /softkill``.
+
+A bare ASGI app rather than FastAPI: these calls are made once or twice per event range, and
+FastAPI's routing, dependency and serialisation machinery cost more than the work behind them.
+Errors answer as FastAPI would: ``{"detail": ...}`` with 400/404/409/503 from the session, 422
+for a malformed request.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import socket
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
+from urllib.parse import parse_qs
 
 import uvicorn
-from fastapi import FastAPI, Query, Request
-from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
+from pydantic import ValidationError
 
 from nodepilot.service import QuietServer
+from services.eventclient.payload import MAX_RANGES_PER_CALL, DoneBody, FailedBody, PayloadBackend, Refused
 
-MAX_RANGES_PER_CALL = 1000
 SOCKET_NAME = "events.sock"
 SUN_PATH_MAX = 100  # bytes a Unix socket path may safely have (sun_path is 108 with its NUL)
 START_TIMEOUT_S = 10.0
 STOP_TIMEOUT_S = 5.0
+MAX_BODY = 1 << 20
+
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 
-class Refused(Exception):
-    """A payload request that cannot be served as asked: HTTP ``status`` with ``detail``."""
+class PayloadApp:
+    """The routes of the payload's API over a ``PayloadBackend`` (the job's session)."""
 
-    def __init__(self, status: int, detail: str) -> None:
-        super().__init__(detail)
-        self.status, self.detail = status, detail
+    def __init__(self, backend: PayloadBackend) -> None:
+        self.backend = backend
+
+    async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        try:
+            body = await _body(receive)
+            answer = await self.route(scope["method"], scope["path"], scope.get("query_string", b""), body)
+            status = 200
+        except Refused as exc:
+            status, answer = exc.status, {"detail": exc.detail}
+        except ValidationError as exc:
+            status, answer = 422, {"detail": exc.errors(include_url=False, include_context=False, include_input=False)}
+        data = json.dumps(answer, separators=(",", ":")).encode()
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(data))]})
+        await send({"type": "http.response.body", "body": data})
+
+    async def route(self, method: str, path: str, query: bytes, body: bytes) -> Any:
+        parts = path.strip("/").split("/")
+        if parts == ["ranges"]:
+            if method == "GET":
+                return self.backend.states()
+            _allow(method, "POST")
+            return {"ranges": await self.backend.take(_count(query))}
+        if len(parts) == 3 and parts[0] == "ranges" and parts[2] in ("done", "failed"):
+            _allow(method, "POST")
+            if parts[2] == "done":
+                return await self.backend.done(parts[1], DoneBody.model_validate_json(body or b"null"))
+            given = body.strip() not in (b"", b"null")  # the body is optional
+            return await self.backend.fail(parts[1], FailedBody.model_validate_json(body) if given else FailedBody())
+        if parts == ["softkill"]:
+            _allow(method, "POST")
+            return await self.backend.softkill()
+        raise Refused(404, "Not Found")
 
 
-class DoneBody(BaseModel):
-    output: str = Field(description="the range's output file, a name in the job's work dir")
-    cpu_s: float | None = None
-    wall_s: float | None = None
-    n_events: int | None = None
+def _allow(method: str, allowed: str) -> None:
+    if method != allowed:
+        raise Refused(405, "Method Not Allowed")
 
 
-class FailedBody(BaseModel):
-    error_code: int | None = None
-    diag: str | None = None
+def _count(query: bytes) -> int:
+    values = parse_qs(query.decode("latin-1")).get("n", ["1"])
+    try:
+        n = int(values[-1])
+    except ValueError:
+        raise Refused(422, f"n must be an integer, not {values[-1][:50]!r}") from None
+    if not 1 <= n <= MAX_RANGES_PER_CALL:
+        raise Refused(422, f"n must be from 1 to {MAX_RANGES_PER_CALL}, not {n}")
+    return n
 
 
-class PayloadBackend(Protocol):
-    async def take(self, n: int) -> list[dict[str, Any]]: ...
-    async def done(self, range_id: str, body: DoneBody) -> dict[str, Any]: ...
-    async def fail(self, range_id: str, body: FailedBody) -> dict[str, Any]: ...
-    def states(self) -> dict[str, Any]: ...
-    async def softkill(self) -> dict[str, Any]: ...
-
-
-def build_app(backend: PayloadBackend) -> FastAPI:
-    app = FastAPI(title="nodepilot event ranges", docs_url=None, redoc_url=None, openapi_url=None)
-
-    @app.exception_handler(Refused)
-    async def refused(_request: Request, exc: Refused) -> JSONResponse:
-        return JSONResponse({"detail": exc.detail}, status_code=exc.status)
-
-    @app.post("/ranges")
-    async def take(n: int = Query(1, ge=1, le=MAX_RANGES_PER_CALL)) -> dict[str, Any]:
-        return {"ranges": await backend.take(n)}
-
-    @app.get("/ranges")
-    async def states() -> dict[str, Any]:
-        return backend.states()
-
-    @app.post("/ranges/{range_id}/done")
-    async def done(range_id: str, body: DoneBody) -> dict[str, Any]:
-        return await backend.done(range_id, body)
-
-    @app.post("/ranges/{range_id}/failed")
-    async def failed(range_id: str, body: FailedBody | None = None) -> dict[str, Any]:
-        return await backend.fail(range_id, body or FailedBody())
-
-    @app.post("/softkill")
-    async def softkill() -> dict[str, Any]:
-        return await backend.softkill()
-
-    return app
+async def _body(receive: Receive) -> bytes:
+    chunks, size = [], 0
+    while True:
+        message = await receive()
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > MAX_BODY:
+            raise Refused(413, f"request body larger than {MAX_BODY} bytes")
+        chunks.append(chunk)
+        if not message.get("more_body"):
+            return b"".join(chunks)
 
 
 def bind_unix(path: Path) -> socket.socket:
@@ -112,7 +134,7 @@ def bind_unix(path: Path) -> socket.socket:
 class PayloadServer:
     """uvicorn for one job's payload API, as a task of the eventclient's event loop."""
 
-    def __init__(self, app: FastAPI, path: Path) -> None:
+    def __init__(self, app: PayloadApp, path: Path) -> None:
         self.app, self.path = app, path
         self._server: QuietServer | None = None
         self._task: asyncio.Task[None] | None = None

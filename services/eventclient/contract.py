@@ -15,6 +15,7 @@ DEFAULT_BATCH = 10
 DEFAULT_REPORT_BATCH = 10
 DEFAULT_REPORT_INTERVAL_S = 30.0
 DEFAULT_FINISH_TIMEOUT_S = 300.0
+DEFAULT_ZIP_SECONDS = 60.0
 
 
 @dataclass
@@ -32,6 +33,8 @@ class StartRequest:
     report_batch: int = DEFAULT_REPORT_BATCH
     report_interval_s: float = DEFAULT_REPORT_INTERVAL_S
     finish_timeout_s: float = DEFAULT_FINISH_TIMEOUT_S
+    zip_outputs: int = 0  # 0: each output staged on its own; K: zips of up to K outputs
+    zip_seconds: float = DEFAULT_ZIP_SECONDS  # a zip goes out this long after its first output, even if short
 
     @classmethod
     def parse(cls, job_id: int, m: dict[str, Any]) -> StartRequest:
@@ -50,6 +53,8 @@ class StartRequest:
                 report_batch=max(1, int(m.get("report_batch") or DEFAULT_REPORT_BATCH)),
                 report_interval_s=max(0.0, float(m.get("report_interval_s") or DEFAULT_REPORT_INTERVAL_S)),
                 finish_timeout_s=max(0.0, float(m.get("finish_timeout_s") or DEFAULT_FINISH_TIMEOUT_S)),
+                zip_outputs=max(0, int(m.get("zip_outputs") or 0)),
+                zip_seconds=max(0.0, float(m.get("zip_seconds") or DEFAULT_ZIP_SECONDS)),
             )
         except (TypeError, ValueError) as exc:
             raise BadRequest(f"malformed number: {exc}") from None

@@ -2,7 +2,8 @@
 
 Life of a range: ``ready`` (held, not handed out) -> ``running`` (handed to the payload) ->
 ``done`` (output given, upload in flight) | ``failed`` -> ``staged`` | ``stage_failed`` ->
-``reported`` (``result``: finished | failed). Every change is saved before anything acts on it,
+``reported`` (``result``: finished | failed; ``sent`` once the source took the report). Every
+change is saved before anything acts on it,
 so a restarted eventclient rebuilds the same picture from ``eventclient:job:<id>:ranges``
 (field = range id, value = the record as JSON). Job-level facts (the start request, the source
 exhausted, softkill, the last job event read, the final summary) are in ``eventclient:job:<id>``.
@@ -11,11 +12,11 @@ exhausted, softkill, the last job event read, the final summary) are in ``eventc
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import time
-from collections import Counter
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -50,11 +51,19 @@ class RangeRecord:
     n_events: int | None = None  # as the payload said
     error_code: int = 0
     diag: str = ""
-    file: dict[str, Any] | None = None  # the stager's report of the staged output
+    upload: str = ""  # the stageout request (its key) that carries the output
+    zip: str = ""  # the zip the output went into (zipped batches), else ""
+    file: dict[str, Any] | None = None  # the stager's report of the staged file (the output or its zip)
     result: str = ""  # finished | failed, once reported
+    sent: bool = False  # the report was taken by the source (a restart sends the others again)
     before_report: str = ""  # the state to go back to when a report could not be sent
     unprocessed: bool = False  # still held when the job ended: failed without the payload's word
     changed: float = field(default_factory=time.time)
+
+    @property
+    def staged_as(self) -> str:
+        """The file the output was staged in: its zip, or itself."""
+        return self.zip or self.output
 
     @property
     def num_events(self) -> int:
@@ -64,7 +73,7 @@ class RangeRecord:
             return int(self.n_events or 0)
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), separators=(",", ":"))
+        return json.dumps(vars(self), separators=(",", ":"))  # (asdict would copy every nested dict first)
 
     @classmethod
     def from_json(cls, text: str) -> RangeRecord:
@@ -73,28 +82,41 @@ class RangeRecord:
 
 
 class RangeStore:
-    """One job's ranges. Mutate through ``set_state`` and persist with ``save``; waiters wake on ``notify``."""
+    """One job's ranges. Mutate through ``set_state`` and persist with ``save``; waiters wake on ``notify``.
+
+    Records are indexed by state (insertion-ordered) and by output, so that serving a range, an
+    answer or a report costs the same whether the job has ten ranges or ten thousand."""
 
     def __init__(self, r: aioredis.Redis, job_id: int) -> None:
         self.r, self.job_id = r, job_id
         self.records: dict[str, RangeRecord] = {}
-        self.counts: Counter[str] = Counter()
+        self.by_state: dict[str, dict[str, RangeRecord]] = {state: {} for state in STATES}
+        self.outputs: dict[str, RangeRecord] = {}
         self.lock = asyncio.Lock()  # held across every read-modify-save of records
         self._waiters: set[asyncio.Future[None]] = set()
 
     # --- persistence -------------------------------------------------------------------
     async def load(self) -> None:
         raw = await self.r.hgetall(ranges_key(self.job_id))
-        self.records = {rid: RangeRecord.from_json(text) for rid, text in raw.items()}
-        self.counts = Counter(rec.state for rec in self.records.values())
+        self._index(sorted((RangeRecord.from_json(text) for text in raw.values()), key=lambda rec: rec.seq))
 
-    async def save(self, *records: RangeRecord) -> None:
-        if not records:
+    def _index(self, records: list[RangeRecord]) -> None:
+        self.records = {rec.id: rec for rec in records}
+        self.by_state = {state: {} for state in STATES}
+        self.outputs = {rec.output: rec for rec in records if rec.output}
+        for rec in records:
+            self.by_state[rec.state][rec.id] = rec
+
+    async def save(self, *records: RangeRecord, meta: dict[str, str] | None = None) -> None:
+        """Write the records (and job-level ``meta`` fields) through, in one round trip."""
+        if not records and not meta:
             return
-        key = ranges_key(self.job_id)
         async with self.r.pipeline(transaction=True) as pipe:
-            pipe.hset(key, mapping={rec.id: rec.to_json() for rec in records})
-            pipe.expire(key, STATE_TTL_S)
+            for key, mapping in ((ranges_key(self.job_id), {rec.id: rec.to_json() for rec in records}),
+                                 (meta_key(self.job_id), meta)):
+                if mapping:
+                    pipe.hset(key, mapping=mapping)
+                    pipe.expire(key, STATE_TTL_S)
             await pipe.execute()
         self.notify()
 
@@ -102,19 +124,18 @@ class RangeStore:
         return await self.r.hgetall(meta_key(self.job_id))
 
     async def set_meta(self, **fields: str) -> None:
-        key = meta_key(self.job_id)
-        async with self.r.pipeline(transaction=True) as pipe:
-            pipe.hset(key, mapping=fields)
-            pipe.expire(key, STATE_TTL_S)
-            await pipe.execute()
+        await self.save(meta=fields)
 
     async def reset(self) -> None:
         """Forget a previous run of this job id (a new start request for it)."""
         await self.r.delete(ranges_key(self.job_id), meta_key(self.job_id))
-        self.records.clear()
-        self.counts.clear()
+        self._index([])
 
     # --- records -------------------------------------------------------------------------
+    @property
+    def counts(self) -> dict[str, int]:
+        return {state: len(records) for state, records in self.by_state.items()}
+
     def add(self, ranges: list[dict[str, Any]]) -> list[RangeRecord]:
         """Records for the ranges not seen before (a source may repeat itself)."""
         new = []
@@ -124,27 +145,35 @@ class RangeStore:
                 continue
             rec = RangeRecord(rid, dict(item), seq=len(self.records))
             self.records[rid] = rec
-            self.counts[rec.state] += 1
+            self.by_state[rec.state][rid] = rec
             new.append(rec)
         return new
 
     def set_state(self, rec: RangeRecord, state: str, **fields: Any) -> RangeRecord:
         assert state in STATES, state
-        self.counts[rec.state] -= 1
-        self.counts[state] += 1
+        del self.by_state[rec.state][rec.id]
+        self.by_state[state][rec.id] = rec
         rec.state, rec.changed = state, time.time()
         for name, value in fields.items():
             setattr(rec, name, value)
+        if rec.output:
+            self.outputs[rec.output] = rec
         return rec
 
     def in_state(self, *states: str) -> list[RangeRecord]:
-        return sorted((r for r in self.records.values() if r.state in states), key=lambda r: r.seq)
+        """The records in these states, in order of arrival."""
+        found = [rec for state in states for rec in self.by_state[state].values()]
+        return sorted(found, key=lambda r: r.seq) if len(states) > 1 else found
+
+    def first(self, state: str, n: int) -> list[RangeRecord]:
+        """Up to ``n`` records in ``state``, the longest there first."""
+        return list(itertools.islice(self.by_state[state].values(), n))
 
     def count(self, *states: str) -> int:
-        return sum(self.counts[s] for s in states)
+        return sum(len(self.by_state[s]) for s in states)
 
     def by_output(self, output: str) -> RangeRecord | None:
-        return next((r for r in self.records.values() if r.output == output), None)
+        return self.outputs.get(output)
 
     # --- waiting -------------------------------------------------------------------------
     def notify(self) -> None:

@@ -1,10 +1,13 @@
 """Range status back to the source, in batches: every ``batch`` reportable ranges or ``interval_s``
 after the first one waits, whichever comes first (a timer woken by changes, not a poll).
 
-Staged outputs go as version 1 (one zipFile record each, eventStatus ``finished``); payload
-failures and failed uploads as version 0 (eventStatus ``failed`` with an errorCode). A range is
-marked ``reported`` in Redis before its report is sent, so it is never sent twice; if the send
-fails the ranges go back to what they were and join the next batch.
+Staged outputs go as version 1, one zipFile record per staged file (a range's own output, or a zip
+with all the ranges in it), eventStatus ``finished``; payload failures and failed uploads as
+version 0 (eventStatus ``failed`` with an errorCode). A range is saved as ``reported`` (not yet
+``sent``) before its report goes out and as ``sent`` once the source took it: a failed send puts
+the ranges back for the next batch, and a restart sends again those never confirmed (at least
+once: a crash within the few milliseconds between the source taking a report and our saving that
+it did sends that report twice; PanDA takes a repeated identical status as a no-op).
 """
 
 from __future__ import annotations
@@ -22,19 +25,34 @@ log = logging.getLogger(__name__)
 FINAL_ATTEMPTS = 3
 
 
-def zip_record(rec: RangeRecord) -> dict[str, Any]:
-    file = rec.file or {}
-    checksum = str(file.get("checksum") or "")
-    return {
-        "zipFile": {"lfn": rec.output, "fsize": file.get("fsize"),
-                    "adler32": checksum.removeprefix("ad:"), "numEvents": rec.num_events},
-        "eventRanges": [{"eventRangeID": rec.id, "eventStatus": "finished"}],
-    }
+def zip_records(staged: list[RangeRecord]) -> list[dict[str, Any]]:
+    """Version 1 records (PANDA_PROTOCOL.md section 4): one per staged file with every range in it."""
+    files: dict[str, list[RangeRecord]] = {}
+    for rec in staged:
+        files.setdefault(rec.zip or rec.id, []).append(rec)
+    records = []
+    for members in files.values():
+        file = members[0].file or {}
+        records.append({
+            "zipFile": {"lfn": members[0].staged_as, "fsize": file.get("fsize"),
+                        "adler32": str(file.get("checksum") or "").removeprefix("ad:"),
+                        "numEvents": sum(rec.num_events for rec in members)},
+            "eventRanges": [{"eventRangeID": rec.id, "eventStatus": "finished"} for rec in members],
+        })
+    return records
 
 
 def failed_record(rec: RangeRecord) -> dict[str, Any]:
     return {"eventRangeID": rec.id, "eventStatus": "failed",
             "errorCode": int(rec.error_code or ErrorCode.ES_RECOVERABLE)}
+
+
+def unsent(store: RangeStore) -> list[RangeRecord]:
+    """Ranges whose report was never confirmed (a crash while sending), back to be reported again."""
+    back = [rec for rec in store.in_state("reported") if not rec.sent]
+    for rec in back:
+        store.set_state(rec, rec.before_report or "failed", result="", before_report="")
+    return back
 
 
 class Reporter:
@@ -72,7 +90,7 @@ class Reporter:
             await self.store.save(*staged, *failed)
         ok = True
         if staged:
-            ok &= await self._send([zip_record(r) for r in staged], 1, staged)
+            ok &= await self._send(zip_records(staged), 1, staged)
         if failed:
             ok &= await self._send([failed_record(r) for r in failed], 0, failed)
         return ok
@@ -89,13 +107,17 @@ class Reporter:
     async def _send(self, payload: list[dict[str, Any]], version: int, records: list[RangeRecord]) -> bool:
         try:
             await self.source.report(payload, version)
-            return True
         except Exception as exc:
             self.failures += 1
             log.warning("job %s: report of %d ranges (version %d) failed, kept for the next batch: %r",
                         self.store.job_id, len(records), version, exc)
+            async with self.store.lock:
+                for rec in records:
+                    self.store.set_state(rec, rec.before_report, result="", before_report="")
+                await self.store.save(*records)
+            return False
         async with self.store.lock:
             for rec in records:
-                self.store.set_state(rec, rec.before_report, result="", before_report="")
+                rec.sent = True
             await self.store.save(*records)
-        return False
+        return True

@@ -21,6 +21,7 @@ from nodepilot import bus
 from nodepilot.config import PilotConfig
 from nodepilot.errors import ErrorCode
 from nodepilot.service import Service
+from services.eventclient import metrics
 from services.eventclient.contract import BadRequest, StartRequest, summary
 from services.eventclient.ranges import RangeStore, meta_key
 from services.eventclient.session import JobSession
@@ -46,6 +47,9 @@ class EventClientService(Service):
 
     async def status(self) -> dict[str, Any]:
         return {"jobs": {str(job_id): s.status() for job_id, s in self.sessions.items()}}
+
+    def add_metrics(self, registry: Any) -> None:
+        registry.register(metrics.collector(self))
 
     async def _consume(self) -> None:
         consumer = bus.Consumer(self.redis, bus.EVENTCLIENT_REQUESTS, self.name, self.name, self.handle,
@@ -117,7 +121,7 @@ class EventClientService(Service):
     async def _ready(self, job_id: int, request_id: str, session: JobSession) -> None:
         failure = session.result.result() if session.result.done() else None
         await bus.emit(self.redis, job_id, self.name, "es_ready", request_id=request_id, ok=failure is None,
-                       socket="" if failure else str(session.socket_path),
+                       socket="" if failure else str(session.socket_path), env={} if failure else session.env,
                        error_code=failure["error_code"] if failure else 0, diag=failure["diag"] if failure else "")
 
     async def _finish(self, job_id: int, request_id: str, reason: str) -> None:

@@ -1,5 +1,6 @@
-"""One event-service job at the eventclient: ranges from the source to the payload, each output to
-the stager as soon as the payload gives it, statuses back to the source, and the end of it all.
+"""One event-service job at the eventclient: ranges from the source to the payload (through both
+front-ends: the HTTP API and the line protocol call the same methods here), each output to the
+stager as soon as the payload gives it, statuses back to the source, and the end of it all.
 
 Everything the session knows is in Redis (``ranges.py``): a session opened again after a crash
 carries on where the last one stopped, without fetching the ranges it holds a second time.
@@ -23,12 +24,16 @@ import redis.asyncio as aioredis
 from nodepilot.config import PilotConfig
 from nodepilot.errors import ErrorCode, clip_diag
 from nodepilot.job import JobDefinitionError, check_lfn
-from services.eventclient.api import SOCKET_NAME, DoneBody, FailedBody, PayloadServer, Refused, build_app
+from services.eventclient.api import SOCKET_NAME, PayloadApp, PayloadServer
 from services.eventclient.contract import StartRequest, summary
+from services.eventclient.fetcher import Fetcher
+from services.eventclient.lines import LineServer
+from services.eventclient.payload import DoneBody, FailedBody, Refused
 from services.eventclient.ranges import HELD, REPORTABLE, STATES, RangeRecord, RangeStore
-from services.eventclient.reporter import Reporter
+from services.eventclient.reporter import Reporter, unsent
 from services.eventclient.sources import RangeSource, make_source
 from services.eventclient.stageout import Stageout
+from services.eventclient.uploads import Uploads
 
 log = logging.getLogger(__name__)
 
@@ -50,14 +55,16 @@ class JobSession:
         self.store = RangeStore(r, start.job_id)
         self.socket_path = start.workdir / SOCKET_NAME
         self.stageout = Stageout(r, start.job_id, start.workdir, start.endpoints, start.scope_out)
+        self.uploads = Uploads(self.store, self.stageout, start.workdir, start.zip_outputs, start.zip_seconds,
+                               lambda: self.closing, self._on_stageout)
         self.source: RangeSource | None = None
         self.reporter: Reporter | None = None
         self.server: PayloadServer | None = None
-        self.exhausted = False
+        self.lines = LineServer(self, start.workdir)
+        self.fetcher = Fetcher(self.store, start.batch, lambda: self.softkilled or self.closing)
         self.softkilled = False
         self.closing = False  # finishing: no range is handed out any more
         self.started = time.time()
-        self._fetching = asyncio.Lock()
         self._position = "0-0"  # of our reader in the job's event stream
         self._tasks: list[asyncio.Task[None]] = []
         self._opened = asyncio.Event()
@@ -92,11 +99,22 @@ class JobSession:
             self._opened.set()
         return True
 
+    @property
+    def env(self) -> dict[str, str]:
+        """The payload's environment for both front-ends."""
+        return {"NODEPILOT_EVENTS_SOCKET": str(self.socket_path), **self.lines.env}
+
     async def _open(self) -> None:
         s = self.start
         await self.store.load()
+        async with self.store.lock:
+            await self.store.save(*unsent(self.store))  # reports a crash left unconfirmed: again
+        self.uploads.load()
+        if self.store.records:  # after a crash: files it left between an answer and their removal
+            await asyncio.to_thread(self._remove_files, [rec for rec in self.store.records.values()
+                                                         if rec.state not in ("ready", "running", "done")])
         meta = await self.store.get_meta()
-        self.exhausted, self.softkilled = meta.get("exhausted") == "1", meta.get("softkill") == "1"
+        self.fetcher.exhausted, self.softkilled = meta.get("exhausted") == "1", meta.get("softkill") == "1"
         self.started = float(meta.get("started") or time.time())
         self._position = meta.get("events_last") or await self.stageout.position()
         await self.store.set_meta(start=meta.get("start") or json.dumps(s.to_message()),
@@ -104,77 +122,70 @@ class JobSession:
         s.workdir.mkdir(parents=True, exist_ok=True)
         self.source = make_source(self.config, s.job_id, s.jobset_id, s.task_id, s.ranges_file, s.report_file,
                                   s.workdir)
+        self.fetcher.source = self.source
         self.reporter = Reporter(self.store, self.source, s.report_batch, s.report_interval_s)
-        for rec in self.store.in_state("done"):  # the request may not have gone out before a crash
-            await self.stageout.request(rec)
         reporter = self.reporter
         self._tasks = [
             asyncio.create_task(self._keep_running("the stager's answers", lambda: self.stageout.follow(
-                self._position, self._on_stageout, self._save_position))),
+                self._position, self._on_answers))),
+            asyncio.create_task(self._keep_running("the uploads", self.uploads.run)),
             asyncio.create_task(self._keep_running("the reporter", reporter.run)),
         ]
-        self.server = PayloadServer(build_app(self), self.socket_path)
+        self.server = PayloadServer(PayloadApp(self), self.socket_path)
         await self.server.open()
-        log.info("job %s: payload API on %s (%d ranges held from before)", self.job_id, self.socket_path,
-                 len(self.store.records))
+        await self.lines.open()
+        log.info("job %s: payload API on %s and %s/%s (%d ranges held from before)", self.job_id, self.socket_path,
+                 self.lines.out_path.name, self.lines.in_path.name, len(self.store.records))
 
     # --- the payload's API -----------------------------------------------------------------
     async def take(self, n: int) -> list[dict[str, Any]]:
-        if self.softkilled or self.closing:
-            return []
-        async with self._fetching:
-            await self._fill(n)
+        await self.fetcher.ensure(n, strict=True)
         async with self.store.lock:
-            if self.softkilled or self.closing:
-                return []
-            records = self.store.in_state("ready")[:n]
-            for rec in records:
-                self.store.set_state(rec, "running")
+            records = self._hand_out(n)
             await self.store.save(*records)
+        self.fetcher.handed(len(records))
         return [rec.range for rec in records]
 
-    async def _fill(self, n: int) -> None:
-        """Fetch batches from the source until ``n`` ranges are ready or the source has no more."""
-        assert self.source is not None
-        repeats = 0
-        while self.store.count("ready") < n and not self.exhausted and not self.closing:
-            try:
-                got = await self.source.acquire(self.start.batch)
-            except Exception as exc:
-                log.warning("job %s: no event ranges from the source: %r", self.job_id, exc)
-                if self.store.count("ready"):
-                    return
-                raise Refused(503, f"the range source failed, ask again later: {exc}") from exc
-            async with self.store.lock:
-                new = self.store.add(got)
-                await self.store.save(*new)
-            repeats = 0 if new else repeats + 1
-            # a source that only repeats ranges we hold (a file source after a restart) is drained
-            if not got or repeats > len(self.store.records) // self.start.batch + 1:
-                self.exhausted = True
-                await self.store.set_meta(exhausted="1")
+    def _hand_out(self, n: int) -> list[RangeRecord]:
+        """Up to ``n`` ready ranges, now running (with the lock held; to be saved)."""
+        if self.softkilled or self.closing:
+            return []
+        records = self.store.first("ready", n)
+        for rec in records:
+            self.store.set_state(rec, "running")
+        return records
 
     async def done(self, range_id: str, body: DoneBody) -> dict[str, Any]:
+        """The range's output given; with ``next``, the next ranges handed out in the same call (and
+        saved with it in one round trip)."""
         try:
             output = check_lfn(body.output)
         except JobDefinitionError as exc:
             raise Refused(400, exc.diag) from None
+        await self.fetcher.ensure(body.next, strict=False)
         async with self.store.lock:
             rec = self._record(range_id)
-            if rec.state != "running":
-                if rec.output == output and rec.state in ("done", "staged", "stage_failed", "reported"):
-                    return {"range": rec.id, "state": rec.state}  # said twice: already known
+            changed = []
+            if rec.state == "running":
+                other = self.store.by_output(output)
+                if other is not None:
+                    raise Refused(409, f"output {output} is already the output of range {other.id}")
+                if not _regular_file(self.start.workdir / output):  # a symlink could point anywhere
+                    raise Refused(400, f"output {output} is not a regular file in {self.start.workdir}")
+                self.store.set_state(rec, "done", output=output, guid=str(uuid.uuid4()), cpu_s=body.cpu_s,
+                                     wall_s=body.wall_s, n_events=body.n_events)
+                self.uploads.add(rec)
+                changed.append(rec)
+            elif rec.output != output or rec.state not in ("done", "staged", "stage_failed", "reported"):
                 raise Refused(409, f"range {range_id} is {rec.state}, not running")
-            other = self.store.by_output(output)
-            if other is not None:
-                raise Refused(409, f"output {output} is already the output of range {other.id}")
-            if not _regular_file(self.start.workdir / output):  # a symlink could point anywhere
-                raise Refused(400, f"output {output} is not a regular file in {self.start.workdir}")
-            self.store.set_state(rec, "done", output=output, guid=str(uuid.uuid4()), cpu_s=body.cpu_s,
-                                 wall_s=body.wall_s, n_events=body.n_events)
-            await self.store.save(rec)
-        await self.stageout.request(rec)
-        return {"range": rec.id, "state": rec.state}
+            # (else: said twice, already known)
+            taken = self._hand_out(body.next)
+            await self.store.save(*changed, *taken)
+        answer: dict[str, Any] = {"range": rec.id, "state": rec.state}
+        if body.next:
+            self.fetcher.handed(len(taken))
+            answer["ranges"] = [r.range for r in taken]
+        return answer
 
     async def fail(self, range_id: str, body: FailedBody) -> dict[str, Any]:
         async with self.store.lock:
@@ -196,7 +207,7 @@ class JobSession:
 
     def states(self) -> dict[str, Any]:
         return {"counts": self.counts(), "softkill": self.softkilled, "closing": self.closing,
-                "exhausted": self.exhausted,
+                "exhausted": self.fetcher.exhausted,
                 "ranges": {rec.id: f"reported_{rec.result}" if rec.result else rec.state
                            for rec in self.store.in_state(*STATES)}}
 
@@ -207,27 +218,42 @@ class JobSession:
         return rec
 
     # --- the stager's answers ----------------------------------------------------------------
-    async def _on_stageout(self, range_id: str, event: dict[str, Any]) -> None:
+    async def _on_answers(self, answers: list[tuple[str, dict[str, Any]]], position: str) -> None:
+        """The stager's answers read at once: saved with our new position in one round trip."""
         async with self.store.lock:
-            rec = self.store.records.get(range_id)
-            if rec is None or rec.state != "done":
-                return  # an answer seen before a restart, or to an upload given up on
-            files = event.get("files") or [{}]
-            file = files[0] if isinstance(files[0], dict) else {}
-            if event.get("ok") and file.get("status") == "done":
-                self.store.set_state(rec, "staged", file=file)
-            else:
-                code = file.get("error_code") or event.get("error_code") or ErrorCode.STAGEOUT_FAILED
-                self.store.set_state(rec, "stage_failed", file=file, error_code=int(code),
-                                     diag=clip_diag(file.get("diag") or event.get("diag") or "stage-out failed"))
-            await self.store.save(rec)
-        if rec.state == "staged":
-            with contextlib.suppress(FileNotFoundError):
-                (self.start.workdir / rec.output).unlink()
+            members = [rec for key, event in answers for rec in self._answered(key, event)]
+            self._remove_files(members)  # (first: a crash before the save reads the answers again)
+            await self.store.save(*members, meta={"events_last": position})
+            self._position = position
 
-    async def _save_position(self, entry_id: str) -> None:
-        await self.store.set_meta(events_last=entry_id)
-        self._position = entry_id
+    async def _on_stageout(self, key: str, event: dict[str, Any]) -> None:
+        """One answer (an upload that failed before it reached the stager)."""
+        async with self.store.lock:
+            members = self._answered(key, event)
+            self._remove_files(members)
+            await self.store.save(*members)
+
+    def _answered(self, key: str, event: dict[str, Any]) -> list[RangeRecord]:
+        """The ranges of an upload, each staged or not as its file went (with the lock held)."""
+        reports = {f.get("lfn"): f for f in event.get("files") or [] if isinstance(f, dict)}
+        members = [rec for rec in self.uploads.answered(key) if rec.state == "done"]
+        for rec in members:  # (a range sealed meanwhile is not "done" any more)
+            file = reports.get(rec.staged_as) or {}
+            if file.get("status") == "done":
+                self.store.set_state(rec, "staged", file=file)
+                continue
+            code = file.get("error_code") or event.get("error_code") or ErrorCode.STAGEOUT_FAILED
+            diag = file.get("diag") or event.get("diag") or "stage-out failed"
+            self.store.set_state(rec, "stage_failed", file=file or None, error_code=int(code), diag=clip_diag(diag))
+        return members
+
+    def _remove_files(self, answered: list[RangeRecord]) -> None:
+        """The work dir's copies of what was staged, and zips (staged or not: their members are here)."""
+        gone = {rec.zip for rec in answered if rec.zip}
+        gone |= {rec.output for rec in answered if rec.state == "staged" or rec.result == "finished"}
+        for name in gone - {""}:
+            with contextlib.suppress(FileNotFoundError):
+                (self.start.workdir / name).unlink()
 
     async def _keep_running(self, what: str, run: Callable[[], Awaitable[None]]) -> None:
         """A worker of the session that outlives its failures (Redis away a moment, a source's bug)."""
@@ -267,16 +293,18 @@ class JobSession:
             await self.softkill()
             await self.store.wait_for(lambda: self.store.count("running") == 0, deadline - loop.time())
         self.closing = True
+        self.store.notify()  # the uploads still waiting go now
         if not await self.store.wait_for(lambda: self.store.count("done") == 0, deadline - loop.time()):
             log.warning("job %s: %d uploads unanswered after %.0f s", self.job_id, self.store.count("done"),
                         self.start.finish_timeout_s)
-        await self._seal(reason)
         await self._stop_tasks()
+        await self._seal(reason)
         assert self.reporter is not None
         reported = await self.reporter.flush_final()
         result = self._summary(reported)
         await self.store.set_meta(summary=json.dumps(result))
-        log.info("job %s: event service done: %s", self.job_id, result["diag"])
+        log.info("job %s: event service done: %s (%d outputs in %d stageout requests)", self.job_id, result["diag"],
+                 self.uploads.outputs, self.uploads.requests)
         return result
 
     async def _seal(self, reason: str) -> None:
@@ -306,18 +334,22 @@ class JobSession:
             code, diag = 0, f"{len(records)} event ranges: {len(finished)} finished, {n_failed} failed"
         if unreported:
             diag += f"; {unreported} ranges could not be reported to the source"
+        files = {r.staged_as: r.file for r in finished if r.file}  # a zip once
         return summary(len(records), len(finished), n_failed, sum(r.num_events for r in finished), code, diag,
-                       [r.file for r in finished if r.file], unreported)
+                       list(files.values()), unreported)
 
     async def _stop_tasks(self) -> None:
-        for task in self._tasks:
+        ahead = self.fetcher.stop()
+        tasks = [*self._tasks, *([ahead] if ahead is not None else [])]
+        for task in tasks:
             task.cancel()
-        if self._tasks:
-            await asyncio.wait(self._tasks, timeout=TASK_STOP_S)
+        if tasks:
+            await asyncio.wait(tasks, timeout=TASK_STOP_S)
         self._tasks = []
 
     async def _close_parts(self) -> None:
         await self._stop_tasks()
+        await self.lines.close()
         if self.server is not None:
             await self.server.close()
         if self.source is not None:
@@ -331,7 +363,7 @@ class JobSession:
     # --- status -------------------------------------------------------------------------------
     def counts(self) -> dict[str, int]:
         """Ranges by state; the reported ones also by what was reported."""
-        counts = {state: self.store.counts[state] for state in STATES}
+        counts = self.store.counts
         counts |= {"reported_finished": 0, "reported_failed": 0}
         for rec in self.store.records.values():
             if rec.result:
@@ -343,4 +375,5 @@ class JobSession:
         processed = len(self.store.records) - self.store.count(*HELD)
         return {"request_id": self.start.request_id, "socket": str(self.socket_path), "counts": self.counts(),
                 "ranges_per_s": round(processed / elapsed, 3), "softkill": self.softkilled,
-                "closing": self.closing, "exhausted": self.exhausted}
+                "uploads": {"requests": self.uploads.requests, "outputs": self.uploads.outputs},
+                "closing": self.closing, "exhausted": self.fetcher.exhausted}

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import signal
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
@@ -19,13 +20,15 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from nodepilot import bus
+from nodepilot import bus, experiments, logs
 from nodepilot.config import PilotConfig
 from nodepilot.errors import ErrorCode, clip_diag
 from nodepilot.job import Job
 from nodepilot.timeutil import panda_time
 from nodepilot.worker import batch_system, pilot_id
+from services.monitor.catalog import write_input_catalog
 from services.monitor.checks.base import CheckContext, Firing
+from services.monitor.timebudget import TimeBudget
 from services.monitor.updates import Outbox, file_report, jobmetrics, pilot_timing
 from services.monitor.watchdog import Watchdog
 
@@ -64,6 +67,7 @@ class JobResult:
     start_time: float | None = None
     end_time: float | None = None
     final_delivered: bool = False
+    watchdog_check: str = ""  # the watchdog check that killed the payload, if one did
 
     def fail(self, code: int, diag: str) -> None:
         """Keep the first error as the job's; later ones only go to the log."""
@@ -80,8 +84,13 @@ class Interrupted(Exception):
 
 class JobRun:
     def __init__(self, job: Job, config: PilotConfig, r: aioredis.Redis, outbox: Outbox,
-                 getjob_seconds: float = 0.0, initial_setup_seconds: float = 0.0) -> None:
+                 getjob_seconds: float = 0.0, initial_setup_seconds: float = 0.0,
+                 budget: TimeBudget | None = None, resumed: dict[str, Any] | None = None) -> None:
         self.job, self.config, self.r, self.outbox = job, config, r, outbox
+        self.resumed = resumed  # the result a previous monitor saved: this run replays the job (resume.py)
+        self.budget = budget
+        self.partial = False  # stopped by the slot's time budget: what is complete is staged out
+        self._budget_task: asyncio.Task[None] | None = None
         self.result = JobResult(job.panda_id)
         self.result.timings.update(getjob=getjob_seconds, initial_setup=initial_setup_seconds)
         self.workdir = Path(config.work_dir).resolve() / job.work_dir_name
@@ -95,6 +104,12 @@ class JobRun:
         self.watchdog: Watchdog | None = None
         self._watchdog_task: asyncio.Task[Firing] | None = None
         self._heartbeat_changed = asyncio.Event()
+        self.step = ""  # what the job is doing now: setup, stagein, payload, stageout, stagelog, final
+
+    def set_step(self, step: str) -> None:
+        self.step = step
+        logs.set_step(step)
+        log.info("job %s: step %s", self.job.panda_id, step)
 
     # --- events --------------------------------------------------------------------------
     async def wait_for(self, request_id: str, type_: str) -> dict[str, Any]:
@@ -184,7 +199,10 @@ class JobRun:
                 pilotTiming=pilot_timing(res.timings), metaData=payload.get("report_text") or None,
                 xml=file_report(self.staged) or None,
                 jobMetrics=jobmetrics({"coreCount": job.core_count, "nInputFiles": res.files_in,
-                                       "nOutputFiles": res.files_out, "batchSystem": batch}),
+                                       "nOutputFiles": res.files_out, "batchSystem": batch,
+                                       "maxGPUMemKB": payload.get("max_gpu_mem_kb") or None,
+                                       "avgGPUUtil": payload.get("avg_gpu_util_pct") or None,
+                                       "isolation": payload.get("isolation")}),
             )
         return {k: v for k, v in fields.items() if v is not None}
 
@@ -192,6 +210,8 @@ class JobRun:
         if self.payload_running:
             return
         self.payload_running = True
+        if self.kill_reason is not None:  # decided before the payload was known to run (or by a previous monitor)
+            await self.interrupt(*self.kill_reason)
         self.result.start_time = self.result.start_time or event.get("start_time") or time.time()
         await self.set_state("running")
         await self.outbox.put(self.update_fields(final=False))
@@ -202,24 +222,56 @@ class JobRun:
                            started=payload_started, redis=self.r)
         self.watchdog = Watchdog(ctx, on_fire=self.on_watchdog_fire)
         self._watchdog_task = asyncio.create_task(self.watchdog.run())
+        if self.budget is not None:
+            self._budget_task = asyncio.create_task(self.budget.watch(self.warn_time_short, self.stop_for_time))
+
+    async def warn_time_short(self) -> None:
+        """The slot ends soon: tell the payload (its signal, and no new event ranges)."""
+        assert self.budget is not None
+        signum = int(self.config.queuedata.watchdog.get("time_budget_signal", signal.SIGUSR1))
+        await bus.publish(self.r, bus.RUNNER_REQUESTS, {
+            "action": "signal", "job_id": self.job.panda_id, "request_id": self._request_id("warn"),
+            "signum": signum, "reason": f"the slot ends at {panda_time(self.budget.end)} UTC",
+        })
+        if self.job.event_service:
+            await self.softkill()
+
+    async def stop_for_time(self) -> None:
+        assert self.budget is not None
+        self.partial = True
+        await self.interrupt(ErrorCode.WALL_TIME,
+                             f"time budget: the slot ends at {panda_time(self.budget.end)} UTC; payload stopped "
+                             f"{self.budget.stop_s:.0f} s before it (warned {self.budget.warn_s:.0f} s before)")
 
     async def on_watchdog_fire(self, firing: Firing) -> None:
+        results = self.watchdog.last_results if self.watchdog else {}
+        self.result.watchdog_check = next((name for name, r in results.items() if r.get("diag") == firing.diag), "")
         await self.interrupt(firing.code, firing.diag)
 
     def stop_watchdog(self) -> None:
-        if self._watchdog_task is not None:
-            self._watchdog_task.cancel()
-            self._watchdog_task = None
+        for task in (self._watchdog_task, self._budget_task):
+            if task is not None:
+                task.cancel()
+        self._watchdog_task = self._budget_task = None
 
     # --- the lifecycle -------------------------------------------------------------------------
     async def run(self) -> JobResult:
+        with logs.job_context(self.job.panda_id, "setup"):
+            return await self._run()
+
+    async def _run(self) -> JobResult:
+        self.set_step("setup")
         t0 = time.monotonic()
+        if self.resumed is None:  # known to a monitor restarted from now on, before anything else happens
+            async with self.r.pipeline(transaction=True) as pipe:
+                pipe.rpush(bus.PILOT_JOBS, self.job.panda_id)
+                pipe.hset(bus.job_key(self.job.panda_id), "definition", json.dumps(self.job.raw))
+                await pipe.execute()
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.result.start_time = time.time()
-        await self.r.rpush(bus.PILOT_JOBS, self.job.panda_id)
-        await self.r.hset(bus.job_key(self.job.panda_id), "definition", json.dumps(self.job.raw))
+        self.result.start_time = (self.resumed or {}).get("start_time") or time.time()
         await self.set_state("starting")
-        await self.outbox.put(self.update_fields(final=False))
+        if self.resumed is None:  # a resumed job's server knows it started
+            await self.outbox.put(self.update_fields(final=False))
         self.result.timings["setup"] = time.monotonic() - t0
         heartbeat = asyncio.create_task(self.heartbeat())
         try:
@@ -231,7 +283,10 @@ class JobRun:
                 else:
                     await self.run_payload()
             t_out = time.monotonic()
-            if not self.result.pilot_error_code and self.job.outputs:
+            if self.payload and (self.job.outputs or self.job.log is not None):  # the payload ran
+                await self.set_state("transferring")
+                await self.outbox.put(self.update_fields(final=False))
+            if (not self.result.pilot_error_code or self.partial) and self.job.outputs:
                 await self.stage_out()
             if self.job.log is not None:
                 await self.stage_log()
@@ -239,6 +294,7 @@ class JobRun:
         finally:
             heartbeat.cancel()
         self.result.end_time = time.time()
+        self.set_step("final")
         await self.set_state("failed" if self.result.pilot_error_code else "finished")
         self.result.final_delivered = await self.outbox.send(self.update_fields(final=True))
         await self.set_state(self.result.state)
@@ -259,24 +315,29 @@ class JobRun:
         return f"{self.job.panda_id}:{self.job.attempt_nr}:{step}"
 
     def _endpoints(self, activity: str) -> list[dict[str, str]]:
-        endpoints = self.config.queuedata.endpoints_for(activity)
-        if activity != "read_lan" and self.job.alt_stage_out == "off":
-            endpoints = endpoints[:1]
-        return [{"name": e.name, "url": e.url} for e in endpoints]
+        """Every endpoint of the activity: the stager decides (job and queue) whether alternatives are used."""
+        return [{"name": e.name, "url": e.url} for e in self.config.queuedata.endpoints_for(activity)]
 
     async def _stage(self, kind: str, activity: str, **fields: Any) -> dict[str, Any]:
         request_id = self._request_id(kind)
+        self.set_step(kind)
         await bus.publish(self.r, bus.STAGER_REQUESTS, {
             "kind": kind, "job_id": self.job.panda_id, "request_id": request_id,
-            "workdir": str(self.workdir), "endpoints": self._endpoints(activity), **fields,
+            "workdir": str(self.workdir), "endpoints": self._endpoints(activity), "task_id": self.job.task_id,
+            **({"alt_stageout": self.job.alt_stage_out} if kind != "stagein" else {}), **fields,
         })
         return await self.wait_for(request_id, f"{kind}_done")
 
     async def stage_in(self) -> None:
         t = time.monotonic()
-        event = await self._stage("stagein", "read_lan", files=[f.to_dict() for f in self.job.inputs])
+        event = await self._stage("stagein", "read_lan", files=[f.to_dict() for f in self.job.inputs],
+                                  direct_access=self.job.transfer_type.lower() == "direct")
         self.result.timings["stagein"] = time.monotonic() - t
-        self.result.files_in = sum(1 for f in event.get("files", []) if f.get("status") == "done")
+        files = event.get("files", [])
+        self.result.files_in = sum(1 for f in files if f.get("status") in ("done", "direct"))
+        direct = {f["lfn"]: f["turl"] for f in files if f.get("status") == "direct" and f.get("turl")}
+        if event.get("ok"):
+            await asyncio.to_thread(write_input_catalog, self.workdir, self.job.inputs, direct)
         if not event.get("ok"):
             self.result.fail(event.get("error_code") or ErrorCode.STAGEIN_FAILED,
                              event.get("diag") or "stage-in failed")
@@ -300,7 +361,7 @@ class JobRun:
                              ready.get("diag") or "the event service could not serve this job")
             return
         self.es_socket = ready["socket"]
-        await self.run_payload({"NODEPILOT_EVENTS_SOCKET": self.es_socket})
+        await self.run_payload({"NODEPILOT_EVENTS_SOCKET": self.es_socket, **(ready.get("env") or {})})
         finish_id = self._request_id("es-finish")
         await bus.publish(self.r, bus.EVENTCLIENT_REQUESTS, {
             "action": "finish", "job_id": job.panda_id, "request_id": finish_id,
@@ -326,14 +387,28 @@ class JobRun:
         except Exception as exc:  # the payload API may be gone already
             log.warning("job %s: softkill not delivered: %s", self.job.panda_id, exc)
 
+    def experiment(self) -> experiments.Experiment:
+        return experiments.load(experiments.name_for(self.config.pilot_user, self.config.queuedata.pilot_user))
+
     async def run_payload(self, extra_env: dict[str, str] | None = None) -> None:
         t = time.monotonic()
+        self.set_step("payload")
         request_id = self._request_id("run")
+        job, queuedata = self.job, self.config.queuedata
+        try:  # the experiment's plug-in: its failure fails the job's setup, never the pilot
+            experiment = self.experiment()
+            setup = experiments.setup_script(experiment, job, queuedata)
+            env = {**experiment.environment(job, queuedata), **self.payload_env(), **(extra_env or {})}
+            container = experiment.container(job, queuedata)
+        except Exception as exc:
+            log.exception("job %s: experiment plug-in failed", job.panda_id)
+            self.result.fail(ErrorCode.SETUP_FAILED, f"experiment plug-in failed: {exc!r}")
+            return
         await bus.publish(self.r, bus.RUNNER_REQUESTS, {
             "action": "run", "job_id": self.job.panda_id, "request_id": request_id,
             "workdir": str(self.workdir), "command": self.job.transformation,
-            "args": self.job.job_pars, "env": {**self.payload_env(), **(extra_env or {})},
-            "setup": self.config.queuedata.envsetup,
+            "args": self.job.job_pars, "env": env, "setup": setup, "experiment": experiment.name,
+            **({"container": container} if container else {}),
             **({"sample_interval": interval} if (interval := self.config.queuedata.watchdog.get("sample_interval_s"))
                else {}),
         })
@@ -356,15 +431,32 @@ class JobRun:
             "PANDAID": str(job.panda_id), "PanDA_TaskID": str(job.task_id or ""),
             "PANDA_RESOURCE": self.config.queue, "ATHENA_CORE_NUMBER": str(job.core_count),
             "PILOT_JOB_DIR": str(self.workdir), "HARVESTER_WORKER_ID": "",
+            **({"NODEPILOT_SLOT_END": f"{self.budget.end:.0f}", "NODEPILOT_STOP_AT": f"{self.budget.stop_at:.0f}"}
+               if self.budget else {}),
         }
 
     async def stage_out(self) -> None:
         guids = self.payload.get("output_guids") or {}
         files = []
-        for spec in self.job.outputs:
+        try:
+            extra = self.experiment().extra_outputs(self.job, self.workdir)
+        except Exception as exc:
+            log.exception("job %s: experiment plug-in failed to name extra outputs", self.job.panda_id)
+            self.result.fail(ErrorCode.STAGEOUT_FAILED, f"experiment plug-in failed (extra outputs): {exc!r}")
+            extra = []
+        outputs = [*self.job.outputs, *extra]
+        if self.partial:  # stopped for time: what the payload completed
+            present = [spec for spec in outputs if (self.workdir / spec.lfn).is_file()]
+            self.result.pilot_error_diag = clip_diag(
+                f"{self.result.pilot_error_diag}; partial result: {len(present)} of {len(outputs)} outputs "
+                "present, staged out")
+            outputs = present
+        for spec in outputs:
             d = spec.to_dict()
             d["guid"] = guids.get(spec.lfn) or spec.guid or str(uuid.uuid4())
             files.append(d)
+        if not files:
+            return
         event = await self._stage("stageout", "write_lan", files=files)
         self.staged.extend(event.get("files", []))
         done = [f for f in event.get("files", []) if f.get("status") == "done"]

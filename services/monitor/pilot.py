@@ -1,4 +1,9 @@
-"""The pilot's outer loop: acquire a job, run it, repeat while the slot's time allows."""
+"""The pilot's outer loop: acquire a job, run it, repeat while the slot's time allows.
+
+With ``--slots`` above one, several jobs run at once, each in its own task, sharing the node through a
+resource ledger (``nodepilot/slots.py``): the loop asks the server for a job only when a slot and a core are
+free, with what is free as the acquire parameters, and waits on the ledger (no polling) otherwise.
+"""
 
 from __future__ import annotations
 
@@ -17,11 +22,15 @@ import redis.asyncio as aioredis
 from nodepilot import bus, exitcodes
 from nodepilot.config import PilotConfig
 from nodepilot.errors import ErrorCode, clip_diag
+from nodepilot.gpu import gpu_inventory
 from nodepilot.job import JobDefinitionError, parse_job
 from nodepilot.panda.client import ServerClient, ServerError, UpdateReply, make_client
+from nodepilot.slots import SlotLedger, job_needs, node_capacity
 from nodepilot.timeutil import panda_time
 from nodepilot.worker import cpu_mhz, free_disk_mb, memory_mb, node_inventory
 from services.monitor import jobrun
+from services.monitor.resume import previous_jobs
+from services.monitor.timebudget import TimeBudget
 from services.monitor.updates import DeliveryAbandoned, Outbox
 
 log = logging.getLogger(__name__)
@@ -38,10 +47,22 @@ class Pilot:
         self.started = time.monotonic()
         self.client: ServerClient = make_client(config)
         self.outbox = Outbox(r, self.client, on_reply=self.on_reply)
-        self.current: jobrun.JobRun | None = None
+        self.running: dict[int, jobrun.JobRun] = {}  # by PandaID, in start order
         self.results: list[dict[str, Any]] = []
         self.signal: int | None = None
+        self.failure: DeliveryAbandoned | None = None
+        self.taken = 0  # jobs acquired
         self._acquiring: asyncio.Task[Any] | None = None
+        self._slots: set[asyncio.Task[None]] = set()
+        self.budget = TimeBudget.of(config, self.launched_at)
+        gpus = sum(int(g.get("count") or 0) for g in gpu_inventory())
+        capacity, max_jobs = node_capacity(config.slots, config.work_dir, gpus=gpus)
+        self.ledger = SlotLedger(capacity, max_jobs)
+
+    @property
+    def current(self) -> jobrun.JobRun | None:
+        """The oldest running job (the one job of a single-slot pilot)."""
+        return next(iter(self.running.values()), None)
 
     # --- outside events ----------------------------------------------------------------
     async def on_signal(self, signum: int) -> None:
@@ -53,8 +74,9 @@ class Pilot:
         asyncio.get_running_loop().call_later(GRACEFUL_STOP_S, self._stop_overdue, signum)
         if self._acquiring is not None:
             self._acquiring.cancel()
-        if self.current is not None:
-            await bus.emit(self.r, self.current.job.panda_id, "monitor", "signal", signum=signum)
+        await self.ledger.wake()
+        for run in list(self.running.values()):
+            await bus.emit(self.r, run.job.panda_id, "monitor", "signal", signum=signum)
 
     def _stop_overdue(self, signum: int) -> None:
         """Last resort: the graceful stop hangs (e.g. the launcher and the other services are gone)."""
@@ -66,20 +88,18 @@ class Pilot:
         if command in ("", "null", "none"):
             return
         log.info("server command for job %s: %s", fields.get("jobId"), command)
-        if self.current is not None and self.current.job.panda_id == fields.get("jobId"):
-            await bus.emit(self.r, self.current.job.panda_id, "monitor", "server_command", command=command)
+        if fields.get("jobId") in self.running:
+            await bus.emit(self.r, fields["jobId"], "monitor", "server_command", command=command)
 
     # --- the loop ------------------------------------------------------------------------
     def time_left(self) -> float:
-        limits = [x for x in (self.config.lifetime_s, self.config.queuedata.maxtime_s) if x]
-        if not limits:
-            return float("inf")
-        return min(limits) - (time.time() - self.launched_at)
+        return self.budget.end - time.time() if self.budget else float("inf")
 
     async def run(self) -> int:
         sender = asyncio.create_task(self.outbox.run())
         reports = asyncio.create_task(self.report_worker("started"))  # never in the first job's way
         try:
+            await self.resume()
             return await self._loop()
         except DeliveryAbandoned as exc:
             log.error("giving up: %s (pilot error %s)", exc, ErrorCode.SERVER_COMMUNICATION)
@@ -96,22 +116,48 @@ class Pilot:
         config = self.config
         try:
             if status == "started":
+                site = config.queuedata.site or config.queue
                 await self.client.update_worker_node(await asyncio.to_thread(
-                    node_inventory, config.queuedata.site or config.queue, config.queue, config.node,
-                    config.work_dir))
+                    node_inventory, site, config.queue, config.node, config.work_dir))
+                for gpu in await asyncio.to_thread(gpu_inventory):
+                    await self.client.update_worker_node_gpu({"site": site, "host_name": config.node, **gpu})
             worker_id, harvester_id = os.environ.get("HARVESTER_WORKER_ID"), os.environ.get("HARVESTER_ID")
             if worker_id and harvester_id:
                 await self.client.update_worker_status(worker_id, harvester_id, status, config.node)
         except Exception as exc:  # never the pilot's end: the server only keeps statistics of these
             log.warning("worker report (%s) not delivered: %s", status, exc)
 
+    async def resume(self) -> None:
+        """After a restart of the monitor (services/monitor/resume.py): the jobs done count, those in
+        progress are run to their end."""
+        for previous in await previous_jobs(self.r):
+            self.taken += 1
+            if previous.done:
+                self.record(previous.result)
+            elif previous.definition is None:
+                log.error("job %s: no definition in Redis: it cannot be resumed", previous.panda_id)
+            else:
+                log.warning("job %s: resuming it after a restart of the monitor (it was %s)", previous.panda_id,
+                            previous.result.get("state", "starting"))
+                await self.start_job(previous.definition, 0.0, 0.0, resumed=previous.result)
+
+    def _stopping(self) -> bool:
+        return self.signal is not None or self.failure is not None
+
+    def _may_acquire(self) -> bool:
+        if self._stopping() or (self.config.max_jobs and self.taken >= self.config.max_jobs):
+            return False
+        if self.budget and self.time_left() < self.budget.warn_s:  # a new job would be warned at once: drain
+            log.info("not asking for more jobs: %.0f s left in the slot", self.time_left())
+            return False
+        return True
+
     async def _loop(self) -> int:
         initial_setup = time.time() - self.launched_at
-        while self.signal is None:
-            if self.config.max_jobs and len(self.results) >= self.config.max_jobs:
-                break
-            if self.time_left() < 60:
-                log.info("stopping: %.0f s left in the slot", self.time_left())
+        code = exitcodes.OK
+        while self._may_acquire():
+            await self.ledger.wait_for_room(self._stopping)
+            if not self._may_acquire():
                 break
             t = time.monotonic()
             try:
@@ -121,14 +167,22 @@ class Pilot:
                 break
             except ServerError as exc:
                 log.error("could not get a job: %s", exc)
-                return exitcodes.SERVER if not self.results else exitcodes.OK
+                if not self.taken:
+                    code = exitcodes.SERVER
+                break
             finally:
                 self._acquiring = None
             if raw is None:
-                log.info("no job available%s", "" if not self.results else " any more")
+                log.info("no job available%s", "" if not self.taken else " any more")
                 break
-            await self.run_job(raw, time.monotonic() - t, initial_setup)
+            self.taken += 1
+            await self.start_job(raw, time.monotonic() - t, initial_setup)
             initial_setup = 0.0
+        await self._drain()
+        if self.failure is not None:
+            raise self.failure
+        if code != exitcodes.OK:
+            return code
         await self.outbox.flush()
         if self.signal is not None:
             return exitcodes.SIGNALLED + self.signal
@@ -136,12 +190,21 @@ class Pilot:
             return exitcodes.UPDATE_LOST
         return exitcodes.OK
 
+    async def _drain(self) -> None:
+        """The jobs running end as they would; if updates cannot be delivered any more, nothing can end well."""
+        while self._slots and self.failure is None:
+            await asyncio.wait(list(self._slots), return_when=asyncio.FIRST_COMPLETED)
+        for task in list(self._slots):
+            task.cancel()
+
     async def acquire(self) -> dict[str, Any] | None:
+        free = self.ledger.acquire_params(self.config.resource_type)
         params = {
             "siteName": self.config.queuedata.site or self.config.queue,
             "computingElement": self.config.queue, "prodSourceLabel": self.config.job_label,
-            "diskSpace": free_disk_mb(self.config.work_dir), "mem": memory_mb(), "cpu": cpu_mhz(),
-            "node": self.config.node, "resourceType": self.config.resource_type or None,
+            "diskSpace": min(free_disk_mb(self.config.work_dir), free.get("diskSpace", 1 << 40)),
+            "mem": min(memory_mb(), free.get("mem", 1 << 40)), "cpu": cpu_mhz(),
+            "node": self.config.node, "resourceType": free.get("resourceType") or self.config.resource_type or None,
         }
         params = {k: v for k, v in params.items() if v is not None}
         delay = 1.0
@@ -156,14 +219,40 @@ class Pilot:
                 delay *= 2
         return None
 
-    async def run_job(self, raw: dict[str, Any], getjob_s: float, initial_setup_s: float) -> None:
+    async def start_job(self, raw: dict[str, Any], getjob_s: float, initial_setup_s: float,
+                        resumed: dict[str, Any] | None = None) -> None:
+        """Reserve the job's resources (waiting for them if the server gave more than is free), then run
+        it in a task of its own; returns once it started (a broken definition is rejected here)."""
         try:
             job = parse_job(raw)
         except JobDefinitionError as exc:
             await self.reject(exc, raw)
             return
-        run = jobrun.JobRun(job, self.config, self.r, self.outbox, getjob_s, initial_setup_s)
-        self.current = run
+        run = jobrun.JobRun(job, self.config, self.r, self.outbox, getjob_s, initial_setup_s, self.budget,
+                            resumed=resumed)
+        need = self.ledger.fit(job_needs(job), f"job {job.panda_id}")
+        token = await self.ledger.take(need, self._stopping)
+        if token is None:  # stopped while it waited for room: it ends at once, reported with the signal's code
+            signum = self.signal or 15
+            await run.interrupt(jobrun.SIGNAL_CODES.get(signum, ErrorCode.SIGNAL_OTHER),
+                                f"pilot received signal {signum} before the job could start")
+        self.running[job.panda_id] = run
+        task = asyncio.create_task(self._run_slot(run, token))
+        self._slots.add(task)
+        task.add_done_callback(self._slots.discard)
+        self.write_summary()
+
+    async def _run_slot(self, run: jobrun.JobRun, token: int | None) -> None:
+        try:
+            await self.run_job(run)
+        except DeliveryAbandoned as exc:
+            self.failure = exc
+        finally:
+            self.running.pop(run.job.panda_id, None)
+            await self.ledger.release(token)
+
+    async def run_job(self, run: jobrun.JobRun) -> None:
+        job = run.job
         try:
             result = await run.run()
         except DeliveryAbandoned:
@@ -175,8 +264,7 @@ class Pilot:
             run.result.state = "failed"
             run.result.final_delivered = await self.outbox.send(run.update_fields(final=True))
             result = run.result
-        finally:
-            self.current = None
+        self.running.pop(job.panda_id, None)
         self.record(asdict(result))
 
     async def reject(self, exc: JobDefinitionError, raw: Any) -> None:
@@ -197,7 +285,12 @@ class Pilot:
 
     def record(self, result: dict[str, Any]) -> None:
         self.results.append(result)
+        self.write_summary()
+
+    def write_summary(self) -> None:
+        """summary.json: the jobs ended, then those running (their state so far)."""
+        running = [{**asdict(run.result), "step": run.step} for run in self.running.values()]
         path = Path(self.config.run_dir) / "summary.json"
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.results, indent=1))
+        tmp.write_text(json.dumps(self.results + running, indent=1))
         tmp.replace(path)

@@ -8,8 +8,10 @@ from collections.abc import Coroutine
 from typing import Any
 
 from fastapi import FastAPI
+from prometheus_client import CollectorRegistry
 
 from nodepilot.service import Service
+from services.monitor import metrics, web
 from services.monitor.pilot import Pilot
 
 
@@ -24,6 +26,9 @@ class MonitorService(Service):
     def main(self) -> Coroutine[Any, Any, int]:
         return self.pilot.run()
 
+    def workers(self) -> list[Coroutine[Any, Any, Any]]:
+        return [web.serve_tcp(self.pilot, self.config.web_port)] if self.config.web_port else []
+
     def on_signal(self, signum: int) -> None:
         # not a stop: the pilot ends its job (kill, log out, final update), then main returns
         asyncio.get_running_loop().create_task(self.pilot.on_signal(signum))
@@ -33,12 +38,22 @@ class MonitorService(Service):
         return {
             "current_job": current.job.panda_id if current else None,
             "current_state": current.result.state if current else None,
+            "current_step": current.step if current else None,
             "checks": current.watchdog.last_results if current and current.watchdog else {},
+            "running": [{"panda_id": run.job.panda_id, "state": run.result.state, "step": run.step,
+                         "checks": run.watchdog.last_results if run.watchdog else {}}
+                        for run in self.pilot.running.values()],
+            "slots": self.pilot.ledger.status(),
             "jobs": self.pilot.results,
             "updates_delivered": self.pilot.outbox.delivered,
         }
 
+    def add_metrics(self, registry: CollectorRegistry) -> None:
+        registry.register(metrics.install(self.pilot))
+
     def add_routes(self, app: FastAPI) -> None:
+        app.include_router(web.router(self.pilot))
+
         @app.post("/stop")
         async def stop() -> dict[str, Any]:
             await self.pilot.on_signal(15)

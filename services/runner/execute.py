@@ -1,4 +1,11 @@
-"""Start a payload in its own session, wait for its end without polling, and kill its whole tree."""
+"""Start a payload in its own session, wait for its end without polling, and kill its whole tree.
+
+Every payload runs under a shim: a bash that starts the payload's command line (in a sandbox or
+not, see isolation.py), waits for it, writes its exit status to a file in the pilot's run dir and
+ends the same way. The shim leads the payload's process group, ignores the signals the runner
+sends to the group (it only waits) and outlives a runner that dies, so a restarted runner adopts
+the payload still running and still learns how it ended (``adopt``).
+"""
 
 from __future__ import annotations
 
@@ -11,21 +18,36 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
 
-from services.runner.cgroup import PayloadCgroup
+from services.runner.cgroup import PREFIX as CGROUP_PREFIX
+from services.runner.cgroup import PayloadCgroup, delegated_base
 from services.runner.report import STDERR, STDOUT
 
 log = logging.getLogger(__name__)
 
 # the pilot's own settings and credentials: never handed to the payload
 SECRET_ENV = re.compile(
-    r"NODEPILOT_.*|REDIS_URL|REDIS_PASSWORD|X509_USER_PROXY|.*BEARER_TOKEN.*|.*_TOKEN|.*_TOKEN_FILE|PANDA_AUTH_.*"
+    r"NODEPILOT_.*|REDIS_URL|REDIS_PASSWORD|X509_USER_(PROXY|CERT|KEY)|.*BEARER_TOKEN.*|.*_TOKEN|.*_TOKEN_FILE"
+    r"|PANDA_AUTH_.*"
 )
+# $0: the status file; "$@": the payload's command line. Signals sent to the group run ":" here
+# (the payload still gets them: a handler is not inherited); the shim's own stderr is /dev/null so
+# its reports ("Segmentation fault ...") stay out of payload.stderr; a payload killed by signal N
+# (status 128+N, N a signal whose default is to terminate) ends the shim with the same signal.
+SHIM = """trap : HUP INT QUIT USR1 USR2 ALRM TERM XCPU XFSZ VTALRM PROF
+exec 3>&2 2>/dev/null
+"$@" 2>&3 3>&-
+s=$?
+echo "$s" > "$0"
+case $s in 129|13[0-9]|14[0-4]|15[2-5]|15[7-9]) trap - $((s - 128)); ulimit -c 0; kill -$((s - 128)) $$ ;; esac
+exit "$s"
+"""
+STATUS_DIR = "runner-status"
 
 
 def payload_env(base: Mapping[str, str], extra: Mapping[str, str]) -> dict[str, str]:
@@ -51,11 +73,31 @@ class Ended:
     oom_kills: int = 0  # processes of the payload the kernel's OOM killer ended (known with a cgroup)
 
 
+def status_file(run_dir: str | Path, job_id: int, request_id: str) -> Path:
+    """Where the shim of a run request writes its payload's exit status (a name safe for any request id)."""
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in request_id)[:100]
+    return Path(run_dir) / STATUS_DIR / f"{job_id}.{safe}.status"
+
+
+def read_status(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def ended_from_status(status: int, end_time: float) -> Ended:
+    """What the shim's status means, as the shim's own end would say it (signal N for 128+N)."""
+    code = status - 128
+    terminating = 1 <= code <= 16 or 24 <= code <= 27 or 29 <= code <= 31
+    return Ended(None if terminating else status, code if terminating else None, end_time, 0.0, 0)
+
+
 @dataclass(eq=False)
 class Payload:
-    """One running payload: the leader of its own process group (pgid == pid)."""
+    """One running payload: its shim leads its own process group (pgid == pid)."""
 
-    proc: subprocess.Popen[bytes]
+    proc: subprocess.Popen[bytes] | None  # None: adopted from a previous runner (not our child)
     job_id: int
     request_id: str
     start_time: float = field(default_factory=time.time)
@@ -63,14 +105,23 @@ class Payload:
     kill_reason: str = ""
     ended: Ended | None = None
     cgroup: PayloadCgroup | None = None  # every process of the payload, escaped or not, where we have one
+    isolation: str = "none"  # apptainer | bwrap | none
+    status_path: Path | None = None  # where the shim writes the exit status
+    leader: int = 0  # the shim's pid when adopted
     _strays: dict[int, psutil.Process] = field(default_factory=dict)
     _kill_timer: asyncio.TimerHandle | None = None
 
     @property
     def pid(self) -> int:
-        return self.proc.pid
+        return self.proc.pid if self.proc is not None else self.leader
+
+    @property
+    def sandboxed(self) -> bool:
+        return self.isolation != "none"
 
     async def wait(self) -> Ended:
+        if self.proc is None:
+            return await self._wait_adopted()
         try:
             _pid, status, usage = await asyncio.to_thread(os.wait4, self.pid, 0)
         except ChildProcessError:  # reaped by someone else: the status is lost
@@ -82,6 +133,21 @@ class Payload:
         exit_code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else None
         self.ended = Ended(exit_code, signum, time.time(), round(usage.ru_utime + usage.ru_stime, 3),
                            int(usage.ru_maxrss))
+        return self._ended()
+
+    async def _wait_adopted(self) -> Ended:
+        """A payload a previous runner started: its shim is not our child; its status is in the file."""
+        await wait_gone(self.pid, None)
+        status = read_status(self.status_path) if self.status_path else None
+        if status is not None:
+            self.ended = ended_from_status(status, time.time())
+        else:  # the shim itself was killed: by our SIGKILL if we were killing, else nobody knows
+            self.ended = Ended(None, signal.SIGKILL if self._kill_timer else None, time.time(), 0.0, 0)
+        return self._ended()
+
+    def _ended(self) -> Ended:
+        """(The status file stays until the end is reported: a runner killed meanwhile leaves it to the next.)"""
+        assert self.ended is not None
         if self._kill_timer is None:
             # processes the payload left behind in its group (or its cgroup) are orphans now
             signal_group(self.pid, signal.SIGKILL)
@@ -106,6 +172,12 @@ class Payload:
         if self._kill_timer is None:
             self._kill_timer = asyncio.get_running_loop().call_later(max(grace, 0.0), self._force_kill)
 
+    def notify(self, signum: int) -> None:
+        """A signal to every process of the payload, e.g. a warning it may act on."""
+        if self.ended is None:
+            self._snapshot()
+            self._signal_all(signum)
+
     def kill_now(self, reason: str) -> None:
         self.kill_reason = self.kill_reason or reason
         self._force_kill()
@@ -122,12 +194,40 @@ class Payload:
                 self._strays.setdefault(child.pid, child)
 
     def _signal_all(self, signum: int) -> None:
+        if self.sandboxed and signum != signal.SIGKILL:
+            # the group and the cgroup hold the sandbox's own processes (bwrap, apptainer's starter):
+            # a signal that ended them would end the sandbox at once, so only what runs inside gets it
+            for proc in self._inside():
+                with contextlib.suppress(psutil.Error):
+                    proc.send_signal(signum)
+            return
         signal_group(self.pid, signum)
         if self.cgroup is not None:
             self.cgroup.signal(signum)
         for proc in self._strays.values():
             with contextlib.suppress(psutil.Error):
                 proc.send_signal(signum)  # psutil checks it is still the same process
+
+    def _inside(self) -> list[psutil.Process]:
+        """The payload's processes inside its sandbox: in a child pid namespace, but not its init."""
+        candidates = dict(self._strays)
+        for pid in self.tracked_pids():
+            with contextlib.suppress(psutil.Error):
+                candidates.setdefault(pid, psutil.Process(pid))
+        return [p for p in candidates.values() if _nested_pid(p.pid) not in (None, 1)]
+
+
+def _nested_pid(pid: int) -> int | None:
+    """A process's pid in the innermost pid namespace it is in, None if that is ours (or it is gone)."""
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            for line in fh:
+                if line.startswith("NSpid:"):
+                    ids = line.split()[1:]
+                    return int(ids[-1]) if len(ids) > 1 else None
+    except (OSError, ValueError):
+        pass
+    return None
 
 
 def signal_group(pgid: int, signum: int) -> bool:
@@ -138,14 +238,23 @@ def signal_group(pgid: int, signum: int) -> bool:
     return True
 
 
-def start(job_id: int, request_id: str, workdir: Path, script: str, env: dict[str, str]) -> Payload:
-    """Run ``script`` with bash in ``workdir``; raises OSError when it cannot be started."""
+def start(job_id: int, request_id: str, workdir: Path, script: str, env: dict[str, str], *,
+          prefix: Sequence[str] = (), isolation: str = "none", status_path: Path | None = None) -> Payload:
+    """Run ``script`` with bash in ``workdir``, after the sandbox's ``prefix``, under the shim (which
+    writes the exit status to ``status_path``); raises OSError when it cannot be started."""
     bash = shutil.which("bash") or "/bin/bash"
+    status_arg = str(status_path) if status_path is not None else "/dev/null"
+    if status_path is not None:
+        status_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with contextlib.suppress(FileNotFoundError):
+            status_path.unlink()  # a stale one would pass for this payload's
+    # inside a sandbox the payload's bash is the sandbox's (same path: /usr is mounted)
+    argv = [bash, "-c", SHIM, status_arg, *prefix, bash, "-c", script]
     cgroup = PayloadCgroup.create(job_id)
     try:
         with (workdir / STDOUT).open("wb") as out, (workdir / STDERR).open("wb") as err:
             proc = subprocess.Popen(
-                [bash, "-c", script], cwd=workdir, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+                argv, cwd=workdir, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
                 start_new_session=True, close_fds=True, preexec_fn=cgroup.enter if cgroup else None,
             )
     except BaseException:
@@ -154,7 +263,53 @@ def start(job_id: int, request_id: str, workdir: Path, script: str, env: dict[st
         raise
     if cgroup is not None:
         cgroup.started()
-    return Payload(proc, job_id, request_id, cgroup=cgroup)
+    return Payload(proc, job_id, request_id, cgroup=cgroup, isolation=isolation, status_path=status_path)
+
+
+def adopt(job_id: int, request_id: str, pid: int, create_time: float | None, status_path: Path,
+          isolation: str = "none") -> Payload | None:
+    """The payload a previous runner started, if its shim still runs (same process, not a reused pid)."""
+    leader = process_identity(pid)
+    if leader is None or create_time is None or abs(leader - create_time) > 1.0 or not _is_shim(pid, status_path):
+        return None
+    payload = Payload(None, job_id, request_id, isolation=isolation, status_path=status_path, leader=pid,
+                      cgroup=_cgroup_of(pid))
+    payload._snapshot()
+    return payload
+
+
+def find_shim(status_path: Path) -> int | None:
+    """A shim running for ``status_path`` (a runner that died between starting it and saying so)."""
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        cmdline = proc.info["cmdline"] or []
+        if len(cmdline) > 3 and cmdline[2] == SHIM and cmdline[3] == str(status_path):
+            return proc.info["pid"]
+    return None
+
+
+def _is_shim(pid: int, status_path: Path) -> bool:
+    with contextlib.suppress(psutil.Error):
+        cmdline = psutil.Process(pid).cmdline()
+        return len(cmdline) > 3 and cmdline[2] == SHIM and cmdline[3] == str(status_path)
+    return False
+
+
+def _cgroup_of(pid: int) -> PayloadCgroup | None:
+    """The payload cgroup a process is in (one of ours under the delegated base), to go on using it."""
+    base = delegated_base()
+    try:
+        line = next(x for x in Path(f"/proc/{pid}/cgroup").read_text().splitlines() if x.startswith("0::"))
+    except (OSError, StopIteration):
+        return None
+    name = line.rstrip("/").rsplit("/", 1)[-1]
+    if base is None or not name.startswith(CGROUP_PREFIX) or not (base / name).is_dir():
+        return None
+    try:
+        cgroup = PayloadCgroup(base / name)
+    except OSError:
+        return None
+    cgroup.started()  # nothing will join it any more
+    return cgroup
 
 
 async def remove_when_empty(cgroup: PayloadCgroup, timeout: float = 30.0) -> None:
@@ -168,14 +323,17 @@ async def remove_when_empty(cgroup: PayloadCgroup, timeout: float = 30.0) -> Non
         await asyncio.sleep(0.1)
 
 
-async def wait_gone(pid: int, timeout: float) -> None:
-    """Until process ``pid`` (not our child) has exited, at most ``timeout`` s: a pidfd, no polling."""
+async def wait_gone(pid: int, timeout: float | None) -> None:
+    """Until process ``pid`` (not our child) has exited, at most ``timeout`` s (None: no limit): a pidfd,
+    no polling."""
     try:
         fd = os.pidfd_open(pid)
     except ProcessLookupError:
         return
-    except OSError:  # no pidfd on this kernel: give it the whole time
-        await asyncio.sleep(timeout)
+    except OSError:  # no pidfd on this kernel: give it the whole time (a second at a time without limit)
+        while timeout is None and psutil.pid_exists(pid):
+            await asyncio.sleep(1.0)
+        await asyncio.sleep(timeout or 0.0)
         return
     loop = asyncio.get_running_loop()
     gone = loop.create_future()

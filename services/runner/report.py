@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import signal
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -180,10 +181,12 @@ def effective_signal(exit_code: int | None, signum: int | None) -> int | None:
     return None
 
 
-def outcome(workdir: Path, exit_code: int | None, signum: int | None, oom_kills: int = 0) -> Outcome:
+def outcome(workdir: Path, exit_code: int | None, signum: int | None, oom_kills: int = 0,
+            read: Callable[[Path], Reports] | None = None) -> Outcome:
     """Pilot and exe error codes of a payload that ended with ``exit_code`` or ``signum``;
-    ``oom_kills``: processes of the payload the kernel's OOM killer ended (from its cgroup)."""
-    reports = read_reports(workdir)
+    ``oom_kills``: processes of the payload the kernel's OOM killer ended (from its cgroup);
+    ``read``: the experiment plug-in's report reader (default: jobReport.json)."""
+    reports = (read or read_reports)(workdir)
     result = Outcome(n_events=reports.n_events, report_text=reports.text, output_guids=reports.output_guids)
     tail = stderr_tail(workdir) if exit_code or signum else ""
     _classify(result, reports, exit_code, signum, tail)

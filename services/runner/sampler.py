@@ -34,6 +34,7 @@ import psutil
 import redis.asyncio as aioredis
 
 from nodepilot import bus
+from nodepilot.gpu import gpu_usage
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +73,8 @@ class Sample:
     wbytes: int = 0
     nprocs: int = 0
     nthreads: int = 0
+    gpu_mem_kb: int = 0  # GPU memory the payload's processes hold (0: no GPU, or none used)
+    gpu_util_pct: int = 0  # utilisation of the GPUs they use
     pids: list[int] = field(default_factory=list)
 
     def record(self) -> dict[str, Any]:
@@ -260,6 +263,8 @@ class UsageSampler:
     def _take(self) -> Sample:
         """In a thread: read /proc and rewrite the JSON file."""
         sample = self.tree.sample()
+        for name, value in gpu_usage(sample.pids).items():
+            setattr(sample, name, value)
         self.samples.append(sample)
         try:
             write_samples(self.path, self.samples)
@@ -294,6 +299,8 @@ class UsageSummary:
     tot_wbytes: int = 0
     rate_rbytes: int = 0
     rate_wbytes: int = 0
+    max_gpu_mem_kb: int = 0
+    avg_gpu_util_pct: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -324,4 +331,5 @@ def summarize(samples: list[Sample], rusage_cpu_s: float = 0.0, rusage_maxrss_kb
         avg_swap_kb=mean("swap_kb"),
         tot_rbytes=last.rbytes, tot_wbytes=last.wbytes,
         rate_rbytes=rate(last.rbytes), rate_wbytes=rate(last.wbytes),
+        max_gpu_mem_kb=peak("gpu_mem_kb"), avg_gpu_util_pct=mean("gpu_util_pct"),
     )

@@ -13,29 +13,40 @@ import json
 import logging
 import math
 import os
+import signal
 import time
 import uuid
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, HTTPException
+from prometheus_client import CollectorRegistry
 
-from nodepilot import bus
+from nodepilot import bus, experiments
 from nodepilot.config import PilotConfig
 from nodepilot.errors import ErrorCode, clip_diag
 from nodepilot.service import Service
 from services.runner.execute import (
     Ended,
     Payload,
+    adopt,
+    ended_from_status,
+    find_shim,
     host_tag,
     kill_orphaned,
     payload_env,
     payload_script,
     process_identity,
+    read_status,
     start,
+    status_file,
 )
+from services.runner.isolation import Isolation, write_note
+from services.runner.metrics import collector as metrics_collector
+from services.runner.metrics import exit_label
 from services.runner.report import Outcome, outcome
 from services.runner.sampler import (
     DEFAULT_INTERVAL_S,
@@ -67,6 +78,7 @@ class RunRequest:
     script: str
     env: dict[str, str]
     sample_interval: float = DEFAULT_INTERVAL_S
+    image: str = ""  # the container image the payload asks for (the job's container_name)
 
 
 class RunnerService(Service):
@@ -79,15 +91,21 @@ class RunnerService(Service):
         self._shutting_down = False
         self.host = host_tag()
         self.counts = {"finished": 0, "failed": 0}
+        self.exits: Counter[str] = Counter()  # payload_finished by exit code ("signal N", "none")
+        self.isolation = Isolation(config)
 
     def workers(self) -> list[Any]:
-        return [self._consume()]
+        return [self._consume(), self.isolation.ready()]  # the preflight runs at once, off the job's path
 
     async def status(self) -> dict[str, Any]:
         now = time.monotonic()
         return {"payloads": [{"job_id": p.job_id, "request_id": p.request_id, "pid": p.pid,
                               "running_s": round(now - p.started, 3), "killing": bool(p.kill_reason)}
-                             for p in self.payloads.values()], **self.counts}
+                             for p in self.payloads.values()], **self.counts,
+                "isolation": self.isolation.status()}
+
+    def add_metrics(self, registry: CollectorRegistry) -> None:
+        registry.register(metrics_collector(self))
 
     def add_routes(self, app: FastAPI) -> None:
         @app.post("/kill/{job_id}")
@@ -135,6 +153,8 @@ class RunnerService(Service):
             await self._run_once(job_id, request_id, message)
         elif action == "kill":
             await self._kill_request(job_id, request_id, message)
+        elif action == "signal":
+            await self._signal_request(job_id, request_id, message)
         else:
             await self._finish(job_id, request_id, _failed(f"malformed runner request: unknown action {action!r}"))
 
@@ -150,7 +170,7 @@ class RunnerService(Service):
             if state.get("state") == "finished":
                 log.info("run request %s of job %s was handled already", request_id, job_id)
             elif state:
-                await self._recover(job_id, request_id, state)
+                await self._recover(job_id, request_id, state, message)
             else:
                 await self._run(job_id, request_id, message)
         finally:
@@ -165,21 +185,37 @@ class RunnerService(Service):
             await self._finish(job_id, request_id, _failed(f"malformed run request: {exc}"))
             return
         await self._save(job_id, request_id, {"state": "starting"})
-        env = payload_env(os.environ, request.env)
+        choice = await self.isolation.choose(request.workdir, request.image)
+        if choice.error:
+            log.error("job %s: %s", job_id, choice.error)
+            await self._finish(job_id, request_id, Outcome(choice.code, clip_diag(choice.error)))
+            return
+        write_note(request.workdir, choice)
+        (log.warning if choice.mode == "none" else log.info)("job %s: isolation %s: %s", job_id, choice.mode,
+                                                             choice.reason)
+        env = payload_env(os.environ, {**dict(choice.env), **request.env})
         try:
-            payload = start(job_id, request_id, request.workdir, request.script, env)
+            payload = start(job_id, request_id, request.workdir, request.script, env, prefix=choice.prefix,
+                            isolation=choice.mode, status_path=status_file(self.config.run_dir, job_id, request_id))
         except (OSError, ValueError) as exc:
             log.error("job %s: cannot start the payload: %r", job_id, exc)
             await self._finish(job_id, request_id, _failed(f"cannot start the payload: {exc}"))
             return
-        self.payloads[request_id] = payload
         log.info("job %s: payload started, pid %s", job_id, payload.pid)
+        await self._supervise(payload, request, message, announce=True)
+
+    async def _supervise(self, payload: Payload, request: RunRequest, message: dict[str, Any],
+                         announce: bool) -> None:
+        """Until the payload has ended (sampling it meanwhile); then its payload_finished."""
+        job_id, request_id = payload.job_id, payload.request_id
+        self.payloads[request_id] = payload
         sampler = UsageSampler(self.redis, job_id, payload.pid, request.workdir, request.sample_interval,
                                payload.tracked_pids)
         sampler.start()
         ended: Ended | None = None
         try:
-            await self._announce(payload)
+            if announce:
+                await self._announce(payload)
             ended = await payload.wait()
         except asyncio.CancelledError:
             payload.kill_now("the runner stopped")  # not left running unwatched
@@ -189,30 +225,66 @@ class RunnerService(Service):
             if ended is None:
                 sampler.cancel()
         samples = await sampler.stop()
-        result = await asyncio.to_thread(outcome, request.workdir, ended.exit_code, ended.signal, ended.oom_kills)
-        if result.pilot_error_code and payload.kill_reason:
-            result.pilot_error_diag = clip_diag(f"{result.pilot_error_diag} ({payload.kill_reason})")
+        await self._conclude(job_id, request_id, request, message, ended, payload.start_time, payload.isolation,
+                             samples, payload.kill_reason)
+
+    async def _conclude(self, job_id: int, request_id: str, request: RunRequest, message: dict[str, Any],
+                        ended: Ended, start_time: float | None, isolation: str, samples: list[Sample] | None = None,
+                        kill_reason: str = "") -> None:
+        result = await asyncio.to_thread(outcome, request.workdir, ended.exit_code, ended.signal, ended.oom_kills,
+                                         experiments.report_reader(message.get("experiment")))
+        if result.pilot_error_code and kill_reason:
+            result.pilot_error_diag = clip_diag(f"{result.pilot_error_diag} ({kill_reason})")
             if self._shutting_down:
                 result.pilot_error_code = ErrorCode.PILOT_EXCEPTION
         log.info("job %s: payload ended: exit %s, signal %s, pilot code %s", job_id, ended.exit_code,
                  ended.signal, result.pilot_error_code)
-        await self._finish(job_id, request_id, result, payload.start_time, ended, samples)
+        await self._finish(job_id, request_id, result, start_time, ended, samples, isolation)
+        status_file(self.config.run_dir, job_id, request_id).unlink(missing_ok=True)  # reported: not needed
 
     async def _announce(self, payload: Payload) -> None:
         """Record and announce the start; a Redis failure here must not orphan the payload."""
         try:
             await self._save(payload.job_id, payload.request_id, {
                 "state": "started", "pid": payload.pid, "start_time": payload.start_time,
-                "create_time": process_identity(payload.pid), "host": self.host,
+                "create_time": process_identity(payload.pid), "host": self.host, "isolation": payload.isolation,
             })
             await bus.emit(self.redis, payload.job_id, self.name, "payload_started",
                            request_id=payload.request_id, pid=payload.pid, start_time=payload.start_time)
         except Exception:
             log.exception("job %s: cannot announce the payload's start", payload.job_id)
 
-    async def _recover(self, job_id: int, request_id: str, state: dict[str, Any]) -> None:
-        """A run a previous runner started: its result is lost; kill what is left, never restart it."""
+    async def _recover(self, job_id: int, request_id: str, state: dict[str, Any], message: dict[str, Any]) -> None:
+        """A run a previous runner started, never started twice: a payload still running is adopted
+        (its shim tells how it ended); one that ended meanwhile left its status; one never started
+        (the runner died before starting it) starts now. Else the result is lost: kill what is left."""
         pid = state.get("pid") if isinstance(state.get("pid"), int) else None
+        path = status_file(self.config.run_dir, job_id, request_id)
+        try:
+            request = parse_run(message)
+        except BadRequest:
+            request = None
+        if request is not None and (pid is None or state.get("host") == self.host):
+            shim = pid if pid is not None else await asyncio.to_thread(find_shim, path)
+            isolation = state.get("isolation") if isinstance(state.get("isolation"), str) else "none"
+            payload = adopt(job_id, request_id, shim, process_identity(shim) if pid is None else
+                            state.get("create_time"), path, isolation) if shim else None
+            if payload is not None:
+                log.warning("job %s: the runner restarted while the payload ran: adopting it (pid %s)", job_id, shim)
+                payload.start_time = state.get("start_time") or payload.start_time
+                await self._supervise(payload, request, message, announce=pid is None)
+                return
+            status = read_status(path)
+            if status is not None:
+                log.warning("job %s: the payload ended while no runner watched it: status %s", job_id, status)
+                start_time = state.get("start_time") if isinstance(state.get("start_time"), float) else None
+                await self._conclude(job_id, request_id, request, message, ended_from_status(status, time.time()),
+                                     start_time, isolation)
+                return
+            if pid is None:
+                log.warning("job %s: the runner restarted before the payload started: starting it now", job_id)
+                await self._run(job_id, request_id, message)
+                return
         killed = False
         if pid and state.get("host") == self.host:
             killed = await kill_orphaned(pid, state.get("create_time"), DEFAULT_GRACE_S)
@@ -233,6 +305,20 @@ class RunnerService(Service):
         await self._kill(job_id, request_id, _grace(message.get("grace_seconds", DEFAULT_GRACE_S)), reason)
         if request_id:
             await self._save(job_id, request_id, {"state": "kill_sent"})
+
+    async def _signal_request(self, job_id: int, request_id: str, message: dict[str, Any]) -> None:
+        """A signal the payload may act on (e.g. SIGUSR1: the slot ends soon); it is not a kill."""
+        try:
+            signum = signal.Signals(message.get("signum"))
+        except ValueError:
+            log.error("job %s: signal request %s with an invalid signum %r", job_id, request_id, message.get("signum"))
+            return
+        targets = [p for p in self.payloads.values() if p.job_id == job_id]
+        for payload in targets:
+            log.info("job %s: sending %s to payload %s: %s", job_id, signum.name, payload.pid, message.get("reason"))
+            payload.notify(signum)
+        await bus.emit(self.redis, job_id, self.name, "payload_signal_sent", request_id=request_id or None,
+                       signum=int(signum), pids=[p.pid for p in targets])
 
     async def _kill(self, job_id: int, request_id: str, grace: float, reason: str) -> list[int]:
         targets = [p for p in self.payloads.values() if p.job_id == job_id]
@@ -267,7 +353,8 @@ class RunnerService(Service):
             await pipe.execute()
 
     async def _finish(self, job_id: int, request_id: str, result: Outcome, start_time: float | None = None,
-                      ended: Ended | None = None, samples: list[Sample] | None = None) -> None:
+                      ended: Ended | None = None, samples: list[Sample] | None = None,
+                      isolation: str | None = None) -> None:
         """Emit payload_finished and mark the request finished in one transaction."""
         end_time = ended.end_time if ended else time.time()
         wall_seconds = round(end_time - start_time, 3) if start_time else 0.0
@@ -277,9 +364,10 @@ class RunnerService(Service):
             "request_id": request_id or None,
             "exit_code": ended.exit_code if ended else None, "signal": ended.signal if ended else None,
             "start_time": start_time, "end_time": end_time, "wall_seconds": wall_seconds,
-            **usage.to_dict(), **result.to_dict(),
+            **usage.to_dict(), **result.to_dict(), "isolation": isolation,
         }
         self.counts["failed" if result.pilot_error_code else "finished"] += 1
+        self.exits[exit_label(ended)] += 1
         key = bus.service_state_key(self.name, job_id)
         async with self.redis.pipeline(transaction=True) as pipe:
             await bus.emit(pipe, job_id, self.name, "payload_finished", **fields)  # queued, not sent yet
@@ -337,7 +425,8 @@ def parse_run(m: dict[str, Any]) -> RunRequest:
         if isinstance(value, bool) or not isinstance(value, str | int | float) or "\0" in str(value):
             raise BadRequest(f"env variable {name} has an invalid value {value!r:.100}")
         clean[name] = str(value)
-    return RunRequest(request_id, Path(workdir), script, clean, _interval(m.get("sample_interval")))
+    return RunRequest(request_id, Path(workdir), script, clean, _interval(m.get("sample_interval")),
+                      _text(m, "container"))
 
 
 def _interval(value: Any) -> float:

@@ -8,96 +8,37 @@ It serves ``stager:requests`` (contract in docs/bus.md) and answers every reques
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from nodepilot import bus
-from nodepilot.config import Endpoint, PilotConfig
+from nodepilot.config import PilotConfig
 from nodepilot.errors import ErrorCode, clip_diag
-from nodepilot.job import FileSpec, JobDefinitionError, check_lfn, parse_checksum
-from nodepilot.requests import BadRequest, endpoints_of, request_id_of, workdir_of
+from nodepilot.job import FileSpec
+from nodepilot.requests import BadRequest
 from nodepilot.service import Service
-from services.stager.movers.base import Reason, TransferError, mover_for
-from services.stager.paths import deterministic_path, join_url
+from services.stager.attempts import FileWork, Moved, Transfer, over_endpoints
+from services.stager.copysetup import Copysetup, CopysetupError
+from services.stager.direct import check_in_place, direct_capable
+from services.stager.metrics import StagerMetrics
+from services.stager.movers.base import PARTIAL_PREFIX, PARTIAL_SUFFIX, Mover
+from services.stager.paths import deterministic_path, log_se_path
+from services.stager.request import KINDS, FileResult, Request, failed_files, lfns_of, parse_request
+from services.stager.settings import StagerSettings
 from services.stager.tarball import make_tarball
+from services.stager.traces import Traces
 
 log = logging.getLogger(__name__)
 
-KINDS = ("stagein", "stageout", "stagelog")
-PARALLEL_FILES = 4  # per request
 CONSUMER_CONCURRENCY = 8  # requests at once
 STATE_TTL_S = 7 * 86400
-
-IN_CODES = {
-    Reason.MISSING: ErrorCode.STAGEIN_FAILED, Reason.SIZE: ErrorCode.STAGEIN_FAILED,
-    Reason.ADLER32: ErrorCode.ADLER32_MISMATCH_IN, Reason.MD5: ErrorCode.MD5_MISMATCH_IN,
-    Reason.TIMEOUT: ErrorCode.STAGEIN_TIMEOUT, Reason.NOSPACE: ErrorCode.DISK_SPACE,
-    Reason.IO: ErrorCode.STAGEIN_FAILED, Reason.PROTOCOL: ErrorCode.NO_STORAGE_PROTOCOL,
-}
-OUT_CODES = {
-    Reason.MISSING: ErrorCode.MISSING_OUTPUT, Reason.SIZE: ErrorCode.STAGEOUT_FAILED,
-    Reason.ADLER32: ErrorCode.ADLER32_MISMATCH_OUT, Reason.MD5: ErrorCode.MD5_MISMATCH_OUT,
-    Reason.TIMEOUT: ErrorCode.STAGEOUT_TIMEOUT, Reason.NOSPACE: ErrorCode.STAGEOUT_FAILED,
-    Reason.IO: ErrorCode.STAGEOUT_FAILED, Reason.PROTOCOL: ErrorCode.NO_STORAGE_PROTOCOL,
-}
-# failures on the worker node's side: another endpoint would not help
-LOCAL_REASONS = {"in": {Reason.NOSPACE}, "out": {Reason.MISSING}}
-
-
-@dataclass
-class Request:
-    kind: str
-    job_id: int
-    request_id: str
-    workdir: Path
-    endpoints: list[Endpoint]
-    files: list[FileSpec]
-    tarball_dir: str = ""
-    exclude: list[str] = field(default_factory=list)
-
-
-@dataclass
-class FileResult:
-    lfn: str
-    status: str = "failed"
-    error_code: int = 0
-    diag: str = ""
-    fsize: int | None = None
-    checksum: str = ""
-    guid: str = ""
-    surl: str = ""
-    endpoint: str = ""
-    seconds: float = 0.0
-
-
-@dataclass(eq=False)
-class Transfer:
-    """One file in flight, as /status shows it."""
-
-    job_id: int
-    lfn: str
-    direction: str  # in | out
-    size: int | None
-    bytes_done: int = 0
-    started: float = field(default_factory=time.monotonic)
-
-    def progress(self, done: int) -> None:
-        self.bytes_done = done
-
-    def view(self) -> dict[str, Any]:
-        elapsed = max(time.monotonic() - self.started, 1e-6)
-        return {"job_id": self.job_id, "lfn": self.lfn, "direction": self.direction,
-                "bytes_done": self.bytes_done, "size": self.size,
-                "rate_bytes_s": round(self.bytes_done / elapsed, 1)}
-
-
-Attempt = Callable[[str, Transfer], Awaitable[tuple[int, str]]]
+PARTIAL_GLOB = f"{PARTIAL_PREFIX}*{PARTIAL_SUFFIX}"  # a mover's file being written
 
 
 class StagerService(Service):
@@ -105,20 +46,28 @@ class StagerService(Service):
 
     def __init__(self, config: PilotConfig) -> None:
         super().__init__(config)
+        self.settings = StagerSettings.from_queue(config.queuedata)
+        self.stats = StagerMetrics(self.metrics)
+        self.traces = Traces(self.redis, self.settings.trace_url, self.settings.trace_timeout_s,
+                             self.settings.trace_retry_cap_s, self.stats, config.node,
+                             config.site or config.queuedata.site or config.queue)
+        self.copysetup = Copysetup(self.settings.copysetup, self.settings.copysetup_timeout_s)
+        self.slots = asyncio.Semaphore(self.settings.transfers_per_pilot)  # every transfer of this pilot
         self.transfers: set[Transfer] = set()
-        self.counts = {"done": 0, "failed": 0}
+        self.counts = {"done": 0, "failed": 0, "direct": 0}
         self._running: dict[str, asyncio.Event] = {}
+        self._jobs_running: dict[int, int] = {}  # job id -> requests of it in flight
 
     def workers(self) -> list[Any]:
-        return [self._consume()]
+        return [self._consume(), self.traces.run()]
 
     async def status(self) -> dict[str, Any]:
         return {"transfers": [t.view() for t in self.transfers], **self.counts,
-                "requests_in_flight": len(self._running)}
+                "requests_in_flight": len(self._running), "copysetup": self.copysetup.view()}
 
     async def _consume(self) -> None:
-        # one thread per file copy: the default pool (cpus + 4) would queue copies behind each other
-        workers = CONSUMER_CONCURRENCY * PARALLEL_FILES + 8
+        # one thread per file copy (the pilot-wide bound), a few more for tarballs and abandoned copies
+        workers = self.settings.transfers_per_pilot + 8
         asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(workers, "stager"))
         consumer = bus.Consumer(self.redis, bus.STAGER_REQUESTS, "stager", "stager", self.handle,
                                 concurrency=CONSUMER_CONCURRENCY)
@@ -160,39 +109,75 @@ class StagerService(Service):
         except BadRequest as exc:
             diag = clip_diag(f"malformed {kind} request: {exc}")
             log.error("job %s: %s", job_id, diag)
-            return _summary(_failed(_lfns(message), diag), started, (ErrorCode.PILOT_EXCEPTION, diag))
+            return _summary(failed_files(lfns_of(message), diag), started, (ErrorCode.PILOT_EXCEPTION, diag))
+        self._jobs_running[job_id] = self._jobs_running.get(job_id, 0) + 1
         try:
             files = await self._run(request)
         except Exception as exc:  # a bug here must not leave the monitor waiting
             log.exception("job %s: %s request %s failed", job_id, kind, request.request_id)
             diag = clip_diag(f"stager internal error in {kind}: {exc!r}")
             lfns = [f.lfn for f in request.files]
-            return _summary(_failed(lfns, diag), started, (ErrorCode.PILOT_EXCEPTION, diag))
+            return _summary(failed_files(lfns, diag), started, (ErrorCode.PILOT_EXCEPTION, diag))
+        finally:
+            self._jobs_running[job_id] -= 1
+            if not self._jobs_running[job_id]:
+                del self._jobs_running[job_id]
         return _summary(files, started)
 
     async def _run(self, request: Request) -> list[FileResult]:
+        if request.kind == "stagein" and self._jobs_running.get(request.job_id) == 1:
+            await asyncio.to_thread(_remove_partials, request.workdir)
+        try:
+            await self.copysetup.ensure()
+        except CopysetupError as exc:
+            diag = clip_diag(f"copysetup of queue {self.config.queuedata.name} is broken: {exc}")
+            log.error("job %s: %s", request.job_id, diag)
+            return self._count(failed_files([f.lfn for f in request.files], diag, ErrorCode.SETUP_FAILED))
         work = {"stagein": self._stage_in, "stageout": self._stage_out, "stagelog": self._stage_log}
         handler = work[request.kind]
-        limit = asyncio.Semaphore(PARALLEL_FILES)
+        limit = asyncio.Semaphore(self.settings.files_per_request)
 
         async def one(spec: FileSpec) -> FileResult:
             async with limit:
                 started = time.monotonic()
                 result = await handler(request, spec)
                 result.seconds = round(time.monotonic() - started, 3)
-                self.counts["done" if result.status == "done" else "failed"] += 1
-                return result
+                return self._count([result])[0]
 
         return list(await asyncio.gather(*(one(spec) for spec in request.files)))
+
+    def _count(self, results: list[FileResult]) -> list[FileResult]:
+        for result in results:
+            self.counts[result.status if result.status in self.counts else "failed"] += 1
+        return results
+
+    def _work(self, request: Request, spec: FileSpec, size: int | None) -> FileWork:
+        work = FileWork(request, spec, size, request.endpoints, deterministic_path(spec.scope, spec.lfn))
+        if request.direction == "out":
+            work.alternatives, work.why_no_alternatives = self._alternatives_allowed(request)
+        return work
+
+    def _alternatives_allowed(self, request: Request) -> tuple[bool, str]:
+        """Alternative stage-out: the job's altStageOut decides when it says on/force/off, else the queue."""
+        if request.alt_stageout == "off":
+            return False, "the job's altStageOut is off"
+        if request.alt_stageout in ("on", "force") or self.settings.allow_alt_stageout:
+            return True, ""
+        return False, "the queue's allow_alt_stageout is off and the job's altStageOut does not ask for it"
 
     # --- one file ----------------------------------------------------------------------
     async def _stage_in(self, request: Request, spec: FileSpec) -> FileResult:
         dst = request.workdir / spec.lfn
+        direct = (request.direct_access and self.settings.direct_access(request.activity)
+                  and spec.dispatch_token.lower() != "local")
 
-        async def attempt(url: str, transfer: Transfer) -> tuple[int, str]:
-            return await mover_for(url).copy_in(url, dst, spec.checksum, spec.fsize, transfer.progress)
+        async def attempt(mover: Mover, url: str, transfer: Transfer) -> Moved:
+            if direct and direct_capable(url):
+                return await check_in_place(mover, url, spec)
+            fsize, adler = await mover.copy_in(url, dst, spec.checksum, spec.fsize, transfer.progress)
+            return Moved(fsize, adler)
 
-        return await self._attempts(request, spec, "in", spec.fsize, attempt)
+        return await over_endpoints(self, self._work(request, spec, spec.fsize), attempt)
 
     async def _stage_out(self, request: Request, spec: FileSpec) -> FileResult:
         src = request.workdir / spec.lfn
@@ -203,148 +188,54 @@ class StagerService(Service):
         if size is None:
             return FileResult(spec.lfn, guid=spec.guid, error_code=ErrorCode.MISSING_OUTPUT,
                               diag=clip_diag(f"output file {spec.lfn} is missing from {request.workdir}"))
-
-        async def attempt(url: str, transfer: Transfer) -> tuple[int, str]:
-            return await mover_for(url).copy_out(src, url, transfer.progress)
-
-        return await self._attempts(request, spec, "out", size, attempt)
+        return await over_endpoints(self, self._work(request, spec, size), _copy_out(src))
 
     async def _stage_log(self, request: Request, spec: FileSpec) -> FileResult:
         tarball = request.workdir / spec.lfn
         try:
-            await asyncio.to_thread(make_tarball, request.workdir, tarball, request.tarball_dir, request.exclude)
+            size = await asyncio.to_thread(make_tarball, request.workdir, tarball, request.tarball_dir,
+                                           request.exclude)
         except Exception as exc:
             log.warning("job %s: log tarball failed: %r", request.job_id, exc)
             return FileResult(spec.lfn, guid=spec.guid, error_code=ErrorCode.LOG_CREATION_FAILED,
                               diag=clip_diag(f"cannot create the log tarball {tarball}: {exc}"))
-        return await self._stage_out(request, spec)
-
-    async def _attempts(self, request: Request, spec: FileSpec, direction: str, size: int | None,
-                        attempt: Attempt) -> FileResult:
-        """Try the endpoints in order (primary first) until one transfer succeeds."""
-        codes = IN_CODES if direction == "in" else OUT_CODES
-        result = FileResult(spec.lfn, guid=spec.guid)
-        if not request.endpoints:
-            result.error_code = codes[Reason.IO]
-            result.diag = f"no storage endpoint given for {spec.lfn}"
-            return result
-        relative = deterministic_path(spec.scope, spec.lfn)
-        failures: list[tuple[str, str]] = []  # (which endpoint, what went wrong)
-        for i, endpoint in enumerate(request.endpoints):
-            role = "primary" if i == 0 else "alternative"
-            url = join_url(endpoint.url, relative)
-            transfer = Transfer(request.job_id, spec.lfn, direction, size)
-            self.transfers.add(transfer)
-            try:
-                fsize, adler = await attempt(url, transfer)
-            except TransferError as exc:
-                log.warning("job %s: %s of %s via %s failed: %s", request.job_id, direction, spec.lfn,
-                            endpoint.name, exc.diag)
-                result.error_code = codes[exc.reason]
-                failures.append((f"{role} endpoint {endpoint.name}", exc.diag))
-                if exc.reason in LOCAL_REASONS[direction]:
-                    break
-                continue
-            except Exception as exc:  # a mover's bug fails this file, not the request
-                log.exception("job %s: %s of %s via %s failed", request.job_id, direction, spec.lfn, endpoint.name)
-                result.error_code = codes[Reason.IO]
-                failures.append((f"{role} endpoint {endpoint.name}", f"unexpected error: {exc!r}"))
-                continue
-            finally:
-                self.transfers.discard(transfer)
-            result.status, result.error_code = "done", 0
-            result.fsize, result.checksum = fsize, f"ad:{adler}"
-            result.surl, result.endpoint = url, endpoint.name
-            if failures:
-                verb = "stored on" if direction == "out" else "read from"
-                result.diag = clip_diag(f"{_joined(failures)}; {verb} alternative endpoint {endpoint.name}")
-            return result
-        alone = len(request.endpoints) == 1
-        result.diag = clip_diag(failures[0][1] if alone else _joined(failures))
+        result = await self._stage_out(request, spec)
+        if self.settings.log_se:
+            await self._to_log_se(request, spec, size, result)
         return result
 
+    async def _to_log_se(self, request: Request, spec: FileSpec, size: int, result: FileResult) -> None:
+        """A second copy of the log on the log SE, under the job-id pair path; its failure is only noted."""
+        work = FileWork(request, spec, size, list(self.settings.log_se), log_se_path(request.job_id, spec.lfn))
+        copy = await over_endpoints(self, work, _copy_out(request.workdir / spec.lfn))
+        if copy.status == "done":
+            result.log_se_surl = copy.surl
+            note = f"also stored on log SE {copy.endpoint}"
+        else:
+            note = f"log SE copy failed (not fatal): {copy.diag}"
+            log.warning("job %s: %s", request.job_id, note)
+        result.diag = clip_diag(f"{result.diag}; {note}" if result.diag else note)
 
-def _joined(failures: list[tuple[str, str]]) -> str:
-    return "; ".join(f"{where}: {diag}" for where, diag in failures)
+
+def _copy_out(src: Path) -> Any:
+    async def attempt(mover: Mover, url: str, transfer: Transfer) -> Moved:
+        fsize, adler = await mover.copy_out(src, url, transfer.progress)
+        return Moved(fsize, adler)
+
+    return attempt
 
 
-def _failed(lfns: list[str], diag: str) -> list[FileResult]:
-    return [FileResult(lfn, error_code=ErrorCode.PILOT_EXCEPTION, diag=diag) for lfn in lfns]
+def _remove_partials(workdir: Path) -> None:
+    """Files a killed stager was writing (never at a final name): nobody will finish them."""
+    with contextlib.suppress(OSError):
+        for path in workdir.glob(PARTIAL_GLOB):
+            log.info("removing %s, left by an interrupted transfer", path)
+            path.unlink(missing_ok=True)
 
 
 def _summary(files: list[FileResult], started: float,
              failure: tuple[int, str] | None = None) -> dict[str, Any]:
-    first = next((f for f in files if f.status != "done"), None)
+    first = next((f for f in files if f.status not in ("done", "direct")), None)
     code, diag = failure or ((first.error_code, first.diag) if first else (0, ""))
     return {"ok": failure is None and first is None, "error_code": int(code), "diag": diag,
             "seconds": round(time.monotonic() - started, 3), "files": [asdict(f) for f in files]}
-
-
-# --- request parsing ---------------------------------------------------------------------
-
-
-def _lfns(m: dict[str, Any]) -> list[str]:
-    """The file names a request mentions, however broken it is (to report each as failed)."""
-    entries = [m.get("log")] if m.get("kind") == "stagelog" else m.get("files")
-    if not isinstance(entries, list):
-        return []
-    return [e["lfn"] for e in entries if isinstance(e, dict) and isinstance(e.get("lfn"), str)]
-
-
-def parse_request(kind: str, job_id: int, m: dict[str, Any]) -> Request:
-    """A typed request, or BadRequest saying what is wrong with it."""
-    request_id, workdir = request_id_of(m), workdir_of(m)
-    if not isinstance(m.get("endpoints"), list):  # the stager needs them given, even if empty
-        raise BadRequest(f"endpoints must be a list of {{name, url}}, got {m.get('endpoints')!r:.200}")
-    request = Request(kind, job_id, request_id, workdir, endpoints_of(m), [])
-    if kind == "stagelog":
-        request.files = [_file(m.get("log"), "log")]
-        request.tarball_dir = _safe_name(m.get("tarball_dir"), "tarball_dir")
-        exclude = m.get("exclude") or []
-        if not isinstance(exclude, list) or not all(isinstance(x, str) for x in exclude):
-            raise BadRequest("exclude must be a list of file names")
-        request.exclude = exclude
-    else:
-        files = m.get("files")
-        if not isinstance(files, list):
-            raise BadRequest("no files list")
-        request.files = [_file(f, "input" if kind == "stagein" else "output") for f in files]
-    lfns = [f.lfn for f in request.files]
-    if len(set(lfns)) != len(lfns):
-        raise BadRequest("the same lfn appears twice")
-    return request
-
-
-def _safe_name(value: Any, what: str) -> str:
-    if not isinstance(value, str):
-        raise BadRequest(f"{what} missing or not a string")
-    try:
-        return check_lfn(value)
-    except JobDefinitionError as exc:
-        raise BadRequest(f"{what}: {exc.diag}") from None
-
-
-def _file(d: Any, role: str) -> FileSpec:
-    if not isinstance(d, dict):
-        raise BadRequest(f"{role} file entry is not an object: {d!r:.100}")
-    lfn = _safe_name(d.get("lfn"), f"{role} lfn")
-    scope = d.get("scope")
-    if not isinstance(scope, str) or not scope:
-        raise BadRequest(f"{role} file {lfn} has no scope")
-    spec = FileSpec(lfn=lfn, scope=scope, guid=str(d.get("guid") or ""),
-                    ddm_endpoint=str(d.get("ddm_endpoint") or ""), dataset=str(d.get("dataset") or ""))
-    if role == "input":
-        fsize = d.get("fsize")
-        if isinstance(fsize, str) and fsize.isdigit():
-            fsize = int(fsize)
-        if fsize is not None and (isinstance(fsize, bool) or not isinstance(fsize, int) or fsize < 0):
-            raise BadRequest(f"input file {lfn}: fsize {fsize!r} is not a size")
-        spec.fsize = fsize
-        checksum = d.get("checksum")
-        if checksum is not None and not isinstance(checksum, str):
-            raise BadRequest(f"input file {lfn}: checksum {checksum!r} is not a string")
-        try:
-            spec.checksum = parse_checksum(checksum) if checksum else None
-        except JobDefinitionError as exc:
-            raise BadRequest(f"input file {lfn}: {exc.diag}") from None
-    return spec

@@ -43,6 +43,13 @@ def start_job_server(jobs_dir: Path, base: Path) -> JobServer:
     return JobServer(f"http://127.0.0.1:{port_file.read_text().strip()}", jobs_dir, proc)
 
 
+@pytest.fixture(autouse=True)
+def payloads_see_the_examples(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Payloads run in a sandbox (services/runner/isolation.py): those of examples/ (es_payload.py...)
+    need their directory mounted, read-only, as a site mounts its software area."""
+    monkeypatch.setenv("NODEPILOT_ISOLATION_BINDS", str(EXAMPLES))
+
+
 @pytest.fixture
 def site(tmp_path: Path) -> Path:
     """A site: a local SE with the demo inputs, a work dir and a jobs dir."""

@@ -1,19 +1,28 @@
-"""An event-service job through the whole pilot: ranges to the payload, outputs staged as they come."""
+"""An event-service job through the whole pilot: ranges to the payload, outputs staged as they come,
+every range settled once in the job server's ledger (``GET /jobs/{id}/ranges``)."""
 
 from __future__ import annotations
 
 import json
 import subprocess
+from collections import defaultdict
+from pathlib import Path
 
-from tests.e2e.conftest import EXAMPLES, NODEPILOT
+import httpx
+
+from services.stager.paths import deterministic_path
+from tests.e2e.conftest import EXAMPLES, NODEPILOT, JobServer, add_jobs, final_update, run_pilot
+
+SCOPE_OUT = "demo.es"  # the job has no output but its log: range outputs go to the log's scope
+FINAL = ("finished", "failed", "fatal")
 
 
-def es_job(panda_id: int, payload_args: str = "") -> dict:
+def es_job(panda_id: int, payload_args: str = "", payload: str = "es_payload.py", transformation: str = "python3"
+           ) -> dict:
     return {
         "PandaID": panda_id, "attemptNr": 1, "jobsetID": 7, "taskID": 70, "eventService": "True",
-        "transformation": "python3", "jobPars": f"{EXAMPLES / 'es_payload.py'} {payload_args}",
-        "outFiles": f"es{panda_id}.log.tgz", "logFile": f"es{panda_id}.log.tgz", "scopeLog": "demo.log",
-        "scopeOut": "demo.es",
+        "transformation": transformation, "jobPars": f"{EXAMPLES / payload} {payload_args}",
+        "outFiles": f"es{panda_id}.log.tgz", "logFile": f"es{panda_id}.log.tgz", "scopeLog": SCOPE_OUT,
     }
 
 
@@ -21,6 +30,35 @@ def ranges(n: int, events_per_range: int = 10) -> list[dict]:
     return [{"eventRangeID": f"70-{i}-1-{i}-1", "startEvent": i * events_per_range + 1,
              "lastEvent": (i + 1) * events_per_range, "LFN": "EVNT.pool.root", "GUID": "g", "scope": "demo"}
             for i in range(n)]
+
+
+def ledger(server: JobServer, panda_id: int) -> list[dict]:
+    reply = httpx.get(f"{server.url}/jobs/{panda_id}/ranges", timeout=10)
+    reply.raise_for_status()
+    return reply.json()
+
+
+def assert_settled_once(server: JobServer, panda_id: int, se: Path) -> dict[str, list[dict]]:
+    """Every range in the server's ledger is final, and every attempt of it handed out was reported
+    exactly once (none lost, none twice); a finished one's output is on the SE with the size reported.
+    Returns the final report of each attempt, by final status."""
+    by_status: dict[str, list[dict]] = defaultdict(list)
+    for item in ledger(server, panda_id):
+        assert item["status"] in FINAL, item
+        attempts: dict[str, list[dict]] = defaultdict(list)
+        for update in item["updates"]:
+            attempts[update["eventRangeID"]].append(update)
+        assert len(attempts) == item["attempts"], f"an attempt never reported: {item}"
+        for rid, updates in attempts.items():
+            assert len(updates) == 1 and updates[0]["applied"], f"{rid} reported {len(updates)} times: {updates}"
+            by_status[updates[0]["eventStatus"]].append(updates[0])
+        last = item["updates"][-1]
+        assert (last["eventStatus"], last["eventRangeID"]) == (item["status"], item["eventRangeID"])
+    for update in by_status["finished"]:
+        zip_file = update["zipFile"]
+        stored = se / deterministic_path(SCOPE_OUT, zip_file["lfn"])
+        assert stored.is_file() and stored.stat().st_size == zip_file["fsize"], update
+    return dict(by_status)
 
 
 def test_standalone_event_service_job(site):
@@ -50,27 +88,31 @@ def test_standalone_event_service_job(site):
 
 
 def test_event_service_job_through_the_job_server(site, job_server):
-    from tests.e2e.conftest import add_jobs, final_update, run_pilot
-
     add_jobs(site, {**es_job(6002, "--n 3 --fail-every 9"), "_event_ranges": ranges(40)})
     result = run_pilot(site, job_server.url)
     assert result.returncode == 0, result.stderr[-3000:]
     update = final_update(job_server.jobs()[6002])
     assert update["job_status"] == "finished", update
-    import httpx
+    settled = assert_settled_once(job_server, 6002, site / "se")
+    assert len(ledger(job_server, 6002)) == 40 and settled["failed"]  # failed ones were redispatched
+    assert update["n_events"] == sum(u["zipFile"]["numEvents"] for u in settled["finished"])
 
-    states = httpx.get(f"{job_server.url}/jobs/6002/ranges", timeout=10).json()
-    items = states if isinstance(states, list) else states.get("ranges", [])
-    by_status: dict[str, int] = {}
-    for item in items:
-        by_status[item["status"]] = by_status.get(item["status"], 0) + 1
-    assert sum(by_status.values()) >= 40 and not by_status.get("running") and not by_status.get("ready"), by_status
-    assert update["n_events"] == by_status.get("finished", 0) * 10
+
+def test_bash_payload_through_the_line_protocol(site, job_server):
+    add_jobs(site, {**es_job(6003, "--fail-every 6", payload="es_payload.sh", transformation="bash"),
+                    "_event_ranges": ranges(20)})
+    result = run_pilot(site, job_server.url)
+    assert result.returncode == 0, result.stderr[-3000:]
+    update = final_update(job_server.jobs()[6003])
+    assert update["job_status"] == "finished", update
+    settled = assert_settled_once(job_server, 6003, site / "se")
+    assert settled["failed"] and {u["errorCode"] for u in settled["failed"]} == {1224}
+    assert update["n_events"] == 10 * len(settled["finished"])
+    stdout = (site / "work" / "PanDA_Pilot-6003" / "payload.stdout").read_text()
+    assert "es_payload.sh: no more ranges after" in stdout
 
 
 def test_demo_jobs_through_the_legacy_dialect(site, job_server):
-    from tests.e2e.conftest import add_jobs, final_update, run_pilot
-
     add_jobs(site, EXAMPLES / "jobs" / "02_merge_inputs.json", EXAMPLES / "jobs" / "03_failing.json")
     result = run_pilot(site, job_server.url, "--api", "legacy")
     assert result.returncode == 0, result.stderr[-3000:]

@@ -40,6 +40,9 @@ CASES = [
     ("workdir", "for i in $(seq 60); do head -c 1048576 /dev/zero > f$i; sleep 0.05; done; sleep 30", {},
      {"maxwdir_mb": 10}, 1104, "work"),
     ("walltime", "sleep 60", {"maxWalltime": 2}, {}, 1213, "wall"),
+    # ignores SIGTERM, and a double-forked grandchild left the session before the first sample
+    ("escapee", "( setsid sleep 300 & ) ; trap \"\" TERM; sleep 60", {}, {"looping_limit_s": 1.5}, 1150,
+     "modified"),
 ]
 
 

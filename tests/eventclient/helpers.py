@@ -20,8 +20,11 @@ from nodepilot.config import PilotConfig
 from services.stager.paths import deterministic_path
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "es_payload.py"
+EXAMPLE_SH = EXAMPLE.with_suffix(".sh")
 SCOPE_OUT = "demo.es"
 EVENTS_PER_RANGE = 10
+JOB = 4242
+N_RANGES = 50
 
 
 def make_ranges(path: Path, job_id: int, n: int) -> list[dict[str, Any]]:
@@ -76,6 +79,13 @@ def run_payload(sock: str, wd: Path, *args: str, timeout: float = 90.0) -> subpr
                           env={**os.environ, "NODEPILOT_EVENTS_SOCKET": sock}, timeout=timeout)
 
 
+def run_bash_payload(env: dict[str, str], wd: Path, *args: str, timeout: float = 90.0
+                     ) -> subprocess.CompletedProcess[str]:
+    """examples/es_payload.sh with the environment es_ready gave (the line protocol's FIFOs)."""
+    return subprocess.run(["bash", str(EXAMPLE_SH), *args], cwd=wd, capture_output=True, text=True,
+                          env={**os.environ, **env}, timeout=timeout)
+
+
 def start_payload(sock: str, wd: Path, *args: str) -> subprocess.Popen[str]:
     return subprocess.Popen([sys.executable, str(EXAMPLE), *args], cwd=wd, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -106,3 +116,30 @@ def wait_until(predicate: Any, timeout: float = 30.0, what: str = "condition") -
         if time.monotonic() > deadline:
             raise TimeoutError(f"{what} not reached within {timeout} s")
         time.sleep(0.05)
+
+
+def begin(rds: redis.Redis, cfg: PilotConfig, files: tuple[Path, Path], **extra: Any) -> dict[str, Any]:
+    """Start job JOB with a ranges file; its es_ready event (ok, with the payload API)."""
+    request_id = start(rds, cfg, JOB, *files, **extra)
+    _, ready = wait_event(rds, JOB, "es_ready", request_id)
+    assert ready["ok"] is True and ready["error_code"] == 0
+    wd = workdir(cfg, JOB)
+    assert ready["socket"] == str(wd / "events.sock")
+    assert ready["env"] == {"NODEPILOT_EVENTS_SOCKET": ready["socket"], "NODEPILOT_EVENTS_IN": str(wd / "events.in"),
+                            "NODEPILOT_EVENTS_OUT": str(wd / "events.out")}
+    return ready
+
+
+def end(rds: redis.Redis, reason: str = "payload finished", request_id: str = "") -> dict[str, Any]:
+    return wait_event(rds, JOB, "es_done", finish(rds, JOB, reason, request_id))[1]
+
+
+def assert_reported_once(report_file: Path, finished: set[str], failed: dict[str, int]) -> None:
+    seen = reports(report_file)
+    assert {rid for rid, items in seen.items() if len(items) != 1} == set(), "a range reported twice"
+    assert {rid for rid, items in seen.items() if items[0]["status"] == "finished"} == finished
+    assert {rid: items[0]["errorCode"] for rid, items in seen.items() if items[0]["status"] == "failed"} == failed
+
+
+def ids(*indexes: int) -> set[str]:
+    return {f"77-{JOB}-1-{i}-1" for i in indexes}

@@ -5,18 +5,19 @@ from __future__ import annotations
 
 import contextlib
 import zlib
-from collections.abc import Iterator
-from pathlib import Path
 
-import pytest
-
-from nodepilot.config import PilotConfig
 from nodepilot.errors import ErrorCode
 from nodepilot.http import uds_client
 from tests.conftest import running_service
 from tests.eventclient.helpers import (
     EVENTS_PER_RANGE,
+    JOB,
+    N_RANGES,
+    assert_reported_once,
+    begin,
+    end,
     finish,
+    ids,
     make_ranges,
     reports,
     run_payload,
@@ -28,49 +29,10 @@ from tests.eventclient.helpers import (
     workdir,
 )
 
-JOB = 4242
-N_RANGES = 50
-
-
-@pytest.fixture
-def stager(pilot_config: PilotConfig) -> Iterator[None]:
-    with running_service("stager", pilot_config):
-        yield
-
-
-@pytest.fixture
-def files(tmp_path: Path) -> tuple[Path, Path]:
-    ranges_file, report_file = tmp_path / "ranges.json", tmp_path / "reports.jsonl"
-    make_ranges(ranges_file, JOB, N_RANGES)
-    return ranges_file, report_file
-
-
-def begin(rds, pilot_config, files, **extra) -> str:
-    request_id = start(rds, pilot_config, JOB, *files, **extra)
-    _, ready = wait_event(rds, JOB, "es_ready", request_id)
-    assert ready["ok"] is True and ready["error_code"] == 0
-    assert ready["socket"] == str(workdir(pilot_config, JOB) / "events.sock")
-    return ready["socket"]
-
-
-def end(rds, reason: str = "payload finished", request_id: str = "") -> dict:
-    return wait_event(rds, JOB, "es_done", finish(rds, JOB, reason, request_id))[1]
-
-
-def assert_reported_once(report_file: Path, finished: set[str], failed: dict[str, int]) -> None:
-    seen = reports(report_file)
-    assert {rid for rid, items in seen.items() if len(items) != 1} == set(), "a range reported twice"
-    assert {rid for rid, items in seen.items() if items[0]["status"] == "finished"} == finished
-    assert {rid: items[0]["errorCode"] for rid, items in seen.items() if items[0]["status"] == "failed"} == failed
-
-
-def ids(*indexes: int) -> set[str]:
-    return {f"77-{JOB}-1-{i}-1" for i in indexes}
-
 
 def test_payload_processes_every_range(rds, pilot_config, stager, files):
     with running_service("eventclient", pilot_config):
-        sock = begin(rds, pilot_config, files)
+        sock = begin(rds, pilot_config, files)["socket"]
         proc = run_payload(sock, workdir(pilot_config, JOB))
         assert proc.returncode == 0, proc.stderr
         done = end(rds)
@@ -91,7 +53,7 @@ def test_payload_processes_every_range(rds, pilot_config, stager, files):
 
 def test_failed_ranges_are_reported_failed(rds, pilot_config, stager, files):
     with running_service("eventclient", pilot_config):
-        sock = begin(rds, pilot_config, files)
+        sock = begin(rds, pilot_config, files)["socket"]
         proc = run_payload(sock, workdir(pilot_config, JOB), "--fail-every", "5", "--n", "3")
         assert proc.returncode == 0, proc.stderr
         done = end(rds)
@@ -104,7 +66,7 @@ def test_failed_ranges_are_reported_failed(rds, pilot_config, stager, files):
 def test_killed_eventclient_carries_on_after_restart(rds, pilot_config, stager, files):
     wd = workdir(pilot_config, JOB)
     with running_service("eventclient", pilot_config) as eventclient:
-        sock = begin(rds, pilot_config, files)
+        sock = begin(rds, pilot_config, files)["socket"]
         first_ready = rds.xrevrange(f"job:{JOB}:events", count=1)[0][0]
         payload = start_payload(sock, wd, "--sleep", "0.05", "--n", "2")
         try:
@@ -134,7 +96,7 @@ def test_finish_reports_ranges_still_held_as_failed(rds, pilot_config, stager, f
     wd = workdir(pilot_config, JOB)
     with running_service("eventclient", pilot_config), \
             uds_client(pilot_config.socket_path("eventclient")) as service:
-        sock = begin(rds, pilot_config, files)
+        sock = begin(rds, pilot_config, files)["socket"]
         with uds_client(sock) as api:
             taken = [r["eventRangeID"] for r in api.post("/ranges", params={"n": 5}).json()["ranges"]]
             assert taken == sorted(ids(0, 1, 2, 3, 4))
@@ -158,7 +120,7 @@ def test_finish_reports_ranges_still_held_as_failed(rds, pilot_config, stager, f
 def test_softkill_stops_handing_out_ranges(rds, pilot_config, stager, files):
     wd = workdir(pilot_config, JOB)
     with running_service("eventclient", pilot_config):
-        sock = begin(rds, pilot_config, files)
+        sock = begin(rds, pilot_config, files)["socket"]
         with uds_client(sock) as api:
             taken = [r["eventRangeID"] for r in api.post("/ranges", params={"n": 2}).json()["ranges"]]
             assert api.post("/softkill").json()["softkill"] is True
@@ -174,7 +136,7 @@ def test_softkill_stops_handing_out_ranges(rds, pilot_config, stager, files):
 def test_finish_with_softkill_lets_running_ranges_end(rds, pilot_config, stager, files):
     wd = workdir(pilot_config, JOB)
     with running_service("eventclient", pilot_config):
-        sock = begin(rds, pilot_config, files)
+        sock = begin(rds, pilot_config, files)["socket"]
         with uds_client(sock) as api:
             (rid,) = [r["eventRangeID"] for r in api.post("/ranges").json()["ranges"]]
             finish_id = finish(rds, JOB, "softkill")
@@ -191,7 +153,7 @@ def test_no_ranges_at_all(rds, pilot_config, stager, tmp_path):
     ranges_file, report_file = tmp_path / "ranges.json", tmp_path / "reports.jsonl"
     make_ranges(ranges_file, JOB, 0)
     with running_service("eventclient", pilot_config):
-        sock = begin(rds, pilot_config, (ranges_file, report_file))
+        sock = begin(rds, pilot_config, (ranges_file, report_file))["socket"]
         proc = run_payload(sock, workdir(pilot_config, JOB))
         assert proc.returncode == 0, proc.stderr
         done = end(rds)
@@ -215,7 +177,7 @@ def test_malformed_start_is_refused(rds, pilot_config, files):
 def test_a_stopped_eventclient_ends_its_jobs_first(rds, pilot_config, stager, files):
     wd = workdir(pilot_config, JOB)
     with running_service("eventclient", pilot_config) as eventclient:
-        sock = begin(rds, pilot_config, files)
+        sock = begin(rds, pilot_config, files)["socket"]
         with uds_client(sock) as api:
             taken = [r["eventRangeID"] for r in api.post("/ranges", params={"n": 3}).json()["ranges"]]
             (wd / "first.dat").write_bytes(b"1" * 10)
@@ -235,9 +197,32 @@ def test_a_deep_work_dir_still_gets_its_socket(rds, pilot_config, stager, files,
     deep = tmp_path / ("d" * 60) / ("e" * 60)
     pilot_config.work_dir = str(deep)
     with running_service("eventclient", pilot_config):
-        sock = begin(rds, pilot_config, files)
+        sock = begin(rds, pilot_config, files)["socket"]
         assert len(sock) > 108
         proc = run_payload(sock, workdir(pilot_config, JOB), "--n", "7")
         assert proc.returncode == 0, proc.stderr
         done = end(rds)
     assert (done["finished"], done["error_code"]) == (N_RANGES, 0)
+
+
+def test_http_api_details(rds, pilot_config, stager, files):
+    wd = workdir(pilot_config, JOB)
+    with running_service("eventclient", pilot_config):
+        sock = begin(rds, pilot_config, files)["socket"]
+        with uds_client(sock) as api:
+            (first,) = api.post("/ranges").json()["ranges"]
+            (wd / "a.dat").write_bytes(b"a")
+            # the report and the next ranges in one call
+            answer = api.post(f"/ranges/{first['eventRangeID']}/done", json={"output": "a.dat", "next": 2}).json()
+            assert answer["state"] == "done" and [r["eventRangeID"] for r in answer["ranges"]] == sorted(ids(1, 2))
+            assert api.post("/ranges", params={"n": 0}).status_code == 422
+            assert api.post("/ranges", params={"n": "x"}).status_code == 422
+            assert api.post(f"/ranges/{first['eventRangeID']}/done", content=b"{not json").status_code == 422
+            assert api.post(f"/ranges/{first['eventRangeID']}/done", json={"output": "a.dat", "next": -1}
+                            ).status_code == 422
+            assert api.get("/ranges/x/done").status_code == 405
+            assert api.post("/nowhere").status_code == 404
+            assert api.post("/ranges/x/done", json={"output": "b.dat"}).status_code == 404
+            assert api.get("/ranges").json()["counts"]["running"] == 2
+        done = end(rds)
+    assert (done["finished"], done["failed"]) == (1, 9)

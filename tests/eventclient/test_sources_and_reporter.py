@@ -10,7 +10,7 @@ from typing import Any
 from nodepilot import bus
 from nodepilot.errors import ErrorCode
 from services.eventclient.ranges import RangeStore, ranges_key
-from services.eventclient.reporter import Reporter
+from services.eventclient.reporter import Reporter, unsent
 from services.eventclient.sources import FileRangeSource, ServerRangeSource
 from tests.eventclient.helpers import make_ranges
 
@@ -131,3 +131,53 @@ def test_reporter_batches_by_count_and_by_timer_and_retries(redis_url, rds, tmp_
     assert source.sent[1][0] - t0 < 0.2  # a full batch goes at once
     assert source.sent[2][0] - t1 > 0.25  # a lone range waits for the timer
     assert sorted(stored.values()) == ["reported"] * 13  # (the ready ones were never saved here)
+
+
+def test_reports_never_confirmed_are_sent_again_once_and_zips_go_as_one_record(redis_url, tmp_path):
+    ranges = make_ranges(tmp_path / "r.json", 9, 4)
+    zip_file = {"lfn": "z.zip", "fsize": 99, "checksum": "ad:0000beef", "status": "done"}
+
+    async def instance(fail: bool) -> tuple[list[str], RecordingSource]:
+        """An eventclient's life: load the job, put back what was not confirmed, report."""
+        r = bus.connect(redis_url)
+        store = RangeStore(r, 9)
+        await store.load()
+        back = [rec.id for rec in unsent(store)]
+        source = RecordingSource(fail_first=0)
+        if fail:  # the report is marked and goes out, and the eventclient dies before it is confirmed
+            source.report = lambda *_: asyncio.sleep(3600)  # type: ignore[method-assign]
+        reporter = Reporter(store, source, batch=10, interval_s=0.1)
+        if fail:
+            flush = asyncio.create_task(reporter.flush())
+            await store.wait_for(lambda: store.count("reported") == 4, 5)
+            flush.cancel()
+        else:
+            assert await reporter.flush()
+        await r.aclose()
+        return back, source
+
+    async def scenario():
+        r = bus.connect(redis_url)
+        store = RangeStore(r, 9)
+        records = store.add(ranges)
+        async with store.lock:
+            for rec in records[:3]:  # three outputs in one zip
+                store.set_state(rec, "staged", output=f"o{rec.seq}", zip="z.zip", file=zip_file)
+            store.set_state(records[3], "failed", error_code=ErrorCode.PAYLOAD_FAILED)
+            await store.save(*records)
+        await r.aclose()
+        first = await instance(fail=True)
+        second = await instance(fail=False)
+        third = await instance(fail=False)
+        return first, second, third
+
+    (back1, _), (back2, source2), (back3, source3) = asyncio.run(scenario())
+    assert back1 == [] and sorted(back2) == sorted(r["eventRangeID"] for r in ranges) and back3 == []
+    assert source3.sent == []  # confirmed: never again
+    (_, v1, zipped), (_, v0, failed) = source2.sent
+    assert (v1, v0) == (1, 0)
+    assert zipped == [{"zipFile": {"lfn": "z.zip", "fsize": 99, "adler32": "0000beef", "numEvents": 30},
+                       "eventRanges": [{"eventRangeID": r["eventRangeID"], "eventStatus": "finished"}
+                                       for r in ranges[:3]]}]
+    assert failed == [{"eventRangeID": ranges[3]["eventRangeID"], "eventStatus": "failed",
+                       "errorCode": ErrorCode.PAYLOAD_FAILED}]

@@ -109,7 +109,7 @@ def test_lifecycle_in_order(monitor, rds):
     n.answer(stagelog, "stagelog_done", ok=True, error_code=0, diag="", files=[done_file("log.tgz")])
     assert proc.wait(20) == 0
     ups = updates(config)
-    assert [u["state"] for u in ups] == ["starting", "running", "finished"]
+    assert [u["state"] for u in ups] == ["starting", "running", "transferring", "finished"]
     final = ups[-1]
     assert final["pilotErrorCode"] == 0 and final["nEvents"] == 12 and final["cpuConsumptionTime"] == 1
     assert set(json.loads(final["xml"])) == {"out.dat", "log.tgz"}
@@ -173,7 +173,9 @@ def test_heartbeats_while_the_payload_runs(monitor, rds):
     states = [u["state"] for u in updates(config)]
     assert states[0] == "starting" and states[-1] == "finished"
     assert states.count("running") >= 3, states
-    assert all(s == "running" for s in states[1:-1])
+    first_out = states.index("transferring")
+    assert all(s == "running" for s in states[1:first_out]), states
+    assert all(s == "transferring" for s in states[first_out:-1]), states
 
 
 def test_status_api_shows_the_current_job(monitor, rds):

@@ -23,7 +23,7 @@ FINISHED_FIELDS = {
     "cpu_seconds", "max_rss_kb", "pilot_error_code", "pilot_error_diag", "exe_error_code", "exe_error_diag",
     "n_events", "report_text", "output_guids",
     "max_pss_kb", "max_vmem_kb", "max_swap_kb", "avg_rss_kb", "avg_pss_kb", "avg_vmem_kb", "avg_swap_kb",
-    "tot_rbytes", "tot_wbytes", "rate_rbytes", "rate_wbytes",
+    "tot_rbytes", "tot_wbytes", "rate_rbytes", "rate_wbytes", "max_gpu_mem_kb", "avg_gpu_util_pct", "isolation",
 }
 
 
@@ -232,22 +232,22 @@ def test_malformed_requests(rds, pilot_config):
     assert not [e for e in all_events(rds, 112) if e["type"] == "payload_started"]
 
 
-def test_restarted_runner_kills_the_orphan_and_never_reruns(rds, pilot_config):
+def test_restarted_runner_adopts_the_running_payload_and_never_reruns(rds, pilot_config):
     with running_service("runner", pilot_config) as proc:
-        run(rds, pilot_config, 115, "echo", "started >> count.txt; sleep 60")
+        run(rds, pilot_config, 115, "echo", "started >> count.txt; while [ ! -e go ]; do sleep 0.05; done; exit 3")
         pid = read_events(rds, 115, {"payload_started"}, timeout=30)[-1]["pid"]
         proc.kill()  # no chance to clean up: the payload is left running, its request pending
         proc.wait(10)
     assert psutil.pid_exists(pid)
     with running_service("runner", pilot_config):
+        with uds_client(pilot_config.socket_path("runner")) as client:  # adopted: the new runner watches it
+            wait_until(lambda: [p["pid"] for p in client.get("/status").json()["payloads"]] == [pid], 10, "adopted")
+        (workdir(pilot_config, 115) / "go").touch()
         event = finished(rds, 115, timeout=30)
         wait_all_acked(rds)
-    assert event["pilot_error_code"] == ErrorCode.PILOT_EXCEPTION
-    assert "restarted" in event["pilot_error_diag"] and "result was lost" in event["pilot_error_diag"]
+    assert event["exit_code"] == 3 and event["pilot_error_code"] == ErrorCode.PAYLOAD_FAILED, event
     assert [e["type"] for e in all_events(rds, 115)].count("payload_started") == 1
     assert (workdir(pilot_config, 115) / "count.txt").read_text() == "started\n"
-    wait_until(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE,
-               5, "the orphaned payload gone")
 
 
 def test_stopping_runner_ends_its_payloads(rds, pilot_config):

@@ -15,8 +15,16 @@ from tests.conftest import running_service
 from tests.runner.test_runner_service import finished, run, wait_until, workdir
 
 PY = sys.executable
+
+
+@pytest.fixture(autouse=True)
+def plain_payloads(monkeypatch):
+    """These payloads run the test's Python and report their own pids to compare with the host's: no
+    sandbox (its own pid namespace and mounts would hide both)."""
+    monkeypatch.setenv("NODEPILOT_ISOLATION", "none")
 INTERVAL = 0.2
-SAMPLE_FIELDS = {"time", "rss_kb", "pss_kb", "vmem_kb", "swap_kb", "cpu_s", "rbytes", "wbytes", "nprocs", "nthreads"}
+SAMPLE_FIELDS = {"time", "rss_kb", "pss_kb", "vmem_kb", "swap_kb", "cpu_s", "rbytes", "wbytes", "nprocs", "nthreads",
+                 "gpu_mem_kb", "gpu_util_pct"}
 
 # the grandchild: leaves the session (setsid) and its parent ends, so the payload's rusage never
 # counts it; it burns CPU, says so, and lingers long enough to be sampled once more

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from nodepilot.job import Checksum
-from services.stager.movers import posix
+from services.stager.movers import base
 from services.stager.movers.base import Reason, TransferError, mover_for
 from services.stager.movers.posix import PosixMover
 
@@ -101,7 +101,7 @@ def test_timeout_abandons_the_copy_and_cleans_up(se: Path):
 
 
 def test_disk_full_is_reported_as_such(se: Path, monkeypatch: pytest.MonkeyPatch):
-    real_open_temp = posix._open_temp
+    real_open_temp = base.open_temp
 
     class Full:
         def __init__(self, fh):
@@ -120,7 +120,7 @@ def test_disk_full_is_reported_as_such(se: Path, monkeypatch: pytest.MonkeyPatch
         path, fh = real_open_temp(directory)
         return path, Full(fh)
 
-    monkeypatch.setattr(posix, "_open_temp", full_open_temp)
+    monkeypatch.setattr(base, "open_temp", full_open_temp)
     with pytest.raises(TransferError) as info:
         copy_in(se, None)
     assert info.value.reason == Reason.NOSPACE
@@ -140,7 +140,7 @@ def test_copy_out_renames_only_a_verified_copy(se: Path):
 
 
 def test_copy_out_mismatch_after_copy_leaves_nothing(se: Path, monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setattr(posix, "_reread_adler32", lambda _path, _cancel: "deadbeef")
+    monkeypatch.setattr(PosixMover, "stored_adler32", lambda _self, _url, _cancel: "deadbeef")
     dst = se / "out" / "data.bin"
     with pytest.raises(TransferError) as info:
         asyncio.run(PosixMover().copy_out(se / "se" / "data.bin", dst.as_uri(), lambda _n: None))

@@ -149,6 +149,7 @@ def test_unwritable_primary_falls_back_to_the_alternative(rds, pilot_config, tmp
     bad = {"name": "BROKEN_SE", "url": (blocker / "se").as_uri()}
     for job_id in (16, 17):
         (workdir(pilot_config, job_id) / "o.dat").write_bytes(b"payload output")
+    pilot_config.queuedata.allow_alt_stageout = True
     with running_service("stager", pilot_config):
         send(rds, pilot_config, "stageout", 16, "16:1:stageout", endpoints=[bad, se_endpoint(pilot_config)],
              files=[out_file("o.dat")])
@@ -156,9 +157,37 @@ def test_unwritable_primary_falls_back_to_the_alternative(rds, pilot_config, tmp
         rescued, failed = answer(rds, 16, "stageout"), answer(rds, 17, "stageout")
     f = rescued["files"][0]
     assert rescued["ok"] is True and f["endpoint"] == "LOCAL_SE"
-    assert "primary endpoint BROKEN_SE" in f["diag"] and "alternative endpoint LOCAL_SE" in f["diag"]
+    assert "primary endpoint BROKEN_SE" in f["diag"] and "stored on alternative endpoint LOCAL_SE" in f["diag"]
     assert se_file(pilot_config, "demo.output", "o.dat").read_bytes() == b"payload output"
     assert failed["ok"] is False and failed["error_code"] == 1137
+
+
+def test_alternative_stage_out_only_when_the_job_or_the_queue_allows_it(rds, pilot_config, tmp_path):
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a regular file")
+    endpoints = [{"name": "BROKEN_SE", "url": (blocker / "se").as_uri()}, se_endpoint(pilot_config)]
+    cases = {30: None, 31: "on", 32: "force"}  # the queue does not allow it (the default)
+    for job_id in cases:
+        (workdir(pilot_config, job_id) / "o.dat").write_bytes(b"out")
+    with running_service("stager", pilot_config):
+        for job_id, alt in cases.items():
+            extra = {} if alt is None else {"alt_stageout": alt}
+            send(rds, pilot_config, "stageout", job_id, f"{job_id}:1:stageout", endpoints=endpoints,
+                 files=[out_file("o.dat")], **extra)
+        refused, on, force = (answer(rds, job_id, "stageout") for job_id in cases)
+    assert refused["ok"] is False and refused["error_code"] == 1137
+    assert "alternative stage-out not tried" in refused["diag"] and "allow_alt_stageout is off" in refused["diag"]
+    assert "LOCAL_SE" in refused["diag"] and refused["files"][0]["attempts"] == 1
+    for event in (on, force):
+        assert event["ok"] is True and event["files"][0]["endpoint"] == "LOCAL_SE", event
+
+    pilot_config.queuedata.allow_alt_stageout = True  # the queue allows it; a job that says off still wins
+    (workdir(pilot_config, 33) / "o.dat").write_bytes(b"out")
+    with running_service("stager", pilot_config):
+        send(rds, pilot_config, "stageout", 33, "33:1:stageout", endpoints=endpoints, files=[out_file("o.dat")],
+             alt_stageout="off")
+        off = answer(rds, 33, "stageout")
+    assert off["ok"] is False and "the job's altStageOut is off" in off["diag"]
 
 
 def test_stagelog_tars_the_work_dir_and_stages_it_out(rds, pilot_config):

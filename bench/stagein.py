@@ -1,0 +1,196 @@
+"""Stage-in wall time: nodepilot's stager against the raw copy tools. Prints figures, not a pass/fail test.
+
+XRootD: ``--files`` files of ``--size-mb`` MB on a real xrootd server (started here with the test
+fixtures' helper, tests/stager/servers.py), staged in by the stager running as a real service process
+on a real Redis, timed from the request on ``stager:requests`` to its ``stagein_done`` event (adler32
+verified while streaming), against ``xrdcp`` of the same files one by one and ``--parallel`` at a time.
+The same for the posix mover (a local SE directory) against ``cp``, copying and in link mode
+(``NODEPILOT_POSIX_COPY_MODE=link``: hard links, still read once for the checksum). Each case runs ``--repeat`` times
+(median), with the destination emptied between runs; the sources are in the page cache for every case.
+xrdcp also runs without page reads (``XRD_CPUSEPGWRTRD=0``), its fastest setting here; the raw tools
+verify no checksum, nodepilot does (adler32 while streaming).
+Target: nodepilot <= 1.05 x the best raw tool.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import zlib
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import redis
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from nodepilot import bus
+from nodepilot.config import PilotConfig, QueueData
+from nodepilot.redis_server import start_redis
+from services.stager.movers.posix import COPY_MODE_ENV
+from services.stager.paths import deterministic_path, join_url
+from tests.conftest import read_events, running_service
+from tests.stager.servers import XRootDServer, running
+
+SCOPE = "bench.in"
+# xrdcp 5.x reads with kXR_pgread (a crc32c per 4 kB page), 3x slower here; without it, xrdcp at its best
+NO_PGREAD = {"XRD_CPUSEPGWRTRD": "0"}
+TARGET = 1.05
+
+
+def make_inputs(count: int, size: int, put: Callable[[str, bytes], None]) -> list[dict]:
+    """``count`` random files stored with ``put(relative path, data)``; their job-file entries."""
+    files = []
+    for i in range(count):
+        data = os.urandom(size)
+        lfn = f"in{i:03d}.dat"
+        put(deterministic_path(SCOPE, lfn), data)
+        files.append({"lfn": lfn, "scope": SCOPE, "guid": f"g-{lfn}", "fsize": size, "dataset": "bench",
+                      "checksum": f"ad:{zlib.adler32(data) & 0xFFFFFFFF:08x}", "ddm_endpoint": "SE"})
+    return files
+
+
+class Stager:
+    """The stager as a service process; one stage-in request at a time, timed."""
+
+    def __init__(self, config: PilotConfig, rds: redis.Redis) -> None:
+        self.config, self.rds, self.job_id = config, rds, 1000
+
+    def stage_in(self, endpoint_url: str, files: list[dict], workdir: Path) -> float:
+        self.job_id += 1
+        message = {"kind": "stagein", "job_id": self.job_id, "request_id": f"{self.job_id}:1:stagein",
+                   "workdir": str(workdir), "endpoints": [{"name": "SE", "url": endpoint_url}], "files": files}
+        started = time.monotonic()
+        self.rds.xadd(bus.STAGER_REQUESTS, bus.encode(message))
+        event = read_events(self.rds, self.job_id, {"stagein_done"}, timeout=600)[-1]
+        elapsed = time.monotonic() - started
+        if not event.get("ok"):
+            raise RuntimeError(f"stage-in failed: {event.get('error_code')} {event.get('diag')}")
+        return elapsed
+
+
+def run_commands(commands: list[list[str]], parallel: int, env: dict[str, str] | None = None) -> float:
+    started = time.monotonic()
+    environ = {**os.environ, **(env or {})}
+    with ThreadPoolExecutor(parallel) as pool:
+        for done in pool.map(lambda c: subprocess.run(c, stdout=subprocess.DEVNULL, env=environ, check=False),
+                             commands):
+            if done.returncode:
+                raise RuntimeError(f"{done.args} exited with {done.returncode}")
+    return time.monotonic() - started
+
+
+def measure(cases: dict[str, Callable[[], float]], repeat: int, workdir: Path) -> dict[str, float]:
+    """Median wall time of each case. The cases take turns (one run of each per round), each run on an
+    empty destination after a sync, so no case pays for the write-back of another's copies."""
+    times: dict[str, list[float]] = {name: [] for name in cases}
+    for _ in range(repeat):
+        for name, case in cases.items():
+            shutil.rmtree(workdir, ignore_errors=True)
+            workdir.mkdir(parents=True)
+            os.sync()
+            times[name].append(case())
+    shutil.rmtree(workdir, ignore_errors=True)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def compare(title: str, rows: dict[str, float], total_mb: float) -> None:
+    best_raw = min(v for k, v in rows.items() if not k.startswith("nodepilot"))
+    print(f"\n{title}")
+    print(f"  {'case':<36} {'wall s':>8} {'MB/s':>8} {'x best raw':>10}")
+    for name, wall in rows.items():
+        print(f"  {name:<36} {wall:8.3f} {total_mb / wall:8.0f} {wall / best_raw:10.3f}")
+    for name, wall in rows.items():
+        if name.startswith("nodepilot"):
+            ratio = wall / best_raw
+            print(f"  {name} / best raw tool = {ratio:.3f} (target <= {TARGET}): "
+                  f"{'OK' if ratio <= TARGET else 'SLOWER'}")
+
+
+@contextlib.contextmanager
+def environment(**variables: str) -> Iterator[None]:
+    """Variables for the processes started inside (the stager reads its posix copy mode there)."""
+    saved = {k: os.environ.get(k) for k in variables}
+    os.environ.update(variables)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--files", type=int, default=20)
+    parser.add_argument("--size-mb", type=float, default=50)
+    parser.add_argument("--parallel", type=int, default=4, help="raw tool copies at once (the stager's "
+                                                                  "files_per_request is set to the same)")
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+    size, n = int(args.size_mb * 1e6), args.parallel
+    total_mb = args.files * size / 1e6
+    base = Path(tempfile.mkdtemp(prefix="np-bench-stagein-"))
+    server = start_redis(base / "redis")
+    try:
+        rds = redis.Redis.from_url(server.url, decode_responses=True)
+        local_se = base / "se"
+        config = PilotConfig(queue="BENCH", site="BENCH", run_dir=str(base / "run"), work_dir=str(base / "work"),
+                             redis_url=server.url, se_dir=str(local_se))
+        config.queuedata = QueueData.default("BENCH", local_se)
+        config.queuedata.stager = {"files_per_request": n}
+        for d in (config.run_dir, config.work_dir, local_se):
+            Path(d).mkdir(parents=True, exist_ok=True)
+        dst = Path(config.work_dir) / "PanDA_Pilot-bench"
+        stager = Stager(config, rds)
+        print(f"{args.files} files of {args.size_mb:g} MB ({total_mb:.0f} MB), {n} at once, "
+              f"median of {args.repeat} runs, {os.cpu_count()} cores")
+
+        with running(XRootDServer) as xrd, running_service("stager", config):
+            files = make_inputs(args.files, size, xrd.put)
+            urls = [xrd.file_url(deterministic_path(SCOPE, f["lfn"])) for f in files]
+            xrdcp = [["xrdcp", "-s", "-f", url, str(dst / f["lfn"])] for url, f in zip(urls, files, strict=True)]
+            measure({"warm-up": lambda: stager.stage_in(xrd.url, files, dst)}, 1, dst)  # imports, connections
+            compare("XRootD (root://127.0.0.1)", measure({
+                "nodepilot stager": lambda: stager.stage_in(xrd.url, files, dst),
+                "xrdcp one by one": lambda: run_commands(xrdcp, 1),
+                f"xrdcp {n} at a time": lambda: run_commands(xrdcp, n),
+                "xrdcp one by one, no pgread": lambda: run_commands(xrdcp, 1, NO_PGREAD),
+                f"xrdcp {n} at a time, no pgread": lambda: run_commands(xrdcp, n, NO_PGREAD),
+            }, args.repeat, dst), total_mb)
+        shutil.rmtree(xrd.base, ignore_errors=True)  # room for the next case's files
+
+        def put_local(relative: str, data: bytes) -> None:
+            path = local_se / relative
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+
+        files = make_inputs(args.files, size, put_local)
+        se_url = local_se.resolve().as_uri()
+        cp = [["cp", str(local_se / deterministic_path(SCOPE, f["lfn"])), str(dst / f["lfn"])] for f in files]
+        with running_service("stager", config):
+            rows = measure({
+                "nodepilot stager": lambda: stager.stage_in(se_url, files, dst),
+                "cp one by one": lambda: run_commands(cp, 1),
+                f"cp {n} at a time": lambda: run_commands(cp, n),
+            }, args.repeat, dst)
+        with environment(**{COPY_MODE_ENV: "link"}), running_service("stager", config):
+            rows.update(measure({"nodepilot stager, link mode": lambda: stager.stage_in(se_url, files, dst)},
+                                args.repeat, dst))
+        compare(f"posix ({join_url(se_url, '')})", rows, total_mb)
+    finally:
+        server.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,51 @@
+"""The experiment plug-in interface: what an experiment may change in a job's workflow.
+
+The monitor calls, for each job, in this order: ``setup`` and ``environment`` and ``container``
+when it asks the runner to start the payload, then ``extra_outputs`` before the stage-out. The
+runner calls ``read_report`` once the payload has ended. Every method has a generic default, so
+a plug-in overrides only what its experiment does differently (docs/manual-experiments.md).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from nodepilot.config import QueueData
+from nodepilot.job import FileSpec, Job
+
+if TYPE_CHECKING:
+    from services.runner.report import Reports
+
+
+class Experiment:
+    name = "base"
+
+    def setup(self, job: Job, queuedata: QueueData) -> str:
+        """Shell commands run in the payload's own shell after the site's ``envsetup``, before the
+        payload's command (e.g. set up the software release). Quote whatever comes from the job."""
+        return ""
+
+    def environment(self, job: Job, queuedata: QueueData) -> dict[str, str]:
+        """Extra environment variables for the payload."""
+        return {}
+
+    def container(self, job: Job, queuedata: QueueData) -> str:
+        """The container image to run the payload in ("": none); default: the job's ``container_name``."""
+        return job.container_name
+
+    def read_report(self, workdir: Path) -> Reports:
+        """What the payload's report says (exit code and message, events, output GUIDs); runs in the
+        runner after the payload ended. Default: ``jobReport.json`` / ``payload_error_report.json``."""
+        from services.runner.report import read_reports
+
+        return read_reports(workdir)
+
+    def extra_outputs(self, job: Job, workdir: Path) -> list[FileSpec]:
+        """Files in ``workdir``, besides the job's outputs, to stage out with them (after the payload)."""
+        return []
+
+
+def setup_script(experiment: Experiment, job: Job, queuedata: QueueData) -> str:
+    """What runs before the payload's command in its shell: the site's envsetup, then the experiment's."""
+    return "\n".join(part for part in (queuedata.envsetup, experiment.setup(job, queuedata)) if part.strip())

@@ -1,0 +1,55 @@
+"""The slot's end and the two timers of the time budget."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from nodepilot.config import PilotConfig, QueueData
+from services.monitor.timebudget import TimeBudget, slot_end
+
+
+def config(lifetime: float = 0, maxtime: int = 0, **watchdog: float) -> PilotConfig:
+    cfg = PilotConfig(queue="Q", lifetime_s=lifetime)
+    cfg.queuedata = QueueData(name="Q", maxtime_s=maxtime, watchdog=dict(watchdog))
+    return cfg
+
+
+def test_the_slot_ends_at_the_earliest_known_end(monkeypatch):
+    monkeypatch.delenv("SLURM_JOB_END_TIME", raising=False)
+    monkeypatch.delenv("NODEPILOT_SLOT_END", raising=False)
+    assert slot_end(config(), 1000.0) is None
+    assert slot_end(config(lifetime=3600), 1000.0) == 4600.0
+    assert slot_end(config(lifetime=3600, maxtime=1800), 1000.0) == 2800.0
+    monkeypatch.setenv("SLURM_JOB_END_TIME", "2000")
+    assert slot_end(config(lifetime=3600, maxtime=1800), 1000.0) == 2000.0
+    monkeypatch.setenv("SLURM_JOB_END_TIME", "garbage")
+    assert slot_end(config(lifetime=3600), 1000.0) == 4600.0
+
+
+def test_budget_margins_from_the_queue_data(monkeypatch):
+    monkeypatch.delenv("SLURM_JOB_END_TIME", raising=False)
+    budget = TimeBudget.of(config(lifetime=100, time_budget_warn_s=30, time_budget_stop_s=10), 0.0)
+    assert budget is not None and (budget.warn_at, budget.stop_at) == (70.0, 90.0)
+    late = TimeBudget.of(config(lifetime=100, time_budget_warn_s=5, time_budget_stop_s=10), 0.0)
+    assert late is not None and late.warn_s == 10  # never warned after being stopped
+
+
+def test_watch_warns_then_stops_on_time():
+    calls: list[tuple[str, float]] = []
+
+    async def main() -> None:
+        start = time.time()
+        budget = TimeBudget(end=start + 0.5, warn_s=0.4, stop_s=0.2)
+
+        async def warn() -> None:
+            calls.append(("warn", time.time() - start))
+
+        async def stop() -> None:
+            calls.append(("stop", time.time() - start))
+
+        await asyncio.wait_for(budget.watch(warn, stop), 5)
+
+    asyncio.run(main())
+    assert [c[0] for c in calls] == ["warn", "stop"]
+    assert 0.05 <= calls[0][1] < 0.5 and 0.25 <= calls[1][1] < 0.8, calls
