@@ -54,6 +54,9 @@ class QueueData:
     stager: dict[str, Any] = field(default_factory=dict)
     # payload isolation (services/runner/isolation.py): mode (auto|apptainer|bwrap|none), allow_plain, binds, network
     isolation: dict[str, Any] = field(default_factory=dict)
+    # event service (services/eventclient/README.md): batch (ranges per fetch), zip_outputs (K: outputs staged
+    # in zips of up to K), zip_seconds (a zip goes out at the latest this long after its first output)
+    es: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def default(cls, name: str, se_dir: Path) -> QueueData:

@@ -349,6 +349,7 @@ class JobRun:
         await bus.publish(self.r, bus.EVENTCLIENT_REQUESTS, {
             "action": "start", "job_id": job.panda_id, "request_id": start_id, "workdir": str(self.workdir),
             "jobset_id": job.jobset_id or 0, "task_id": job.task_id, "batch": ES_BATCH,
+            **{k: v for k, v in self.config.queuedata.es.items() if k in ("batch", "zip_outputs", "zip_seconds")},
             "endpoints": self._endpoints("es_events"),
             "scope_out": job.outputs[0].scope if job.outputs else (job.log.scope if job.log else ""),
             "ranges_file": self.config.ranges_file or None,

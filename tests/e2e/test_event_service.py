@@ -121,3 +121,18 @@ def test_demo_jobs_through_the_legacy_dialect(site, job_server):
     failing = final_update(jobs[1003])
     assert failing["job_status"] == "failed"
     assert int(failing.get("pilot_error_code") or failing.get("pilotErrorCode")) == 1305
+
+
+def test_outputs_in_zips_when_the_queue_asks_for_it(site, job_server):
+    add_jobs(site, {**es_job(6004), "_event_ranges": ranges(12)})
+    eps = [{"name": "LOCAL_SE", "url": (site / "se").resolve().as_uri()}]
+    qd = {"name": "LOCAL_TEST", "es": {"zip_outputs": 4, "zip_seconds": 5},
+          "endpoints": {a: eps for a in ("read_lan", "write_lan", "pl", "es_events")}}
+    (site / "qd.json").write_text(json.dumps(qd))
+    result = run_pilot(site, job_server.url, "--queuedata", str(site / "qd.json"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert final_update(job_server.jobs()[6004])["job_status"] == "finished"
+    settled = assert_settled_once(job_server, 6004, site / "se")
+    zips = {u["zipFile"]["lfn"] for u in settled["finished"]}
+    assert len(settled["finished"]) == 12 and len(zips) < 12, zips  # ranges share zips
+    assert all(name.endswith(".zip") for name in zips), zips
