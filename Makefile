@@ -21,6 +21,8 @@ system-deps:
 	bash scripts/system-deps.sh
 
 test: $(STAMP) system-deps
+	@# a real single-node Slurm for tests/hpc/test_slurm.py (it skips its srun test without one)
+	@timeout 400 bash tests/hpc/slurm-single-node.sh >/dev/null 2>&1 || echo "no single-node Slurm here: the srun test will skip"
 	$(BIN)/ruff check .
 	$(BIN)/pytest -q
 
