@@ -116,6 +116,9 @@ class Frontend(Service):
         self.client = make_client(config)
         self.outbox = Outbox(self.redis, _Forwarding(self.client), on_reply=self.on_server_reply)  # type: ignore[arg-type]
         self.jumbo = JumboJobs(self.redis, settings.jumbo)
+        # one acquisition at a time: a worker asking while another's job is being fetched must then get a
+        # share of it (a jumbo job), not an empty answer from the server
+        self._acquiring = asyncio.Lock()
         self.workers_planned = plan_workers(config, settings)
         self.signal: int | None = None
         self._signalled = asyncio.Event()
@@ -240,15 +243,16 @@ class Frontend(Service):
         return age_ms > timeout_s * 1000
 
     async def acquire_job(self, worker: str, _request_id: str, params: dict[str, Any]) -> dict[str, Any] | None:
-        share = await self.jumbo.take_share(worker)
-        if share is not None:
-            log.info("worker %s: a share of jumbo job %s", worker, share.get("PandaID"))
-            return share
-        raw = await self.client.acquire_job(params)
-        if raw is None:
-            return None
-        log.info("worker %s: job %s", worker, raw.get("PandaID"))
-        return await self.jumbo.open(raw, worker)
+        async with self._acquiring:
+            share = await self.jumbo.take_share(worker)
+            if share is not None:
+                log.info("worker %s: a share of jumbo job %s", worker, share.get("PandaID"))
+                return share
+            raw = await self.client.acquire_job(params)
+            if raw is None:
+                return None
+            log.info("worker %s: job %s", worker, raw.get("PandaID"))
+            return await self.jumbo.open(raw, worker)
 
     async def update_job(self, worker: str, request_id: str, fields: dict[str, Any]) -> dict[str, Any]:
         """Stored, then answered; forwarded by the outbox (a retried request is not stored twice)."""

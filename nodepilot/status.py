@@ -72,11 +72,7 @@ def jobs_table(monitor: dict[str, Any]) -> Table:
     for column in ("PandaID", "state", "step", "pilot err", "exe err", "stage-in s", "payload s", "stage-out s",
                    "diag"):
         table.add_column(column, overflow="fold")
-    rows = list(monitor.get("jobs") or [])
-    current = monitor.get("current_job")
-    if current is not None:
-        rows.append({"panda_id": current, "state": monitor.get("current_state"), "step": monitor.get("current_step"),
-                     "timings": {}})
+    rows = [*(monitor.get("jobs") or []), *running_jobs(monitor)]
     for job in rows:
         t = job.get("timings") or {}
         state = str(job.get("state") or "?")
@@ -111,14 +107,25 @@ def ranges_table(eventclient: dict[str, Any]) -> Table:
     return table
 
 
+def running_jobs(monitor: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every job running now (several with slots); older monitors only say which one is current."""
+    running = list(monitor.get("running") or [])
+    if not running and monitor.get("current_job") is not None:
+        running = [{"panda_id": monitor["current_job"], "state": monitor.get("current_state"),
+                    "step": monitor.get("current_step"), "checks": monitor.get("checks") or {}}]
+    return running
+
+
 def checks_table(monitor: dict[str, Any]) -> Table:
-    table = Table(title=f"watchdog checks (job {monitor.get('current_job') or '-'})", title_justify="left")
-    for column in ("check", "ok", "value", "diag"):
+    table = Table(title="watchdog checks", title_justify="left")
+    for column in ("PandaID", "check", "ok", "value", "diag"):
         table.add_column(column, overflow="fold")
-    for name, result in sorted((monitor.get("checks") or {}).items()):
-        ok = result.get("ok")
-        table.add_row(name, Text("ok" if ok else "FIRED", style="green" if ok else "bold red"),
-                      str(result.get("value")), str(result.get("diag") or result.get("error") or ""))
+    for job in running_jobs(monitor):
+        for name, result in sorted((job.get("checks") or {}).items()):
+            ok = result.get("ok")
+            verdict = Text("ok" if ok else "FIRED", style="green" if ok else "bold red")
+            table.add_row(str(job.get("panda_id")), name, verdict, str(result.get("value")),
+                          str(result.get("diag") or result.get("error") or ""))
     return table
 
 

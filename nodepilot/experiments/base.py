@@ -46,6 +46,18 @@ class Experiment:
         return []
 
 
+SETUP_FAILED_MARK = ".nodepilot_setup_failed"  # left in the work dir when a setup step failed (runner: 1110)
+
+
 def setup_script(experiment: Experiment, job: Job, queuedata: QueueData) -> str:
-    """What runs before the payload's command in its shell: the site's envsetup, then the experiment's."""
-    return "\n".join(part for part in (queuedata.envsetup, experiment.setup(job, queuedata)) if part.strip())
+    """What runs before the payload's command in its shell: the site's envsetup, then the experiment's.
+    Each runs in the payload's shell (a ``{ }`` group: what it exports stays); if its last command fails,
+    the payload does not run and the job fails with 1110 (SETUP_FAILED)."""
+    steps = (("the queue's envsetup", queuedata.envsetup),
+             (f"the {experiment.name} setup", experiment.setup(job, queuedata)))
+    return "\n".join(_guarded(what, text) for what, text in steps if text.strip())
+
+
+def _guarded(what: str, text: str) -> str:
+    return (f"{{ {text}\n}} || {{ code=$?; echo \"nodepilot: {what} failed (exit $code)\" >&2; "
+            f"echo \"{what} failed (exit $code)\" > {SETUP_FAILED_MARK}; exit $code; }}")

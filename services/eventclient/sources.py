@@ -67,6 +67,7 @@ class FileRangeSource:
         self.ranges_file, self.report_file = Path(ranges_file), Path(report_file)
         self._ranges: list[dict[str, Any]] | None = None
         self._next = 0
+        self._reported: set[tuple[str, str]] | None = None  # (eventRangeID, eventStatus) in the report file
 
     async def acquire(self, n: int) -> list[dict[str, Any]]:
         if self._ranges is None:
@@ -84,8 +85,39 @@ class FileRangeSource:
         return data
 
     async def report(self, ranges: list[dict[str, Any]], version: int) -> None:
-        line = json.dumps({"time": time.time(), "version": version, "eventRanges": ranges}) + "\n"
+        """Appended to the report file; a report repeated after a crash (reporting is at least once) is
+        dropped, as the PanDA server ignores an identical repeated status."""
+        if self._reported is None:
+            self._reported = await asyncio.to_thread(self._load_reported)
+        fresh = [r for r in (self._unreported(record) for record in ranges) if r is not None]
+        if not fresh:
+            return
+        line = json.dumps({"time": time.time(), "version": version, "eventRanges": fresh}) + "\n"
         await asyncio.to_thread(self._append, line)
+        for record in fresh:
+            self._reported.update(_keys(record))
+
+    def _unreported(self, record: dict[str, Any]) -> dict[str, Any] | None:
+        assert self._reported is not None
+        inner = record.get("eventRanges")
+        if isinstance(inner, list):  # a zipFile record (version 1) and its ranges
+            left = [r for r in inner if _key(r) not in self._reported]
+            return {**record, "eventRanges": left} if left else None
+        return None if _key(record) in self._reported else record
+
+    def _load_reported(self) -> set[tuple[str, str]]:
+        reported: set[tuple[str, str]] = set()
+        try:
+            lines = self.report_file.read_text().splitlines()
+        except FileNotFoundError:
+            return reported
+        for line in lines:
+            try:
+                for record in json.loads(line).get("eventRanges", []):
+                    reported.update(_keys(record))
+            except (ValueError, AttributeError, TypeError):
+                continue  # a line cut short by a crash
+        return reported
 
     def _append(self, line: str) -> None:
         self.report_file.parent.mkdir(parents=True, exist_ok=True)
@@ -107,3 +139,12 @@ def make_source(config: PilotConfig, job_id: int, jobset_id: int, task_id: int |
     if not hasattr(client, "acquire_event_ranges") or not hasattr(client, "update_event_ranges"):
         raise ValueError(f"{type(client).__name__} cannot serve event ranges (and no ranges file was given)")
     return ServerRangeSource(client, job_id, jobset_id, task_id)
+
+
+def _key(record: dict[str, Any]) -> tuple[str, str]:
+    return str(record.get("eventRangeID")), str(record.get("eventStatus"))
+
+
+def _keys(record: dict[str, Any]) -> list[tuple[str, str]]:
+    inner = record.get("eventRanges")
+    return [_key(r) for r in inner if isinstance(r, dict)] if isinstance(inner, list) else [_key(record)]

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from nodepilot.errors import ErrorCode, clip_diag
+from nodepilot.experiments.base import SETUP_FAILED_MARK
 
 JOB_REPORT = "jobReport.json"
 ERROR_REPORT = "payload_error_report.json"
@@ -191,6 +192,7 @@ def outcome(workdir: Path, exit_code: int | None, signum: int | None, oom_kills:
     tail = stderr_tail(workdir) if exit_code or signum else ""
     _classify(result, reports, exit_code, signum, tail)
     _out_of_memory(result, exit_code, signum, oom_kills, tail)
+    _setup_failed(result, workdir, exit_code)
     if reports.notes:
         notes = "; ".join(reports.notes)
         result.pilot_error_diag = f"{result.pilot_error_diag}; {notes}" if result.pilot_error_diag else notes
@@ -240,6 +242,19 @@ def _classify(result: Outcome, reports: Reports, exit_code: int | None, signum: 
                                           reports.diag)
     else:
         result.exe_error_diag = ""
+
+
+def _setup_failed(result: Outcome, workdir: Path, exit_code: int | None) -> None:
+    """The site's envsetup or the experiment's setup failed: the payload never ran (1110)."""
+    if not exit_code:
+        return
+    try:
+        what = (workdir / SETUP_FAILED_MARK).read_text(errors="replace").strip()[:200]
+    except OSError:
+        return
+    result.pilot_error_code = ErrorCode.SETUP_FAILED
+    result.pilot_error_diag = f"payload setup: {what or 'failed'}"
+    result.exe_error_code = exit_code
 
 
 def _out_of_memory(result: Outcome, exit_code: int | None, signum: int | None, oom_kills: int, tail: str) -> None:

@@ -88,8 +88,18 @@ def test_generic_with_envsetup_sourced_in_the_payload_shell(tmp_path: Path, redi
     assert "mark=from-the-site-setup" in (workdir / "payload.stdout").read_text()
     assert final(tmp_path / "work", 4201)["state"] == "finished"
     request = run_requests(redis_url)[-1]
-    assert request["experiment"] == "generic" and request["setup"] == f"source '{script}'"
+    assert request["experiment"] == "generic" and request["setup"].startswith(f"{{ source '{script}'\n}} || ")
     assert request["container"] == "docker://generic:1"  # generic: the job's own container_name
+
+
+def test_a_failing_envsetup_fails_the_job_with_1110_and_the_payload_never_runs(tmp_path: Path,
+                                                                                redis_url: str) -> None:
+    spec = job(4202, "bash", "-c 'touch ran.txt; echo x > out.txt'")
+    _out, workdir = run_job(tmp_path, redis_url, spec, envsetup=f"source '{site_dir(tmp_path)}/missing.sh'")
+    update = final(tmp_path / "work", 4202)
+    assert update["state"] == "failed" and update["pilotErrorCode"] == 1110, update
+    assert "envsetup failed" in update["pilotErrorDiag"], update
+    assert not (workdir / "ran.txt").exists()
 
 
 TOY_PAYLOAD = ("echo sw=$TOYEXP_SW_DIR greeting=$TOYEXP_GREETING report=$TOYEXP_REPORT; echo data > out.txt; "

@@ -114,3 +114,23 @@ def test_status_frame_shows_transfers_ranges_and_firings() -> None:
     assert "ready 4, running 2" in text
     assert "FIRED" in text and "no file written for 1900 s" in text
     assert "1150" in text and "stagein" in text
+
+
+def test_status_frame_shows_every_running_job_of_a_multi_slot_pilot() -> None:
+    from rich.console import Console
+
+    from nodepilot.status import render
+
+    checks = {"memory": {"ok": True, "value": 1234}}
+    snapshot = {
+        "monitor": {"uptime_s": 3, "current_job": 21, "current_state": "running", "current_step": "payload",
+                    "running": [{"panda_id": 21, "state": "running", "step": "payload", "checks": checks},
+                                {"panda_id": 22, "state": "starting", "step": "stagein", "checks": {}}],
+                    "jobs": []},
+        "runner": None, "stager": None, "eventclient": None,
+    }
+    console = Console(width=160, record=True, color_system=None)
+    console.print(render(snapshot, Path("/run/x")))
+    text = console.export_text()
+    assert "21" in text and "22" in text and "stagein" in text and "payload" in text
+    assert "memory" in text and "1234" in text
