@@ -16,7 +16,7 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 
-from nodepilot.status import fetch, human_bytes
+from nodepilot.status import fetch, human_bytes, running_jobs
 
 PERIOD_S = 0.5
 STEP_NAMES = {"setup": "setup", "stagein": "stage-in", "payload": "payload", "stageout": "stage-out",
@@ -60,8 +60,11 @@ class JobProgress:
             return
         for job in monitor.get("jobs") or []:
             self._ended(job)
-        job_id, step = monitor.get("current_job"), monitor.get("current_step")
-        if job_id is None or step not in STEP_NAMES:
+        for job in running_jobs(monitor):  # every job running now (several with slots)
+            self._show(job.get("panda_id"), job.get("step"), snapshot)
+
+    def _show(self, job_id: Any, step: Any, snapshot: dict[str, Any]) -> None:
+        if job_id is None or step not in STEP_NAMES or job_id in self.done:
             return
         if self.active.get(job_id) != step:
             self._finish_step(job_id)

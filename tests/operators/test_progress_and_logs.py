@@ -134,3 +134,22 @@ def test_status_frame_shows_every_running_job_of_a_multi_slot_pilot() -> None:
     text = console.export_text()
     assert "21" in text and "22" in text and "stagein" in text and "payload" in text
     assert "memory" in text and "1234" in text
+
+
+def test_progress_follows_every_running_job(tmp_path: Path) -> None:
+    from rich.console import Console
+
+    from nodepilot.progress import JobProgress
+
+    console = Console(width=120, record=True, color_system=None, force_terminal=False)
+    progress = JobProgress(tmp_path, console=console)
+    running = [{"panda_id": 31, "step": "payload"}, {"panda_id": 32, "step": "stagein"}]
+    transfer = {"job_id": 32, "direction": "in", "size": 2_000_000, "bytes_done": 500_000, "rate_bytes_s": 1e6}
+    progress.update({"monitor": {"running": running, "jobs": []}, "stager": {"transfers": [transfer]}})
+    progress.update({"monitor": {"running": [], "jobs": [{"panda_id": 31, "state": "finished"},
+                                                          {"panda_id": 32, "state": "failed",
+                                                           "pilot_error_code": 1099}]}})
+    console.print(progress.progress)
+    text = console.export_text()
+    assert "job 31" in text and "job 32" in text and "finished" in text and "pilot error 1099" in text
+    assert any(key[0] == 32 for key in progress.tasks) and any(key[0] == 31 for key in progress.tasks)
