@@ -217,8 +217,10 @@ class Consumer:
             log.exception("handler of %s failed on %s", self.stream, entry_id)
         finally:
             self._slots.release()
-        await self.r.xack(self.stream, self.group, entry_id)
-        self._inflight.discard(entry_id)
+        try:
+            await self.r.xack(self.stream, self.group, entry_id)
+        finally:  # not acknowledged (Redis gone): no longer kept fresh, so it is delivered again later
+            self._inflight.discard(entry_id)
         self.handled += 1
 
     async def aclose(self, timeout: float = 5.0) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client.metrics_core import Metric
@@ -46,8 +47,6 @@ class CountingClient:
 
 def jobs(pilot: Pilot) -> list[dict[str, Any]]:
     """Every job of this pilot, finished or not: the recorded results and the running jobs'."""
-    from dataclasses import asdict
-
     views = [dict(r) for r in pilot.results]
     views += [{**asdict(run.result), "step": run.step, "current": True} for run in pilot.running.values()]
     return views

@@ -281,16 +281,19 @@ def adopt(job_id: int, request_id: str, pid: int, create_time: float | None, sta
 def find_shim(status_path: Path) -> int | None:
     """A shim running for ``status_path`` (a runner that died between starting it and saying so)."""
     for proc in psutil.process_iter(["pid", "cmdline"]):
-        cmdline = proc.info["cmdline"] or []
-        if len(cmdline) > 3 and cmdline[2] == SHIM and cmdline[3] == str(status_path):
+        if _shim_cmdline(proc.info["cmdline"] or [], status_path):
             return proc.info["pid"]
     return None
 
 
+def _shim_cmdline(cmdline: Sequence[str], status_path: Path) -> bool:
+    """``cmdline`` is the shim's for ``status_path`` (bash -c SHIM <status file> ...)."""
+    return len(cmdline) > 3 and cmdline[2] == SHIM and cmdline[3] == str(status_path)
+
+
 def _is_shim(pid: int, status_path: Path) -> bool:
     with contextlib.suppress(psutil.Error):
-        cmdline = psutil.Process(pid).cmdline()
-        return len(cmdline) > 3 and cmdline[2] == SHIM and cmdline[3] == str(status_path)
+        return _shim_cmdline(psutil.Process(pid).cmdline(), status_path)
     return False
 
 

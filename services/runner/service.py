@@ -259,6 +259,7 @@ class RunnerService(Service):
         (its shim tells how it ended); one that ended meanwhile left its status; one never started
         (the runner died before starting it) starts now. Else the result is lost: kill what is left."""
         pid = state.get("pid") if isinstance(state.get("pid"), int) else None
+        start_time = state.get("start_time") if isinstance(state.get("start_time"), float) else None
         path = status_file(self.config.run_dir, job_id, request_id)
         try:
             request = parse_run(message)
@@ -277,7 +278,6 @@ class RunnerService(Service):
             status = read_status(path)
             if status is not None:
                 log.warning("job %s: the payload ended while no runner watched it: status %s", job_id, status)
-                start_time = state.get("start_time") if isinstance(state.get("start_time"), float) else None
                 await self._conclude(job_id, request_id, request, message, ended_from_status(status, time.time()),
                                      start_time, isolation)
                 return
@@ -294,7 +294,6 @@ class RunnerService(Service):
             diag = f"the runner restarted while the payload (pid {pid}) ran; the payload's result was lost"
             diag += "; its processes were killed" if killed else ""
         log.warning("job %s: %s", job_id, diag)
-        start_time = state.get("start_time") if isinstance(state.get("start_time"), float) else None
         await self._finish(job_id, request_id, Outcome(ErrorCode.PILOT_EXCEPTION, diag), start_time)
 
     async def _kill_request(self, job_id: int, request_id: str, message: dict[str, Any]) -> None:
@@ -313,15 +312,18 @@ class RunnerService(Service):
         except ValueError:
             log.error("job %s: signal request %s with an invalid signum %r", job_id, request_id, message.get("signum"))
             return
-        targets = [p for p in self.payloads.values() if p.job_id == job_id]
+        targets = self._payloads_of(job_id)
         for payload in targets:
             log.info("job %s: sending %s to payload %s: %s", job_id, signum.name, payload.pid, message.get("reason"))
             payload.notify(signum)
         await bus.emit(self.redis, job_id, self.name, "payload_signal_sent", request_id=request_id or None,
                        signum=int(signum), pids=[p.pid for p in targets])
 
+    def _payloads_of(self, job_id: int) -> list[Payload]:
+        return [p for p in self.payloads.values() if p.job_id == job_id]
+
     async def _kill(self, job_id: int, request_id: str, grace: float, reason: str) -> list[int]:
-        targets = [p for p in self.payloads.values() if p.job_id == job_id]
+        targets = self._payloads_of(job_id)
         for payload in targets:
             log.info("job %s: killing payload %s (grace %s s): %s", job_id, payload.pid, grace, reason)
             payload.kill(grace, reason)

@@ -21,17 +21,10 @@ from nodepilot.config import SERVICES
 from tests.conftest import stop_process
 from tests.docker import compose
 from tests.e2e.conftest import EXAMPLES, final_update
+from tests.operators.helpers import free_port
 
 SCHEMA = Path(__file__).with_name("compose-spec.json")
 HADOLINT = Path(sys.executable).parent / "hadolint"
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_compose_file_follows_the_compose_specification():

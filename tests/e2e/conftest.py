@@ -75,6 +75,23 @@ def add_jobs(site: Path, *jobs: dict | Path) -> None:
             (site / "jobs" / f"{i:02d}_{job['PandaID']}.json").write_text(json.dumps(job))
 
 
+def write_queuedata(site: Path, **fields: object) -> str:
+    """``<site>/queuedata.json``: the site's SE for every activity, plus ``fields``; returns its path."""
+    eps = [{"name": "LOCAL_SE", "url": (site / "se").resolve().as_uri()}]
+    data = {"name": "LOCAL_TEST", "site": "LOCAL_TEST",
+            "endpoints": {a: eps for a in ("read_lan", "write_lan", "pl", "es_events")}, **fields}
+    path = site / "queuedata.json"
+    path.write_text(json.dumps(data))
+    return str(path)
+
+
+def kill_if_running(proc: subprocess.Popen) -> None:
+    """For a test's ``finally``: a pilot that did not end by itself is not left behind."""
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait(10)
+
+
 def run_pilot(site: Path, server_url: str, *extra: str, timeout: float = 120) -> subprocess.CompletedProcess:
     return subprocess.run(
         [*NODEPILOT, "start", "--queue", "LOCAL_TEST", "--server", server_url, "--workdir", str(site / "work"),

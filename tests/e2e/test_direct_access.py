@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from tests.e2e.conftest import EXAMPLES, add_jobs, final_update, run_pilot
+from tests.e2e.conftest import EXAMPLES, add_jobs, final_update, run_pilot, write_queuedata
 
 # reads its inputs where input_files.json says, and checks PoolFileCatalog.xml says the same
 PAYLOAD = ("import json, xml.etree.ElementTree as E; m=json.load(open('input_files.json')); "
@@ -13,15 +13,6 @@ PAYLOAD = ("import json, xml.etree.ElementTree as E; m=json.load(open('input_fil
            "for f in E.parse('PoolFileCatalog.xml').getroot()}; assert pfc == m, (pfc, m); "
            "open('merged.txt','w').write(''.join(open(m[k]).read() for k in sorted(m))); "
            "json.dump(m, open('where.json','w'))")
-
-
-def queuedata(site, direct: bool) -> str:
-    eps = [{"name": "LOCAL_SE", "url": (site / "se").resolve().as_uri()}]
-    data = {"name": "LOCAL_TEST", "site": "LOCAL_TEST", "direct_access_lan": direct,
-            "endpoints": {a: eps for a in ("read_lan", "write_lan", "pl", "es_events")}}
-    path = site / "queuedata.json"
-    path.write_text(json.dumps(data))
-    return str(path)
 
 
 def merge_job(panda_id: int) -> dict:
@@ -32,7 +23,7 @@ def merge_job(panda_id: int) -> dict:
 
 def run(site, job_server, panda_id: int, direct: bool) -> tuple[dict, dict]:
     add_jobs(site, merge_job(panda_id))
-    result = run_pilot(site, job_server.url, "--queuedata", queuedata(site, direct))
+    result = run_pilot(site, job_server.url, "--queuedata", write_queuedata(site, direct_access_lan=direct))
     assert result.returncode == 0, result.stderr[-3000:]
     update = final_update(job_server.jobs()[panda_id])
     assert update["job_status"] == "finished", update.get("pilot_error_diag")

@@ -14,7 +14,7 @@ import redis
 from nodepilot.errors import ErrorCode
 from nodepilot.http import uds_client
 from services.stager.paths import deterministic_path
-from tests.e2e.conftest import add_jobs, final_update, run_pilot
+from tests.e2e.conftest import add_jobs, final_update, kill_if_running, run_pilot
 from tests.e2e.test_event_service import SCOPE_OUT, assert_settled_once, es_job, ledger, ranges
 from tests.e2e.test_signals_and_healing import start_pilot
 
@@ -70,8 +70,7 @@ def test_sigkilled_eventclient_is_restarted_and_every_range_settles_once(site, j
         at_kill = reported()
         output, _ = pilot.communicate(timeout=90)
     finally:
-        if pilot.poll() is None:
-            pilot.kill()
+        kill_if_running(pilot)
     assert pilot.returncode == 0, output[-3000:]
     assert at_kill < n / 2, "the job was nearly over before the kill"
     assert "eventclient died" in output and "restarting" in output

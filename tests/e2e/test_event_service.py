@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 
 from services.stager.paths import deterministic_path
-from tests.e2e.conftest import EXAMPLES, NODEPILOT, JobServer, add_jobs, final_update, run_pilot
+from tests.e2e.conftest import EXAMPLES, NODEPILOT, JobServer, add_jobs, final_update, run_pilot, write_queuedata
 
 SCOPE_OUT = "demo.es"  # the job has no output but its log: range outputs go to the log's scope
 FINAL = ("finished", "failed", "fatal")
@@ -125,11 +125,8 @@ def test_demo_jobs_through_the_legacy_dialect(site, job_server):
 
 def test_outputs_in_zips_when_the_queue_asks_for_it(site, job_server):
     add_jobs(site, {**es_job(6004), "_event_ranges": ranges(12)})
-    eps = [{"name": "LOCAL_SE", "url": (site / "se").resolve().as_uri()}]
-    qd = {"name": "LOCAL_TEST", "es": {"zip_outputs": 4, "zip_seconds": 5},
-          "endpoints": {a: eps for a in ("read_lan", "write_lan", "pl", "es_events")}}
-    (site / "qd.json").write_text(json.dumps(qd))
-    result = run_pilot(site, job_server.url, "--queuedata", str(site / "qd.json"))
+    qd = write_queuedata(site, es={"zip_outputs": 4, "zip_seconds": 5})
+    result = run_pilot(site, job_server.url, "--queuedata", qd)
     assert result.returncode == 0, result.stderr[-3000:]
     assert final_update(job_server.jobs()[6004])["job_status"] == "finished"
     settled = assert_settled_once(job_server, 6004, site / "se")

@@ -30,7 +30,7 @@ import pytest
 
 from nodepilot.checksums import file_checksum
 from services.stager.paths import deterministic_path
-from tests.e2e.conftest import NODEPILOT, JobServer, add_jobs, final_update
+from tests.e2e.conftest import NODEPILOT, JobServer, add_jobs, final_update, kill_if_running
 from tests.e2e.test_event_service import assert_settled_once, es_job, ranges
 
 TRIALS = int(os.environ.get("NODEPILOT_FAULT_TRIALS", "4"))
@@ -158,9 +158,7 @@ def test_a_victim_killed_at_a_random_moment_of_each_job(site, job_server, victim
                 lengths.append(wait_final(job_server, panda_id, pilot, log_path)["time"] - started)
             assert pilot.wait(60) == 0, log_path.read_text()[-6000:]
         finally:
-            if pilot.poll() is None:
-                pilot.kill()
-                pilot.wait(10)
+            kill_if_running(pilot)
     print("\n".join(record))
     killed = sum(" killed " in r for r in record)
     assert killed >= TRIALS // 2, record  # most moments fall inside the job
@@ -203,9 +201,7 @@ def test_redis_killed_mid_payload_comes_back_from_its_append_only_file(site, job
         update = wait_final(job_server, 8900, pilot, log_path)
         assert pilot.wait(60) == 0, log_path.read_text()[-6000:]
     finally:
-        if pilot.poll() is None:
-            pilot.kill()
-            pilot.wait(10)
+        kill_if_running(pilot)
     log = log_path.read_text()
     assert "redis died (exit -9): restarting" in log and "Redis restarted from its append-only file" in log, log
     check_merge_job(site, update, 8900)

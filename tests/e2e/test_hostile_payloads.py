@@ -10,7 +10,7 @@ import time
 import psutil
 import pytest
 
-from tests.e2e.conftest import add_jobs, final_update, run_pilot
+from tests.e2e.conftest import add_jobs, final_update, run_pilot, write_queuedata
 
 FAST_WATCHDOG = {"period_s": 0.3, "sample_interval_s": 0.3}
 
@@ -21,14 +21,7 @@ def hostile_job(panda_id: int, script: str, **extra) -> dict:
 
 
 def queuedata(site, **watchdog) -> str:
-    se = (site / "se").resolve().as_uri()
-    eps = [{"name": "LOCAL_SE", "url": se}]
-    data = {"name": "LOCAL_TEST", "site": "LOCAL_TEST", "maxwdir_mb": watchdog.pop("maxwdir_mb", 0),
-            "endpoints": {a: eps for a in ("read_lan", "write_lan", "pl", "es_events")},
-            "watchdog": {**FAST_WATCHDOG, **watchdog}}
-    path = site / "queuedata.json"
-    path.write_text(json.dumps(data))
-    return str(path)
+    return write_queuedata(site, maxwdir_mb=watchdog.pop("maxwdir_mb", 0), watchdog={**FAST_WATCHDOG, **watchdog})
 
 
 CASES = [

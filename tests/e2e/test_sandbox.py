@@ -17,7 +17,7 @@ import pytest
 
 from services.runner.isolation import NOTE_FILE, probe
 from services.stager.paths import deterministic_path
-from tests.e2e.conftest import NODEPILOT, add_jobs, final_update
+from tests.e2e.conftest import NODEPILOT, add_jobs, final_update, write_queuedata
 from tests.e2e.sandbox_probe import ATTEMPTS, verdicts
 
 pytestmark = pytest.mark.skipif(not probe().bwrap, reason="no working bubblewrap here")
@@ -68,12 +68,7 @@ def run_pilot(site: Path, server_url: str, layout: dict, *args: str, env: dict[s
               queuedata: dict | None = None) -> subprocess.CompletedProcess:
     extra = []
     if queuedata is not None:
-        path = site / "queuedata.json"
-        se = (site / "se").resolve().as_uri()
-        eps = [{"name": "LOCAL_SE", "url": se}]
-        path.write_text(json.dumps({"name": "LOCAL_TEST", **queuedata,
-                                    "endpoints": {a: eps for a in ("read_lan", "write_lan", "pl", "es_events")}}))
-        extra = ["--queuedata", str(path)]
+        extra = ["--queuedata", write_queuedata(site, **queuedata)]
     return subprocess.run(
         [*NODEPILOT, "start", "--queue", "LOCAL_TEST", "--server", server_url, "--workdir", str(site / "work"),
          "--se-dir", str(site / "se"), "--run-dir", str(layout["run"]), *extra, *args],

@@ -9,7 +9,7 @@ import time
 import httpx
 import pytest
 
-from tests.e2e.conftest import add_jobs, final_update
+from tests.e2e.conftest import add_jobs, final_update, kill_if_running
 from tests.e2e.test_signals_and_healing import start_pilot
 
 ORDER = ["starting", "running", "transferring", "finished"]
@@ -38,9 +38,7 @@ def test_updates_survive_an_outage_in_order(site, job_server, api, method):
         httpx.post(f"{job_server.url}/faults", json=outage, timeout=10).raise_for_status()
         out, _ = pilot.communicate(timeout=90)
     finally:
-        if pilot.poll() is None:
-            pilot.kill()
-            pilot.wait(10)
+        kill_if_running(pilot)
     assert pilot.returncode == 0, out[-3000:]
     errors = httpx.get(f"{job_server.url}/faults", timeout=10).json()["errors_answered"]
     assert errors and all(e["method"] == method and e["status"] == 503 for e in errors)

@@ -11,7 +11,7 @@ import time
 import psutil
 import pytest
 
-from tests.e2e.conftest import NODEPILOT, add_jobs, final_update
+from tests.e2e.conftest import NODEPILOT, add_jobs, final_update, kill_if_running
 
 
 def start_pilot(site, server_url: str, *extra: str) -> subprocess.Popen:
@@ -55,8 +55,7 @@ def test_sigterm_mid_payload_fails_job_with_1201_and_leaves_nothing(site, job_se
         pilot.send_signal(signal.SIGTERM)
         output, _ = pilot.communicate(timeout=60)
     finally:
-        if pilot.poll() is None:
-            pilot.kill()
+        kill_if_running(pilot)
     assert pilot.returncode == 128 + signal.SIGTERM, output[-3000:]
     update = final_update(job_server.jobs()[5001])
     assert update["job_status"] == "failed" and update["pilot_error_code"] == 1201
@@ -82,8 +81,7 @@ def test_a_killed_stager_is_restarted_and_the_job_completes(site, job_server):
         (workdir / "go").touch()
         output, _ = pilot.communicate(timeout=60)
     finally:
-        if pilot.poll() is None:
-            pilot.kill()
+        kill_if_running(pilot)
     assert pilot.returncode == 0, output[-3000:]
     assert "stager died" in output and "restarting" in output
     update = final_update(job_server.jobs()[5002])
@@ -103,8 +101,7 @@ def test_each_signal_has_its_code(site, job_server, signum, code):
         pilot.send_signal(signum)
         output, _ = pilot.communicate(timeout=60)
     finally:
-        if pilot.poll() is None:
-            pilot.kill()
+        kill_if_running(pilot)
     assert pilot.returncode == 128 + signum, output[-3000:]
     updates = job_server.jobs()[5100 + signum]["updates"]
     assert updates[-1]["job_status"] == "failed", output[-5000:]
@@ -126,8 +123,7 @@ def test_server_tobekilled_kills_the_payload_with_1144(site, job_server):
         assert reply.status_code == 200, reply.text
         output, _ = pilot.communicate(timeout=60)
     finally:
-        if pilot.poll() is None:
-            pilot.kill()
+        kill_if_running(pilot)
     assert pilot.returncode == 0, output[-3000:]
     update = final_update(job_server.jobs()[5200])
     assert update["job_status"] == "failed" and update["pilot_error_code"] == 1144, update
@@ -155,7 +151,6 @@ def test_server_debug_command_sends_the_stdout_tail(site, job_server):
         (workdir / "go").touch()
         output, _ = pilot.communicate(timeout=60)
     finally:
-        if pilot.poll() is None:
-            pilot.kill()
+        kill_if_running(pilot)
     assert pilot.returncode == 0, output[-3000:]
     assert final_update(job_server.jobs()[5201])["job_status"] == "finished"

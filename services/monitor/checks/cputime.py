@@ -6,18 +6,12 @@ means the pilot received SIGXCPU from the batch system, which is not what happen
 
 from __future__ import annotations
 
-from nodepilot.errors import ErrorCode
-from services.monitor.checks.base import Check, CheckContext, Firing, fmt_seconds, number
+from services.monitor.checks.base import CheckContext, Firing, fmt_seconds, number
+from services.monitor.checks.walltime import TimeLimitCheck
 
 
-class CputimeCheck(Check):
+class CputimeCheck(TimeLimitCheck):
     name = "cputime"
-    code = ErrorCode.WALL_TIME
-    period_s = 60.0
-
-    def __init__(self, limit_s: float | None, period_s: float | None = None) -> None:
-        super().__init__(period_s)
-        self.limit_s = limit_s
 
     async def check(self, ctx: CheckContext) -> Firing | None:
         if self.limit_s is None:
