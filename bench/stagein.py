@@ -15,7 +15,6 @@ Target: nodepilot <= 1.05 x the best raw tool.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import shutil
 import statistics
@@ -24,9 +23,10 @@ import sys
 import tempfile
 import time
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from unittest import mock
 
 import redis
 
@@ -114,21 +114,6 @@ def compare(title: str, rows: dict[str, float], total_mb: float) -> None:
                   f"{'OK' if ratio <= TARGET else 'SLOWER'}")
 
 
-@contextlib.contextmanager
-def environment(**variables: str) -> Iterator[None]:
-    """Variables for the processes started inside (the stager reads its posix copy mode there)."""
-    saved = {k: os.environ.get(k) for k in variables}
-    os.environ.update(variables)
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--files", type=int, default=20)
@@ -183,7 +168,8 @@ def main() -> None:
                 "cp one by one": lambda: run_commands(cp, 1),
                 f"cp {n} at a time": lambda: run_commands(cp, n),
             }, args.repeat, dst)
-        with environment(**{COPY_MODE_ENV: "link"}), running_service("stager", config):
+        # the stager started inside reads its posix copy mode from the environment
+        with mock.patch.dict(os.environ, {COPY_MODE_ENV: "link"}), running_service("stager", config):
             rows.update(measure({"nodepilot stager, link mode": lambda: stager.stage_in(se_url, files, dst)},
                                 args.repeat, dst))
         compare(f"posix ({join_url(se_url, '')})", rows, total_mb)

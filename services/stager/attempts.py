@@ -175,12 +175,12 @@ async def _on_endpoint(stager: StagerService, work: FileWork, endpoint: Endpoint
             await _trace(stager, work, endpoint, url, n, time_start, started, error=exc)
             log.warning("job %s: %s of %s via %s, attempt %d failed%s: %s", work.request.job_id, work.direction,
                         work.spec.lfn, endpoint.name, n, " (transient)" if exc.transient else "", exc.diag)
-            if exc.transient and n < settings.attempts:
-                continue
-            return None, errors
-        await _trace(stager, work, endpoint, url, n, time_start, started, moved=moved)
-        return moved, errors
-    return None, errors  # not reached: the last attempt returns
+            if not exc.transient:
+                break
+        else:
+            await _trace(stager, work, endpoint, url, n, time_start, started, moved=moved)
+            return moved, errors
+    return None, errors
 
 
 async def _once(stager: StagerService, work: FileWork, endpoint: Endpoint, url: str, n: int,
