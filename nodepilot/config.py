@@ -135,6 +135,14 @@ class PilotConfig:
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
         return cls(**known, queuedata=queue)
 
+    def make_dirs(self) -> Path:
+        """The run dir (sockets, Redis password: the pilot's user only) and the work dir; returns the run dir."""
+        run = Path(self.run_dir)
+        run.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(run, 0o700)  # also when it existed, or the umask narrowed mkdir's mode
+        Path(self.work_dir).mkdir(parents=True, exist_ok=True)
+        return run
+
     def save(self) -> Path:
         """Write pilot.json readable by the pilot's user only (it holds the Redis password)."""
         path = self.config_path

@@ -260,7 +260,7 @@ class Frontend(Service):
         if not await self.redis.exists(stored):
             job_id = bus.job_id_of(fields.get("jobId"))
             forward: dict[str, Any] | None = fields
-            if job_id is not None and await self.jumbo.shared(job_id):
+            if job_id is not None:
                 forward = await self.jumbo.update(job_id, worker, fields)
                 if forward is None:
                     log.info("job %s: final update of worker %s held until every share ended", job_id, worker)
@@ -278,8 +278,7 @@ class Frontend(Service):
         job_id = bus.job_id_of(fields.get("jobId"))
         if job_id is None:
             return
-        targets = await self.jumbo.workers(job_id) if await self.jumbo.shared(job_id) else []
-        targets = targets or [fields.get(WORKER_FIELD) or ""]
+        targets = await self.jumbo.workers(job_id) or [fields.get(WORKER_FIELD) or ""]
         for worker in filter(None, targets):
             log.info("job %s: server command %s for worker %s", job_id, reply.command, worker)
             key = relay.commands_key(worker)
@@ -313,9 +312,7 @@ def run_frontend(config: PilotConfig, settings: FrontendSettings) -> int:
     if settings.launch not in LAUNCHES:
         log.error("--launch must be one of %s, not %r", ", ".join(LAUNCHES), settings.launch)
         return exitcodes.USAGE
-    run = Path(config.run_dir)
-    run.mkdir(parents=True, exist_ok=True, mode=0o700)
-    Path(config.work_dir).mkdir(parents=True, exist_ok=True)
+    run = config.make_dirs()
     embedded = None
     if not config.redis_url:
         try:

@@ -14,7 +14,6 @@ import logging
 import os
 import signal
 import time
-from pathlib import Path
 from typing import Any
 
 from redis.exceptions import RedisError
@@ -46,10 +45,7 @@ class InProcess:
 
     async def prepare(self) -> None:
         config = self.config
-        run = Path(config.run_dir)
-        run.mkdir(parents=True, exist_ok=True, mode=0o700)
-        os.chmod(run, 0o700)
-        Path(config.work_dir).mkdir(parents=True, exist_ok=True)
+        run = config.make_dirs()
         if config.api == "relay":
             config.worker_id = config.worker_id or default_worker_id(config.node)
             self.lease = DatabaseLease(config.relay_url, config.worker_id)

@@ -56,14 +56,11 @@ def merge_finals(finals: list[dict[str, Any]]) -> dict[str, Any]:
     failed shares' own, their ranges reported already), counts summed, peaks maxed, the file reports joined."""
     finished = [f for f in finals if f.get("state") == "finished"]
     merged = dict((finished or finals)[0])
-    for key in SUMMED:
-        values = [f[key] for f in finals if isinstance(f.get(key), int | float) and not isinstance(f.get(key), bool)]
-        if values:
-            merged[key] = sum(values)
-    for key in MAXED:
-        values = [f[key] for f in finals if isinstance(f.get(key), int | float) and not isinstance(f.get(key), bool)]
-        if values:
-            merged[key] = max(values)
+    for keys, combine in ((SUMMED, sum), (MAXED, max)):
+        for key in keys:
+            values = [v for f in finals if isinstance(v := f.get(key), int | float) and not isinstance(v, bool)]
+            if values:
+                merged[key] = combine(values)
     starts = [f["startTime"] for f in finals if isinstance(f.get("startTime"), str)]
     ends = [f["endTime"] for f in finals if isinstance(f.get("endTime"), str)]
     if starts:
@@ -119,16 +116,14 @@ class JumboJobs:
         await self.r.hset(jumbo_key(job_id), "open", 0)
         await self.r.srem(OPEN, job_id)
 
-    async def shared(self, job_id: int) -> bool:
-        return bool(await self.r.exists(jumbo_key(job_id)))
-
     async def workers(self, job_id: int) -> list[str]:
+        """The workers sharing the job (none when it is not a jumbo job)."""
         state = await self.r.hgetall(jumbo_key(job_id))
         return [v for k, v in state.items() if k.startswith("worker:")]
 
     async def update(self, job_id: int, worker: str, fields: dict[str, Any]) -> dict[str, Any] | None:
-        """What to forward for this share's update: itself (a heartbeat), nothing (a final held for the
-        other shares) or the merged final (the last share ended)."""
+        """What to forward for this share's update: itself (a heartbeat, or not a share of a jumbo job),
+        nothing (a final held for the other shares) or the merged final (the last share ended)."""
         if fields.get("state") not in FINAL_STATES:
             return fields
         async with self._lock:

@@ -20,7 +20,6 @@ import signal
 import sys
 import time
 from collections import deque
-from pathlib import Path
 from typing import Any
 
 from nodepilot import exitcodes
@@ -75,10 +74,7 @@ class Launcher:
 
     # --- start --------------------------------------------------------------------------
     def prepare(self) -> None:
-        run = Path(self.config.run_dir)
-        run.mkdir(parents=True, exist_ok=True, mode=0o700)
-        os.chmod(run, 0o700)
-        Path(self.config.work_dir).mkdir(parents=True, exist_ok=True)
+        run = self.config.make_dirs()
         if not self.config.redis_url:
             # append-only (fsync every second: a killed Redis loses nothing it acknowledged) so that
             # a Redis that died comes back with its data; it starts while we import below

@@ -132,10 +132,12 @@ class SlotLedger:
     async def take(self, need: Resources, stop: Callable[[], bool]) -> int | None:
         """Reserve ``need`` (call ``fit`` first) once it fits in what is free; a token for ``release``,
         or None when ``stop()`` became true first."""
+        def fits() -> bool:
+            return len(self.held) < self.max_jobs and need.fits_in(self.free)
+
         async with self._changed:
-            await self._changed.wait_for(
-                lambda: stop() or (len(self.held) < self.max_jobs and need.fits_in(self.free)))
-            if stop() and not (len(self.held) < self.max_jobs and need.fits_in(self.free)):
+            await self._changed.wait_for(lambda: stop() or fits())
+            if not fits():  # woken by stop()
                 return None
             self._next += 1
             self.held[self._next] = need

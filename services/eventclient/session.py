@@ -218,20 +218,19 @@ class JobSession:
         return rec
 
     # --- the stager's answers ----------------------------------------------------------------
-    async def _on_answers(self, answers: list[tuple[str, dict[str, Any]]], position: str) -> None:
-        """The stager's answers read at once: saved with our new position in one round trip."""
+    async def _on_answers(self, answers: list[tuple[str, dict[str, Any]]], position: str = "") -> None:
+        """The stager's answers read at once: saved with our new position (if read from the job's
+        events) in one round trip."""
         async with self.store.lock:
             members = [rec for key, event in answers for rec in self._answered(key, event)]
             self._remove_files(members)  # (first: a crash before the save reads the answers again)
-            await self.store.save(*members, meta={"events_last": position})
-            self._position = position
+            await self.store.save(*members, meta={"events_last": position} if position else None)
+            if position:
+                self._position = position
 
     async def _on_stageout(self, key: str, event: dict[str, Any]) -> None:
         """One answer (an upload that failed before it reached the stager)."""
-        async with self.store.lock:
-            members = self._answered(key, event)
-            self._remove_files(members)
-            await self.store.save(*members)
+        await self._on_answers([(key, event)])
 
     def _answered(self, key: str, event: dict[str, Any]) -> list[RangeRecord]:
         """The ranges of an upload, each staged or not as its file went (with the lock held)."""
