@@ -150,7 +150,10 @@ def test_kill_reaches_the_whole_tree(rds, pilot_config):
     with running_service("runner", pilot_config):
         run(rds, pilot_config, 108, "sleep", "60", setup=setup)
         started = read_events(rds, 108, {"payload_started"}, timeout=30)[-1]
-        wait_until(lambda: processes_with(marker), 10, "the grandchild running")
+        # the grandchild itself (a sleep), not a wrapper whose command line only mentions the marker:
+        # then the payload's trap is set
+        wait_until(lambda: [p for p in processes_with(marker) if p.info["cmdline"][:1] == ["sleep"]], 10,
+                   "the grandchild running")
         with uds_client(pilot_config.socket_path("runner")) as client:
             payloads = client.get("/status").json()["payloads"]
         assert [(p["job_id"], p["pid"]) for p in payloads] == [(108, started["pid"])]
