@@ -23,7 +23,9 @@ def test_escaped_double_fork_is_killed_with_the_payload(rds, pilot_config):
     marker = f"312.{random.randrange(10**6):06d}"
     with running_service("runner", pilot_config):
         run(rds, pilot_config, 120, "sleep", "60", setup=escape(marker), sample_interval=30)
-        wait_until(lambda: processes_with(marker), 10, "the escapee running")
+        # the escapee itself, not the sandbox's shim whose command line also names the marker
+        wait_until(lambda: [p for p in processes_with(marker) if p.info["cmdline"][:1] == ["sleep"]], 10,
+                   "the escapee running")
         assert all(p.ppid() != 0 for p in processes_with(marker))
         kill(rds, 120, grace=0.5)
         finished(rds, 120, timeout=15)
