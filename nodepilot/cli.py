@@ -152,7 +152,7 @@ def start(
                          queuedata_file=queuedata, heartbeat_s=heartbeat, lifetime_s=lifetime,
                          max_jobs=max_jobs, pilot_user=pilot_user, web_port=web_port, slots=slots)
     if relay:  # --redis-url is the front-end's; the bus gets a Redis (or a database there) of its own
-        from nodepilot.relay import default_worker_id
+        from nodepilot.panda.relay import default_worker_id
 
         config.api, config.relay_url, config.redis_url = "relay", redis_url, ""
         config.worker_id = worker_id or default_worker_id(config.node)
@@ -260,7 +260,7 @@ def serve(
     tokens: Annotated[Path | None, typer.Option("--tokens", help="file of accepted bearer tokens")] = None,
 ) -> None:
     """A local job server speaking the PanDA pilot protocol (both dialects), for tests, demos and small sites."""
-    from nodepilot.panda.server import run_server
+    from nodepilot.jobserver.app import run_server
 
     run_server(jobs, host=host, port=port, db_path=db, port_file=port_file, tls=tls, cert=cert, key=key, ca=ca,
                tokens=tokens)

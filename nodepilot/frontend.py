@@ -1,5 +1,5 @@
 """The front-end pilot (``nodepilot frontend``): the one process that talks to the PanDA server for compute
-nodes that may not. It serves the relay requests workers put on its Redis (``nodepilot/relay.py``),
+nodes that may not. It serves the relay requests workers put on its Redis (``nodepilot/panda/relay.py``),
 forwards them to the server and answers; job updates are stored in its outbox (Redis) and forwarded in
 order until the server took them (``services/monitor/updates.Outbox``), the server's commands going back to
 the worker that sent the update. Event-service jobs may be shared by several workers (``nodepilot/jumbo.py``).
@@ -22,12 +22,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nodepilot import bus, exitcodes, jumbo, relay
+from nodepilot import bus, exitcodes, jumbo
 from nodepilot.config import PilotConfig
 from nodepilot.jumbo import JumboJobs
-from nodepilot.panda.client import ServerClient, ServerError, UpdateReply, make_client
+from nodepilot.outbox import Outbox
+from nodepilot.panda import relay
+from nodepilot.panda.client import ServerClient, UpdateReply
+from nodepilot.panda.connect import make_client
+from nodepilot.panda.errors import ServerError
 from nodepilot.service import Service
-from services.monitor.updates import Outbox
 
 log = logging.getLogger(__name__)
 

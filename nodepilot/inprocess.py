@@ -21,8 +21,8 @@ from redis.exceptions import RedisError
 from nodepilot import exitcodes
 from nodepilot.config import SERVICES, PilotConfig
 from nodepilot.launcher import FORWARDED, MAX_RESTARTS, STOP_GRACE
+from nodepilot.panda.relay import DatabaseLease, default_worker_id
 from nodepilot.redis_server import EmbeddedRedis, RedisStartError, spawn_redis
-from nodepilot.relay import DatabaseLease, default_worker_id
 from nodepilot.service import Service
 
 log = logging.getLogger("nodepilot.inprocess")

@@ -11,12 +11,10 @@ import functools
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from nodepilot.experiments.base import Experiment, setup_script
-
-if TYPE_CHECKING:
-    from services.runner.report import Reports
+from nodepilot.reports import Reports, read_reports
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +67,6 @@ def report_reader(name: Any) -> Callable[[Path], Reports]:
     """The report reader of the experiment a run request names (the runner's side). A plug-in that
     cannot be loaded, or whose reader fails, never loses the payload's result: the generic reading
     is used and the reason noted in the pilot diag."""
-    from services.runner.report import read_reports
-
     try:
         experiment = load(name if isinstance(name, str) else "")
     except UnknownExperiment as exc:

@@ -9,13 +9,10 @@ a plug-in overrides only what its experiment does differently (docs/manual-exper
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from nodepilot.config import QueueData
 from nodepilot.job import FileSpec, Job
-
-if TYPE_CHECKING:
-    from services.runner.report import Reports
+from nodepilot.reports import SETUP_FAILED_MARK, Reports, read_reports
 
 
 class Experiment:
@@ -37,8 +34,6 @@ class Experiment:
     def read_report(self, workdir: Path) -> Reports:
         """What the payload's report says (exit code and message, events, output GUIDs); runs in the
         runner after the payload ended. Default: ``jobReport.json`` / ``payload_error_report.json``."""
-        from services.runner.report import read_reports
-
         return read_reports(workdir)
 
     def extra_outputs(self, job: Job, workdir: Path) -> list[FileSpec]:
@@ -46,7 +41,6 @@ class Experiment:
         return []
 
 
-SETUP_FAILED_MARK = ".nodepilot_setup_failed"  # left in the work dir when a setup step failed (runner: 1110)
 
 
 def setup_script(experiment: Experiment, job: Job, queuedata: QueueData) -> str:

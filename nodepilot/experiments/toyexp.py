@@ -18,7 +18,7 @@ from pathlib import Path
 from nodepilot.config import QueueData
 from nodepilot.experiments.base import Experiment
 from nodepilot.job import FileSpec, Job
-from services.runner.report import Reports, read_limited
+from nodepilot.reports import Reports, read_limited
 
 REPORT = "toy_report.txt"
 DEFAULT_SW_BASE = "/cvmfs/toyexp.example.org/sw"

@@ -20,7 +20,8 @@ from typing import Any
 import httpx
 
 from nodepilot.panda.auth import tls_context
-from nodepilot.panda.client import ServerClient, ServerError, UpdateReply, normalize_command
+from nodepilot.panda.client import ServerClient, UpdateReply, normalize_command
+from nodepilot.panda.errors import ServerError
 from nodepilot.panda.events import encode_updates, ranges_from_reply, update_reply
 from nodepilot.panda.http import HttpStatusError, PandaHttp, parse_json_object, parse_python_literal, snippet
 

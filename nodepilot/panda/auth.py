@@ -23,7 +23,7 @@ from pathlib import Path
 
 import httpx
 
-from nodepilot.panda.client import ServerError
+from nodepilot.panda.errors import ServerError
 
 log = logging.getLogger(__name__)
 

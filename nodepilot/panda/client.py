@@ -7,24 +7,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-from nodepilot.errors import ErrorCode
-
-if TYPE_CHECKING:
-    from nodepilot.config import PilotConfig
-
-
-class ServerError(Exception):
-    """A call that did not succeed. ``retryable``: a later attempt may succeed (connection
-    trouble, 5xx, a garbled reply); False: the server refused this call as it is."""
-
-    def __init__(self, message: str, retryable: bool = False,
-                 code: int = ErrorCode.SERVER_COMMUNICATION) -> None:
-        super().__init__(message)
-        self.retryable = retryable
-        self.code = int(code)
+from typing import Any
 
 
 @dataclass
@@ -80,29 +63,3 @@ def normalize_command(command: Any) -> str | None:
         return None
     command = command.strip()
     return "tobekilled" if command.lower() == "badattemptnr" else command
-
-
-def make_client(config: PilotConfig) -> ServerClient:
-    if config.job_file:
-        from nodepilot.panda.standalone import StandaloneClient
-
-        updates = config.updates_file or str(Path(config.work_dir) / "updates.jsonl")
-        return StandaloneClient(config.job_file, updates)
-    api = (config.api or "v1").lower()
-    if api == "relay":  # a compute node: every call through the front-end's Redis (nodepilot/relay.py)
-        from nodepilot.relay import RelayClient, default_worker_id
-
-        if not config.relay_url:
-            raise ValueError("--api relay needs the front-end's Redis (--redis-url)")
-        return RelayClient(config.relay_url, config.worker_id or default_worker_id(config.node), config.redis_url)
-    if api not in ("v1", "legacy"):
-        raise ValueError(f"unknown PanDA API dialect {config.api!r}: expected 'v1', 'legacy' or 'relay'")
-    if not config.server:
-        raise ValueError("no PanDA server URL configured (and no job file for standalone mode)")
-    if api == "legacy":
-        from nodepilot.panda.legacy import LegacyClient
-
-        return LegacyClient(config.server)
-    from nodepilot.panda.api_v1 import ApiV1Client
-
-    return ApiV1Client(config.server)

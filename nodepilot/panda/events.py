@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from nodepilot.panda.client import ServerError
+from nodepilot.panda.errors import ServerError
 from nodepilot.panda.http import decode_value
 
 EVENT_STATUSES = ("running", "transferring", "finished", "failed", "fatal")

@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 
 from nodepilot.panda.auth import Credentials, context_for, current_credentials, ssl_cause, tls_refusal
-from nodepilot.panda.client import ServerError
+from nodepilot.panda.errors import ServerError
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,8 @@ from urllib.parse import parse_qsl, urlencode
 
 import httpx
 
-from nodepilot.panda.client import ServerClient, ServerError, UpdateReply, normalize_command
+from nodepilot.panda.client import ServerClient, UpdateReply, normalize_command
+from nodepilot.panda.errors import ServerError
 from nodepilot.panda.events import encode_updates, ranges_from_reply, update_reply
 from nodepilot.panda.http import PandaHttp, decode_value, parse_json_object, snippet
 

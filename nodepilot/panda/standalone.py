@@ -13,7 +13,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from nodepilot.panda.client import ServerClient, ServerError, UpdateReply
+from nodepilot.panda.client import ServerClient, UpdateReply
+from nodepilot.panda.errors import ServerError
 from nodepilot.panda.events import encode_updates, flatten_updates
 
 

@@ -133,7 +133,7 @@ def make_source(config: PilotConfig, job_id: int, jobset_id: int, task_id: int |
     """A file source when the request names a ranges file, else the PanDA server of the config."""
     if ranges_file:
         return FileRangeSource(ranges_file, report_file or workdir.parent / f"ranges-{job_id}.jsonl")
-    from nodepilot.panda.client import make_client  # lazily: the server dialects are heavy
+    from nodepilot.panda.connect import make_client  # lazily: the server dialects are heavy
 
     client: Any = make_client(config)
     if not hasattr(client, "acquire_event_ranges") or not hasattr(client, "update_event_ranges"):

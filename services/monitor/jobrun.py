@@ -24,12 +24,12 @@ from nodepilot import bus, experiments, logs
 from nodepilot.config import PilotConfig
 from nodepilot.errors import ErrorCode, clip_diag
 from nodepilot.job import Job
+from nodepilot.outbox import Outbox, file_report, jobmetrics, pilot_timing
 from nodepilot.timeutil import panda_time
 from nodepilot.worker import batch_system, pilot_id
 from services.monitor.catalog import write_input_catalog
 from services.monitor.checks.base import CheckContext, Firing
 from services.monitor.timebudget import TimeBudget
-from services.monitor.updates import Outbox, file_report, jobmetrics, pilot_timing
 from services.monitor.watchdog import Watchdog
 
 log = logging.getLogger(__name__)

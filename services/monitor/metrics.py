@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client.metrics_core import Metric
 
 from nodepilot.metrics import ScrapeCollector, count_by, counter, gauge
-from nodepilot.panda.client import ServerError
+from nodepilot.panda.errors import ServerError
 
 if TYPE_CHECKING:
     from services.monitor.pilot import Pilot

@@ -24,14 +24,16 @@ from nodepilot.config import PilotConfig
 from nodepilot.errors import ErrorCode, clip_diag
 from nodepilot.gpu import gpu_inventory
 from nodepilot.job import JobDefinitionError, parse_job
-from nodepilot.panda.client import ServerClient, ServerError, UpdateReply, make_client
+from nodepilot.outbox import DeliveryAbandoned, Outbox
+from nodepilot.panda.client import ServerClient, UpdateReply
+from nodepilot.panda.connect import make_client
+from nodepilot.panda.errors import ServerError
 from nodepilot.slots import SlotLedger, job_needs, node_capacity
 from nodepilot.timeutil import panda_time
 from nodepilot.worker import cpu_mhz, free_disk_mb, memory_mb, node_inventory
 from services.monitor import jobrun
 from services.monitor.resume import previous_jobs
 from services.monitor.timebudget import TimeBudget
-from services.monitor.updates import DeliveryAbandoned, Outbox
 
 log = logging.getLogger(__name__)
 

@@ -20,9 +20,9 @@ import uvicorn
 from fastapi import APIRouter, FastAPI, HTTPException
 from fastapi.responses import FileResponse, RedirectResponse
 
+from nodepilot.reports import read_limited
 from nodepilot.service import QuietServer
 from services.monitor.metrics import jobs
-from services.runner.report import read_limited
 from services.runner.sampler import USAGE_FILE
 
 if TYPE_CHECKING:

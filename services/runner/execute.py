@@ -24,9 +24,9 @@ from pathlib import Path
 
 import psutil
 
+from nodepilot.reports import STDERR, STDOUT
 from services.runner.cgroup import PREFIX as CGROUP_PREFIX
 from services.runner.cgroup import PayloadCgroup, delegated_base
-from services.runner.report import STDERR, STDOUT
 
 log = logging.getLogger(__name__)
 

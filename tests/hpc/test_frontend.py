@@ -13,8 +13,9 @@ from pathlib import Path
 
 import httpx
 
-from nodepilot import bus, relay
-from nodepilot.relay import RelayClient
+from nodepilot import bus
+from nodepilot.panda import relay
+from nodepilot.panda.relay import RelayClient
 from tests.conftest import stop_process
 from tests.e2e.conftest import EXAMPLES, NODEPILOT, add_jobs, final_update
 from tests.e2e.test_event_service import assert_settled_once, es_job, ranges

@@ -9,7 +9,7 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from nodepilot.metrics import register_common
-from nodepilot.panda.client import ServerError
+from nodepilot.panda.errors import ServerError
 from services.eventclient.metrics import collector as eventclient_collector
 from services.monitor.metrics import CountingClient
 from services.runner.metrics import collector as runner_collector

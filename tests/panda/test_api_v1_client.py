@@ -19,7 +19,9 @@ from nodepilot.config import PilotConfig
 from nodepilot.job import parse_job
 from nodepilot.panda import http as panda_http
 from nodepilot.panda.api_v1 import ApiV1Client
-from nodepilot.panda.client import ServerError, UpdateReply, make_client
+from nodepilot.panda.client import UpdateReply
+from nodepilot.panda.connect import make_client
+from nodepilot.panda.errors import ServerError
 from nodepilot.panda.legacy import LegacyClient
 from nodepilot.panda.standalone import StandaloneClient
 from tests.panda.mock import BASE, Recorder, run, text

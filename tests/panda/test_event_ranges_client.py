@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from nodepilot.panda.client import ServerError
+from nodepilot.panda.errors import ServerError
 from nodepilot.panda.standalone import StandaloneClient
 from tests.panda.mock import BASE, Recorder, run, text
 

@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from nodepilot.job import parse_job
-from nodepilot.panda.client import ServerError
+from nodepilot.panda.errors import ServerError
 from nodepilot.panda.legacy import LegacyClient
 from tests.panda.mock import BASE, Recorder, run, text
 

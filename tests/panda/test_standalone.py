@@ -11,7 +11,9 @@ from typing import Any
 import pytest
 
 from nodepilot.config import PilotConfig
-from nodepilot.panda.client import ServerError, UpdateReply, make_client
+from nodepilot.panda.client import UpdateReply
+from nodepilot.panda.connect import make_client
+from nodepilot.panda.errors import ServerError
 from nodepilot.panda.standalone import StandaloneClient
 
 JOB = {"PandaID": 4242, "attemptNr": 1, "transformation": "run.sh", "jobPars": "--x"}

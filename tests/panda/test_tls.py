@@ -16,7 +16,7 @@ import pytest
 
 from nodepilot.panda.api_v1 import ApiV1Client, tls_context
 from nodepilot.panda.auth import current_credentials
-from nodepilot.panda.client import ServerError
+from nodepilot.panda.errors import ServerError
 from nodepilot.panda.legacy import LegacyClient
 from tests.panda.mock import BASE, Recorder, run, text
 from tests.panda.pki import Pki, make_pki

@@ -7,16 +7,8 @@ import signal
 from pathlib import Path
 
 from nodepilot.errors import ErrorCode
-from services.runner.report import (
-    ERROR_REPORT,
-    JOB_REPORT,
-    MAX_REPORT_BYTES,
-    STDERR,
-    effective_signal,
-    outcome,
-    read_limited,
-    read_reports,
-)
+from nodepilot.reports import ERROR_REPORT, JOB_REPORT, MAX_REPORT_BYTES, STDERR, read_limited, read_reports
+from services.runner.report import effective_signal, outcome
 
 REPORT = {
     "exitCode": 0, "exitMsg": "OK",

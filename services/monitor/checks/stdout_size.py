@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 
 from nodepilot.errors import ErrorCode
+from nodepilot.reports import STDERR, STDOUT
 from services.monitor.checks.base import GIB, Check, CheckContext, Firing, fmt_bytes, largest_file
-from services.runner.report import STDERR, STDOUT
 
 DEFAULT_LIMIT_BYTES = 2 * GIB
 

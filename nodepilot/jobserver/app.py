@@ -27,11 +27,11 @@ import uvicorn
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
-from nodepilot.panda.server_api import Dispatcher, EventApi, Handlers, PilotApi, response
-from nodepilot.panda.server_faults import Faults
-from nodepilot.panda.server_legacy import LegacyApi, encode
-from nodepilot.panda.server_store import JobCatalog, JobStore
-from nodepilot.panda.server_tls import AuthMiddleware, TlsSettings, recording_peer_certificates
+from nodepilot.jobserver.api import Dispatcher, EventApi, Handlers, PilotApi, response
+from nodepilot.jobserver.faults import Faults
+from nodepilot.jobserver.legacy import LegacyApi, encode
+from nodepilot.jobserver.store import JobCatalog, JobStore
+from nodepilot.jobserver.tls import AuthMiddleware, TlsSettings, recording_peer_certificates
 
 __all__ = ["PilotApi", "TlsSettings", "create_app", "main", "run_server"]
 
@@ -256,8 +256,8 @@ def run_server(jobs_dir: Path, host: str = "127.0.0.1", port: int = 0, db_path: 
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m nodepilot.panda.server``: run_server's options on the command line."""
-    parser = argparse.ArgumentParser(prog="python -m nodepilot.panda.server", description=main.__doc__)
+    """``python -m nodepilot.jobserver.app``: run_server's options on the command line."""
+    parser = argparse.ArgumentParser(prog="python -m nodepilot.jobserver.app", description=main.__doc__)
     parser.add_argument("--jobs", type=Path, default=Path("jobs"), help="directory of job definitions (*.json)")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0: pick a free port")

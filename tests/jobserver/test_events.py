@@ -19,9 +19,9 @@ from typing import Any
 import httpx
 import pytest
 
+from nodepilot.jobserver.api import EventApi
 from nodepilot.panda.api_v1 import ApiV1Client
 from nodepilot.panda.legacy import LegacyClient
-from nodepilot.panda.server_api import EventApi
 from tests.panda.serving import Server, serving, write_jobs
 
 

@@ -19,9 +19,9 @@ from typing import Any
 import httpx
 import pytest
 
+from nodepilot.jobserver.app import PilotApi
 from nodepilot.panda.api_v1 import ACQUIRE_FIELDS, UPDATE_FIELDS, ApiV1Client
-from nodepilot.panda.client import ServerError
-from nodepilot.panda.server import PilotApi
+from nodepilot.panda.errors import ServerError
 from tests.panda.serving import JSON_HEADERS, Server, serving, write_jobs
 
 NO_JOBS = {"success": False, "message": "No jobs in PanDA", "data": None}

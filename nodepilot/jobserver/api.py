@@ -16,8 +16,8 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any, Union, get_args, get_origin
 
+from nodepilot.jobserver.store import JobCatalog, JobStore, served_definition
 from nodepilot.panda.events import flatten_updates
-from nodepilot.panda.server_store import JobCatalog, JobStore, served_definition
 
 log = logging.getLogger(__name__)
 

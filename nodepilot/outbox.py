@@ -17,7 +17,8 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from nodepilot import bus
-from nodepilot.panda.client import ServerClient, ServerError, UpdateReply
+from nodepilot.panda.client import ServerClient, UpdateReply
+from nodepilot.panda.errors import ServerError
 
 log = logging.getLogger(__name__)
 

@@ -20,8 +20,8 @@ from urllib.parse import parse_qsl
 import httpx
 import pytest
 
+from nodepilot.jobserver.legacy import LegacyApi
 from nodepilot.panda.legacy import GET_JOB_NAMES, UPDATE_JOB_NAMES, LegacyClient
-from nodepilot.panda.server_legacy import LegacyApi
 from tests.panda.serving import Server, serving, write_jobs
 
 JOB = {"PandaID": 4242, "attemptNr": 2, "jobName": "test.job", "transformation": "run.sh", "jobPars": "--in a",

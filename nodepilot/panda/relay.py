@@ -32,7 +32,8 @@ from redis.exceptions import RedisError, ResponseError
 
 from nodepilot import bus
 from nodepilot.errors import ErrorCode
-from nodepilot.panda.client import ServerClient, ServerError, UpdateReply, normalize_command
+from nodepilot.panda.client import ServerClient, UpdateReply, normalize_command
+from nodepilot.panda.errors import ServerError
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,16 @@
+"""The error every server client raises, apart from the clients so that any module can catch it."""
+
+from __future__ import annotations
+
+from nodepilot.errors import ErrorCode
+
+
+class ServerError(Exception):
+    """A call that did not succeed. ``retryable``: a later attempt may succeed (connection
+    trouble, 5xx, a garbled reply); False: the server refused this call as it is."""
+
+    def __init__(self, message: str, retryable: bool = False,
+                 code: int = ErrorCode.SERVER_COMMUNICATION) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+        self.code = int(code)
