@@ -23,6 +23,7 @@ class Endpoint:
 
     name: str
     url: str  # file:///abs/dir, root://host:port//path, https://host/path, s3://...
+    id: int | None = None  # the DDM endpoint's numeric id: event-range reports name it as objstoreID
 
 
 @dataclass
