@@ -258,12 +258,15 @@ def serve(
     key: Annotated[Path | None, typer.Option("--key", help="server key (PEM)")] = None,
     ca: Annotated[Path | None, typer.Option("--ca", help="CA of accepted client certificates")] = None,
     tokens: Annotated[Path | None, typer.Option("--tokens", help="file of accepted bearer tokens")] = None,
+    event_update_500: Annotated[bool, typer.Option(
+        "--event-update-500", help="answer update_event_ranges with HTTP 500 after applying it (panda-server 1.0.4)")
+    ] = False,
 ) -> None:
     """A local job server speaking the PanDA pilot protocol (both dialects), for tests, demos and small sites."""
     from nodepilot.jobserver.app import run_server
 
     run_server(jobs, host=host, port=port, db_path=db, port_file=port_file, tls=tls, cert=cert, key=key, ca=ca,
-               tokens=tokens)
+               tokens=tokens, event_update_500=event_update_500)
 
 
 @app.command()

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 SERVICES = ("monitor", "runner", "stager", "eventclient")
+LOCAL_SE_ID = 1  # the built-in local SE's endpoint id (objstoreID of event-range reports to it)
 
 
 @dataclass
@@ -61,7 +62,7 @@ class QueueData:
 
     @classmethod
     def default(cls, name: str, se_dir: Path) -> QueueData:
-        local = Endpoint("LOCAL_SE", se_dir.resolve().as_uri())
+        local = Endpoint("LOCAL_SE", se_dir.resolve().as_uri(), id=LOCAL_SE_ID)
         activities = ("read_lan", "write_lan", "pl", "es_events")
         return cls(
             name=name,

@@ -8,7 +8,6 @@ signatures copied from pilot_api.py and event_api.py. The job logic both dialect
 from __future__ import annotations
 
 import inspect
-import json
 import logging
 import threading
 import types
@@ -17,7 +16,6 @@ from datetime import datetime
 from typing import Any, Union, get_args, get_origin
 
 from nodepilot.jobserver.store import JobCatalog, JobStore, served_definition
-from nodepilot.panda.events import flatten_updates
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +23,6 @@ SC_SUCCESS = 0
 SC_INVALID = 50
 VALID_JOB_STATES = ("running", "failed", "finished", "holding", "starting", "transferring")
 PANDA_TIME = "%Y-%m-%d %H:%M:%S"
-MESSAGE_JSON = "failed to load JSON"
 
 
 def response(success: bool, message: str = "", data: Any = None) -> dict[str, Any]:
@@ -117,6 +114,7 @@ class Handlers:
     """A set of handlers called one at a time, each seeing the call's parameters as received."""
 
     methods: dict[str, Callable[..., dict[str, Any]]]
+    get_methods: frozenset[str] = frozenset()  # called with GET (query parameters); the others with POST
 
     def __init__(self, dispatcher: Dispatcher) -> None:
         self.dispatcher = dispatcher
@@ -271,54 +269,3 @@ class PilotApi(Handlers):
     ) -> dict[str, Any]:
         self.store.record_worker_report("update_worker_node_gpu", self._params)
         return response(True, "")
-
-
-# --- the signatures of pandaserver/api/v1/event_api.py -------------------------------------------
-class EventApi(Handlers):
-    def __init__(self, dispatcher: Dispatcher) -> None:
-        super().__init__(dispatcher)
-        self.methods = {"acquire_event_ranges": self.acquire_event_ranges,
-                        "update_event_ranges": self.update_event_ranges}
-
-    def acquire_event_ranges(
-        self,
-        job_id: int,
-        jobset_id: int,
-        task_id: int | None = None,
-        n_ranges: int = 10,
-        timeout: int = 60,
-        scattered: bool | None = None,
-        segment_id: int | None = None,
-    ) -> dict[str, Any]:
-        ranges = self.store.acquire_ranges(job_id, jobset_id, n_ranges)
-        log.info("acquire_event_ranges of job %s: %d", job_id, len(ranges))
-        return response(True, data=ranges)
-
-    def update_event_ranges(self, event_ranges: str, timeout: int = 120, version: int = 0) -> dict[str, Any]:
-        returns, commands = event_update(self.store, event_ranges, version)
-        if returns is None:
-            return response(False, MESSAGE_JSON)
-        if version == 0:  # the real server JSON-encodes both for version 0 and sends them as they are else
-            return response(True, data={"Returns": json.dumps(returns), "Commands": json.dumps(commands)})
-        return response(True, data={"Returns": returns, "Commands": commands})
-
-
-def event_update(store: JobStore, text: str, version: int) -> tuple[list[bool] | None, dict[int, str | None]]:
-    """Apply an update_event_ranges call's JSON text: (Returns, Commands), or (None, {}) when the
-    text is not a JSON list."""
-    try:
-        ranges = json.loads(text)
-    except (TypeError, ValueError):
-        return None, {}
-    if not isinstance(ranges, list):
-        return None, {}
-    return store.update_ranges(flatten_updates(ranges, version), zip_files(ranges, version))
-
-
-def zip_files(ranges: list[Any], version: int) -> dict[str, Any]:
-    """Version 1: the zipFile record each range came with, by range id (kept in the ledger)."""
-    if version < 1:
-        return {}
-    return {str(r.get("eventRangeID") if isinstance(r, dict) else r): item["zipFile"]
-            for item in ranges if isinstance(item, dict) and isinstance(item.get("eventRanges"), list)
-            for r in item["eventRanges"] if "zipFile" in item}

@@ -27,7 +27,8 @@ import uvicorn
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
-from nodepilot.jobserver.api import Dispatcher, EventApi, Handlers, PilotApi, response
+from nodepilot.jobserver.api import Dispatcher, Handlers, PilotApi, response
+from nodepilot.jobserver.events import EventApi
 from nodepilot.jobserver.faults import Faults
 from nodepilot.jobserver.legacy import LegacyApi, encode
 from nodepilot.jobserver.store import JobCatalog, JobStore
@@ -92,11 +93,12 @@ def _failure(what: str, exc: Exception) -> PlainTextResponse:
 
 
 # --- the application ------------------------------------------------------------------------
-def create_app(jobs_dir: Path, db_path: Path) -> FastAPI:
+def create_app(jobs_dir: Path, db_path: Path, event_update_500: bool = False) -> FastAPI:
+    """``event_update_500``: answer update_event_ranges with HTTP 500 after applying it (panda-server 1.0.4)."""
     catalog = JobCatalog(Path(jobs_dir))
     dispatcher = Dispatcher(catalog, JobStore(Path(db_path)))
     store = dispatcher.store
-    v1: dict[str, Handlers] = {"pilot": PilotApi(dispatcher), "event": EventApi(dispatcher)}
+    v1: dict[str, Handlers] = {"pilot": PilotApi(dispatcher), "event": EventApi(dispatcher, event_update_500)}
     legacy = LegacyApi(dispatcher)
     log.info("%d job definitions in %s", sum(1 for _ in catalog.scan()), jobs_dir)  # warns of bad files now
     app = FastAPI(title="nodepilot job server", docs_url=None, redoc_url=None, openapi_url=None)
@@ -114,10 +116,12 @@ def create_app(jobs_dir: Path, db_path: Path) -> FastAPI:
         json_app = content_type == JSON or request.headers.get("accept") == JSON
         try:
             body = await _read_body(request)
-            if request.method != "POST":
-                result = response(False, f"expecting POST, received {request.method}")
+            expected = "GET" if method in api.get_methods else "POST"
+            if request.method != expected:
+                result = response(False, f"expecting {expected}, received {request.method}")
             else:
-                params = parse_params(content_type, request.headers.get("content-encoding"), body)
+                params = (dict(parse_qsl(request.url.query, keep_blank_values=True)) if expected == "GET"
+                          else parse_params(content_type, request.headers.get("content-encoding"), body))
                 result = await asyncio.to_thread(api.call, method, params)
         except HTTPException:
             raise
@@ -221,7 +225,8 @@ def _uvicorn_config(app: FastAPI, tls: TlsSettings | None) -> uvicorn.Config:
 
 def run_server(jobs_dir: Path, host: str = "127.0.0.1", port: int = 0, db_path: Path | None = None,
                port_file: Path | None = None, *, tls: bool = False, cert: Path | None = None,
-               key: Path | None = None, ca: Path | None = None, tokens: Path | None = None) -> None:
+               key: Path | None = None, ca: Path | None = None, tokens: Path | None = None,
+               event_update_500: bool = False) -> None:
     """Serve until interrupted. The socket is bound and listening before the port is announced,
     so whoever reads the port (stdout or ``port_file``) can connect at once. With ``tls``: HTTPS with
     ``cert``/``key``; a client must present a certificate signed by ``ca`` or a token in ``tokens``."""
@@ -232,7 +237,7 @@ def run_server(jobs_dir: Path, host: str = "127.0.0.1", port: int = 0, db_path: 
             raise ValueError("TLS needs the server's certificate and key (--cert, --key)")
         settings = TlsSettings(Path(cert), Path(key), Path(ca) if ca else None, Path(tokens) if tokens else None)
     db_path = Path(db_path) if db_path else default_db_path(Path(jobs_dir))
-    config = _uvicorn_config(create_app(Path(jobs_dir), db_path), settings)
+    config = _uvicorn_config(create_app(Path(jobs_dir), db_path, event_update_500), settings)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     # IPPROTO_TCP named: asyncio sets TCP_NODELAY only on sockets that say so, and without it every reply
     # after the first on a kept-alive connection waits ~40 ms (uvicorn writes headers and body apart)
@@ -268,10 +273,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--key", type=Path, help="the server's private key (PEM)")
     parser.add_argument("--ca", type=Path, help="CA file or hashed directory for client certificates")
     parser.add_argument("--tokens", type=Path, help="file of accepted bearer tokens, one per line")
+    parser.add_argument("--event-update-500", action="store_true",
+                        help="answer update_event_ranges with HTTP 500 after applying it, as panda-server 1.0.4 does")
     args = parser.parse_args(argv)
     try:
         run_server(args.jobs, args.host, args.port, args.db, args.port_file, tls=args.tls, cert=args.cert,
-                   key=args.key, ca=args.ca, tokens=args.tokens)
+                   key=args.key, ca=args.ca, tokens=args.tokens, event_update_500=args.event_update_500)
     except ValueError as exc:
         parser.error(str(exc))
 

@@ -16,7 +16,8 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlencode
 
-from nodepilot.jobserver.api import VALID_JOB_STATES, Dispatcher, event_update
+from nodepilot.jobserver.api import VALID_JOB_STATES, Dispatcher
+from nodepilot.jobserver.events import event_update
 
 log = logging.getLogger(__name__)
 

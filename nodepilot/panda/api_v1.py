@@ -22,8 +22,8 @@ import httpx
 from nodepilot.panda.auth import tls_context
 from nodepilot.panda.client import ServerClient, UpdateReply, normalize_command
 from nodepilot.panda.errors import ServerError
-from nodepilot.panda.events import encode_updates, ranges_from_reply, update_reply
-from nodepilot.panda.http import HttpStatusError, PandaHttp, parse_json_object, parse_python_literal, snippet
+from nodepilot.panda.events import encode_updates, ranges_from_reply, statuses_from_reply, update_reply
+from nodepilot.panda.http import PandaHttp, parse_json_object, snippet
 
 log = logging.getLogger(__name__)
 
@@ -172,7 +172,6 @@ class ApiV1Client(ServerClient):
         self.base_url = base_url.rstrip("/").removesuffix("/api/v1")
         self._http = PandaHttp(self.base_url, timeout, retries, transport, backoff_s, ca_file)
         self._spare_jobs: deque[dict[str, Any]] = deque()
-        self._events_in_text = False  # set once the server showed the 1.0.4 bug
 
     async def aclose(self) -> None:
         await self._http.aclose()
@@ -230,22 +229,27 @@ class ApiV1Client(ServerClient):
         return ranges_from_reply("acquire_event_ranges", reply.get("data"))
 
     async def update_event_ranges(self, ranges: list[dict[str, Any]], version: int = 1) -> dict[str, Any]:
+        """One try per call (no blind retry): a failed call may have been applied (panda-server 1.0.4
+        commits the update, then answers HTTP 500), so the caller asks ``get_event_range_statuses``
+        what the server holds before it sends anything again."""
         what = "update_event_ranges"
         body = json.dumps({"event_ranges": encode_updates(ranges), "version": as_int(version)}).encode()
         url = f"{self.base_url}/api/v1/event/update_event_ranges"
-        if not self._events_in_text:
-            try:
-                reply = _decode(what, (await self._http.post(url, body, JSON_REQUEST, what, retry_500=False)).content)
-                return self._event_update_result(what, reply)
-            except HttpStatusError as exc:
-                if exc.status != 500:
-                    raise
-                log.warning("%s: HTTP 500 when asking for JSON (the panda-server 1.0.4 bug); "
-                            "asking without Accept: application/json", what)
-        text = (await self._http.post(url, body, {"Content-Type": JSON}, what)).content
-        reply = _decode_text(what, text)
-        self._events_in_text = True
+        reply = _decode(what, (await self._http.post(url, body, JSON_REQUEST, what, retry_500=False)).content)
         return self._event_update_result(what, reply)
+
+    async def get_event_range_statuses(self, job_id: int, task_id: int) -> dict[str, dict[str, Any]]:
+        """``{range id: {"status", "error", "dialog"}}`` of one job as the server holds them. The key
+        is ``panda_id``: what the server's code reads (its docstring says ``job_id``)."""
+        what = f"get_event_range_statuses of job {job_id}"
+        ids = json.dumps([{"task_id": as_int(task_id), "panda_id": as_int(job_id)}])
+        content = (await self._http.get(f"{self.base_url}/api/v1/event/get_event_range_statuses",
+                                        [("job_task_ids", ids)], {"Accept": JSON}, what)).content
+        reply = _decode(what, content)
+        if not reply["success"]:
+            message = str(reply.get("message") or "")
+            raise ServerError(f"{what} refused: {message}", retryable=_retryable(message))
+        return statuses_from_reply(what, reply.get("data"), job_id)
 
     @staticmethod
     def _event_update_result(what: str, reply: dict[str, Any]) -> dict[str, Any]:
@@ -294,11 +298,3 @@ def _checked(what: str, reply: Any, content: bytes) -> dict[str, Any]:
 
 def _decode(what: str, content: bytes) -> dict[str, Any]:
     return _checked(what, parse_json_object(what, content), content)
-
-
-def _decode_text(what: str, content: bytes) -> dict[str, Any]:
-    """A reply to a request without Accept: application/json: JSON, or Python's str() of it."""
-    try:
-        return _decode(what, content)
-    except ServerError:
-        return _checked(what, parse_python_literal(what, content), content)

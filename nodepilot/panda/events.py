@@ -10,6 +10,9 @@ from nodepilot.panda.errors import ServerError
 from nodepilot.panda.http import decode_value
 
 EVENT_STATUSES = ("running", "transferring", "finished", "failed", "fatal")
+# what a range may be at the server (get_event_range_statuses); "sent" and "running": handed out, not settled
+SERVER_STATUSES = ("ready", "sent", "running", "finished", "cancelled", "discarded", "done", "failed", "fatal",
+                   "merged", "corrupted")
 
 
 def ranges_from_reply(what: str, value: Any) -> list[dict[str, Any]]:
@@ -56,3 +59,14 @@ def update_reply(what: str, data: Any) -> dict[str, Any]:
         raise ServerError(f"{what}: reply data is {type(data).__name__}, not an object", retryable=True)
     commands = data["Commands"] if "Commands" in data else data.get("Command")
     return {"Returns": decode_value(data.get("Returns")), "Commands": decode_value(commands)}
+
+
+def statuses_from_reply(what: str, data: Any, job_id: int) -> dict[str, dict[str, Any]]:
+    """One job's ``{range id: {"status", "error", "dialog"}}`` from ``{"<PandaID>": {...}}``."""
+    data = decode_value(data)
+    if not isinstance(data, dict):
+        raise ServerError(f"{what}: reply data is {type(data).__name__}, not an object", retryable=True)
+    ranges = data.get(str(job_id), data.get(job_id, {}))  # type: ignore[call-overload]
+    if not isinstance(ranges, dict) or not all(isinstance(v, dict) for v in ranges.values()):
+        raise ServerError(f"{what}: statuses are not an object of objects: {str(ranges)[:200]!r}", retryable=True)
+    return {str(rid): value for rid, value in ranges.items()}

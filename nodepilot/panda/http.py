@@ -11,6 +11,7 @@ import random
 import ssl
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlencode
 
 import httpx
 
@@ -71,14 +72,6 @@ def parse_json_object(what: str, content: bytes) -> dict[str, Any]:
     return reply
 
 
-def parse_python_literal(what: str, content: bytes) -> Any:
-    """The text reply of the new API without Accept: application/json is Python's str() of it."""
-    try:
-        return ast.literal_eval(content.decode("utf-8"))
-    except (ValueError, SyntaxError, TypeError, UnicodeDecodeError, MemoryError, RecursionError):
-        raise ServerError(f"{what}: text reply is not readable: {snippet(content)!r}", retryable=True) from None
-
-
 def _retry_after(value: str) -> float:
     return float(value) if value.isdigit() else 0.0
 
@@ -119,9 +112,17 @@ class PandaHttp:
                    retry_500: bool = True) -> Reply:
         """POST with bounded retries on connection trouble, time-outs, 5xx and 429. A 2xx reply is
         returned; anything else raises ServerError (HttpStatusError for an HTTP status)."""
+        return await self._request("POST", url, payload, headers, what, retry_500)
+
+    async def get(self, url: str, params: list[tuple[str, str]], headers: dict[str, str], what: str) -> Reply:
+        """GET with URL-encoded parameters (lists as repeated keys), retried as a POST is."""
+        return await self._request("GET", f"{url}?{urlencode(params)}" if params else url, b"", headers, what, True)
+
+    async def _request(self, method: str, url: str, payload: bytes, headers: dict[str, str], what: str,
+                       retry_500: bool) -> Reply:
         for attempt in range(self.retries + 1):
             creds = current_credentials(self.ca_file)
-            outcome, retry_after = await self._attempt(url, payload, headers, what, creds, retry_500)
+            outcome, retry_after = await self._attempt(method, url, payload, headers, what, creds, retry_500)
             if isinstance(outcome, Reply):
                 return outcome
             error = outcome
@@ -132,12 +133,12 @@ class PandaHttp:
             await asyncio.sleep(delay)
         raise AssertionError("unreachable")
 
-    async def _attempt(self, url: str, payload: bytes, headers: dict[str, str], what: str, creds: Credentials,
-                       retry_500: bool) -> tuple[Reply | ServerError, float]:
+    async def _attempt(self, method: str, url: str, payload: bytes, headers: dict[str, str], what: str,
+                       creds: Credentials, retry_500: bool) -> tuple[Reply | ServerError, float]:
         try:
             client = await self._client(creds)
             async with asyncio.timeout(self.timeout):
-                reply = await self._send(client, url, payload, {**headers, **creds.headers()})
+                reply = await self._send(client, method, url, payload, {**headers, **creds.headers()})
         except ServerError as exc:
             return exc, 0.0
         except httpx.UnsupportedProtocol as exc:
@@ -150,8 +151,9 @@ class PandaHttp:
             return reply, 0.0
         return self._status_error(what, reply, creds, retry_500), _retry_after(reply.headers.get("retry-after", ""))
 
-    async def _send(self, client: httpx.AsyncClient, url: str, payload: bytes, headers: dict[str, str]) -> Reply:
-        async with client.stream("POST", url, content=payload, headers=headers) as resp:
+    async def _send(self, client: httpx.AsyncClient, method: str, url: str, payload: bytes,
+                    headers: dict[str, str]) -> Reply:
+        async with client.stream(method, url, content=payload or None, headers=headers) as resp:
             length = resp.headers.get("content-length", "")
             if length.isdigit() and int(length) > MAX_REPLY_BYTES:
                 raise ServerError(f"reply of {length} bytes is larger than {MAX_REPLY_BYTES} bytes")

@@ -35,6 +35,7 @@ class StartRequest:
     finish_timeout_s: float = DEFAULT_FINISH_TIMEOUT_S
     zip_outputs: int = 0  # 0: each output staged on its own; K: zips of up to K outputs
     zip_seconds: float = DEFAULT_ZIP_SECONDS  # a zip goes out this long after its first output, even if short
+    objstore_id: int | None = None  # the es_events endpoint's numeric id, named in every range report
 
     @classmethod
     def parse(cls, job_id: int, m: dict[str, Any]) -> StartRequest:
@@ -55,6 +56,7 @@ class StartRequest:
                 finish_timeout_s=max(0.0, float(m.get("finish_timeout_s") or DEFAULT_FINISH_TIMEOUT_S)),
                 zip_outputs=max(0, int(m.get("zip_outputs") or 0)),
                 zip_seconds=max(0.0, float(m.get("zip_seconds") or DEFAULT_ZIP_SECONDS)),
+                objstore_id=None if m.get("objstore_id") in (None, "") else int(m["objstore_id"]),
             )
         except (TypeError, ValueError) as exc:
             raise BadRequest(f"malformed number: {exc}") from None

@@ -2,7 +2,8 @@
 
 Life of a range: ``ready`` (held, not handed out) -> ``running`` (handed to the payload) ->
 ``done`` (output given, upload in flight) | ``failed`` -> ``staged`` | ``stage_failed`` ->
-``reported`` (``result``: finished | failed; ``sent`` once the source took the report). Every
+``reported`` (``result``: finished | failed; ``sent`` once the source holds the status,
+``refused`` when it did not take it within the reporter's budget). Every
 change is saved before anything acts on it,
 so a restarted eventclient rebuilds the same picture from ``eventclient:job:<id>:ranges``
 (field = range id, value = the record as JSON). Job-level facts (the start request, the source
@@ -55,7 +56,9 @@ class RangeRecord:
     zip: str = ""  # the zip the output went into (zipped batches), else ""
     file: dict[str, Any] | None = None  # the stager's report of the staged file (the output or its zip)
     result: str = ""  # finished | failed, once reported
-    sent: bool = False  # the report was taken by the source (a restart sends the others again)
+    sent: bool = False  # the source took the report and holds the status (a restart sends the others again)
+    sends: int = 0  # reports of this range the source answered without taking it (bounded: reporter.SEND_BUDGET)
+    refused: bool = False  # given up: the source did not take the report within the budget
     before_report: str = ""  # the state to go back to when a report could not be sent
     unprocessed: bool = False  # still held when the job ended: failed without the payload's word
     changed: float = field(default_factory=time.time)

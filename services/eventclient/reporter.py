@@ -2,12 +2,14 @@
 after the first one waits, whichever comes first (a timer woken by changes, not a poll).
 
 Staged outputs go as version 1, one zipFile record per staged file (a range's own output, or a zip
-with all the ranges in it), eventStatus ``finished``; payload failures and failed uploads as
-version 0 (eventStatus ``failed`` with an errorCode). A range is saved as ``reported`` (not yet
-``sent``) before its report goes out and as ``sent`` once the source took it: a failed send puts
-the ranges back for the next batch, and a restart sends again those never confirmed (at least
-once: a crash within the few milliseconds between the source taking a report and our saving that
-it did sends that report twice; PanDA takes a repeated identical status as a no-op).
+with all the ranges in it), eventStatus ``finished``, with the ``objstoreID`` of the endpoint they
+went to; payload failures and failed uploads as version 0 (eventStatus ``failed`` with an
+errorCode). A range is saved as ``reported`` before its report goes out and as ``sent`` once the
+source holds it (settle.py): a range the source answered ``false``, or reported in a call whose
+outcome is unknown, is looked up at the source and only what it does not hold goes again, at most
+``SEND_BUDGET`` times; then the range is ``refused`` (counted as not reported, never as done). A
+source that cannot be reached keeps the ranges for the next batch; a restart sends again those
+never confirmed (PanDA takes a repeated identical status as a no-op).
 """
 
 from __future__ import annotations
@@ -18,26 +20,29 @@ from typing import Any
 
 from nodepilot.errors import ErrorCode
 from services.eventclient.ranges import REPORTABLE, RangeRecord, RangeStore
+from services.eventclient.settle import Verdict, answered, range_ids, verdict
 from services.eventclient.sources import RangeSource
 
 log = logging.getLogger(__name__)
 
 FINAL_ATTEMPTS = 3
+SEND_BUDGET = 3  # answers without the source taking a range's report, before it is given up
 
 
-def zip_records(staged: list[RangeRecord]) -> list[dict[str, Any]]:
-    """Version 1 records (PANDA_PROTOCOL.md section 4): one per staged file with every range in it."""
+def zip_records(staged: list[RangeRecord], objstore_id: int | None = None) -> list[dict[str, Any]]:
+    """Version 1 records (docs/protocol.md "Event ranges"): one per staged file with every range in it."""
     files: dict[str, list[RangeRecord]] = {}
     for rec in staged:
         files.setdefault(rec.zip or rec.id, []).append(rec)
+    where = {} if objstore_id is None else {"objstoreID": objstore_id}
     records = []
     for members in files.values():
         file = members[0].file or {}
         records.append({
             "zipFile": {"lfn": members[0].staged_as, "fsize": file.get("fsize"),
                         "adler32": str(file.get("checksum") or "").removeprefix("ad:"),
-                        "numEvents": sum(rec.num_events for rec in members)},
-            "eventRanges": [{"eventRangeID": rec.id, "eventStatus": "finished"} for rec in members],
+                        "numEvents": sum(rec.num_events for rec in members), **where},
+            "eventRanges": [{"eventRangeID": rec.id, "eventStatus": "finished", **where} for rec in members],
         })
     return records
 
@@ -49,16 +54,18 @@ def failed_record(rec: RangeRecord) -> dict[str, Any]:
 
 def unsent(store: RangeStore) -> list[RangeRecord]:
     """Ranges whose report was never confirmed (a crash while sending), back to be reported again."""
-    back = [rec for rec in store.in_state("reported") if not rec.sent]
+    back = [rec for rec in store.in_state("reported") if not rec.sent and not rec.refused]
     for rec in back:
         store.set_state(rec, rec.before_report or "failed", result="", before_report="")
     return back
 
 
 class Reporter:
-    def __init__(self, store: RangeStore, source: RangeSource, batch: int, interval_s: float) -> None:
+    def __init__(self, store: RangeStore, source: RangeSource, batch: int, interval_s: float,
+                 objstore_id: int | None = None) -> None:
         self.store, self.source = store, source
         self.batch, self.interval_s = max(1, batch), max(0.0, interval_s)
+        self.objstore_id = objstore_id
         self.failures = 0
         self._flushing = asyncio.Lock()  # one flush at a time: the final one waits for a running one
 
@@ -76,7 +83,7 @@ class Reporter:
                 await asyncio.sleep(self.interval_s or 1.0)  # the source is in trouble: not at once again
 
     async def flush(self) -> bool:
-        """Report every reportable range now; True if everything went through."""
+        """Report every reportable range now; True if the source settled everything."""
         async with self._flushing:
             return await self._flush()
 
@@ -90,34 +97,79 @@ class Reporter:
             await self.store.save(*staged, *failed)
         ok = True
         if staged:
-            ok &= await self._send(zip_records(staged), 1, staged)
+            ok &= await self._send(zip_records(staged, self.objstore_id), 1, staged)
         if failed:
             ok &= await self._send([failed_record(r) for r in failed], 0, failed)
         return ok
 
     async def flush_final(self) -> bool:
-        """The last reports of a job: a few attempts, bounded."""
+        """The last reports of a job, then a look at what the source holds of every reported range
+        (a report it took but did not apply goes again): a few attempts, bounded."""
         for attempt in range(FINAL_ATTEMPTS):
-            if await self.flush():
+            if await self.flush() and await self._confirm_all():
                 return True
             if attempt + 1 < FINAL_ATTEMPTS:
                 await asyncio.sleep(2.0 ** attempt)
         return False
 
     async def _send(self, payload: list[dict[str, Any]], version: int, records: list[RangeRecord]) -> bool:
+        ids = range_ids(payload, version)
         try:
-            await self.source.report(payload, version)
+            answers = {rid: ok is not False for rid, ok in answered(ids, await self.source.report(payload, version)
+                                                                    ).items()}
+            reached = True
         except Exception as exc:
             self.failures += 1
-            log.warning("job %s: report of %d ranges (version %d) failed, kept for the next batch: %r",
+            log.warning("job %s: report of %d ranges (version %d) failed, its outcome is looked up: %r",
                         self.store.job_id, len(records), version, exc)
-            async with self.store.lock:
-                for rec in records:
-                    self.store.set_state(rec, rec.before_report, result="", before_report="")
-                await self.store.save(*records)
-            return False
+            answers, reached = dict.fromkeys(ids, False), False
+        doubtful = [rec for rec in records if not answers.get(rec.id)]
+        verdicts = await self._look_up(doubtful, counted=reached) if doubtful else {}
+        return await self._settle(records, answers, verdicts)
+
+    async def _look_up(self, records: list[RangeRecord], counted: bool) -> dict[str, Verdict] | None:
+        """What the source holds of these ranges; None: it cannot tell now (unreachable). A source that
+        cannot look ranges up at all: MISSING for each when it answered (``counted``), else None."""
+        try:
+            held = await self.source.statuses([rec.id for rec in records])
+        except Exception as exc:
+            log.warning("job %s: the source's event range statuses are unavailable: %r", self.store.job_id, exc)
+            return None
+        if held is None:
+            return {rec.id: Verdict.MISSING for rec in records} if counted else None
+        return {rec.id: verdict(rec.result, held.get(rec.id)) for rec in records}
+
+    async def _settle(self, records: list[RangeRecord], answers: dict[str, bool],
+                      verdicts: dict[str, Verdict] | None) -> bool:
+        back, refused = [], []
         async with self.store.lock:
             for rec in records:
-                rec.sent = True
+                outcome = Verdict.HELD if answers.get(rec.id) else (verdicts or {}).get(rec.id)
+                if outcome is Verdict.HELD:
+                    rec.sent = True
+                    continue
+                if outcome is not None:  # the source answered without holding it: one of the budget
+                    rec.sends += 1
+                if outcome is Verdict.REFUSED or rec.sends >= SEND_BUDGET:
+                    rec.sent, rec.refused = False, True
+                    refused.append(rec)
+                else:
+                    self.store.set_state(rec, rec.before_report, result="", before_report="")
+                    back.append(rec)
             await self.store.save(*records)
-        return True
+        if refused:
+            log.warning("job %s: the source did not take the report of %d ranges: %s", self.store.job_id,
+                        len(refused), ", ".join(rec.id for rec in refused[:10]))
+        return not back
+
+    async def _confirm_all(self) -> bool:
+        """Every range reported as taken is looked up once more; False if some went back to be sent."""
+        taken = [rec for rec in self.store.in_state("reported") if rec.sent]
+        verdicts = await self._look_up(taken, counted=False) if taken else None
+        if not verdicts or all(v is Verdict.HELD for v in verdicts.values()):
+            return True
+        log.warning("job %s: the source does not hold %d reported ranges: reporting them again", self.store.job_id,
+                    sum(v is not Verdict.HELD for v in verdicts.values()))
+        for rec in taken:
+            rec.sent = verdicts[rec.id] is Verdict.HELD
+        return await self._settle(taken, {rec.id: rec.sent for rec in taken}, verdicts) and not self.pending()

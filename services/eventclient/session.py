@@ -120,10 +120,13 @@ class JobSession:
         await self.store.set_meta(start=meta.get("start") or json.dumps(s.to_message()),
                                   started=str(self.started), events_last=self._position)
         s.workdir.mkdir(parents=True, exist_ok=True)
+        if s.objstore_id is None and not s.ranges_file:
+            raise ValueError("no objstoreID for the event range reports (the PanDA server refuses them without): "
+                             "the queue's es_events endpoint has no id and es.objstore_id is not set")
         self.source = make_source(self.config, s.job_id, s.jobset_id, s.task_id, s.ranges_file, s.report_file,
                                   s.workdir)
         self.fetcher.source = self.source
-        self.reporter = Reporter(self.store, self.source, s.report_batch, s.report_interval_s)
+        self.reporter = Reporter(self.store, self.source, s.report_batch, s.report_interval_s, s.objstore_id)
         reporter = self.reporter
         self._tasks = [
             asyncio.create_task(self._keep_running("the stager's answers", lambda: self.stageout.follow(
@@ -320,22 +323,28 @@ class JobSession:
             await self.store.save(*held, *stuck)
 
     def _summary(self, reported: bool) -> dict[str, Any]:
+        """Only what the source took counts: a finished range whose report it did not take is not done."""
         records = self.store.in_state(*STATES)
-        finished = [r for r in records if r.result == "finished" or (not reported and r.state == "staged")]
+        finished = [r for r in records if r.result == "finished" and r.sent]
+        done_here = [r for r in records if r.state == "staged" or r.result == "finished"]
+        not_taken = [r for r in records if r.state in REPORTABLE or (r.state == "reported" and not r.sent)]
         n_failed = len(records) - len(finished)
         processed = sum(1 for r in records if not r.unprocessed)
-        unreported = self.store.count(*REPORTABLE)
         if processed == 0:
             code, diag = ErrorCode.ES_NO_EVENTS, f"no event range was processed ({len(records)} received)"
+        elif not finished and done_here:
+            code, diag = ErrorCode.ES_FATAL, f"the server took none of the {len(done_here)} finished event ranges"
         elif not finished:
             code, diag = ErrorCode.ES_FATAL, f"all {len(records)} event ranges failed"
         else:
             code, diag = 0, f"{len(records)} event ranges: {len(finished)} finished, {n_failed} failed"
-        if unreported:
-            diag += f"; {unreported} ranges could not be reported to the source"
+        if not_taken:
+            diag += f"; the server did not take the report of {len(not_taken)} ranges"
+            if not reported:
+                diag += " (it could not be reached)"
         files = {r.staged_as: r.file for r in finished if r.file}  # a zip once
         return summary(len(records), len(finished), n_failed, sum(r.num_events for r in finished), code, diag,
-                       list(files.values()), unreported)
+                       list(files.values()), len(not_taken))
 
     async def _stop_tasks(self) -> None:
         ahead = self.fetcher.stop()

@@ -24,14 +24,19 @@ class RangeSource(Protocol):
     async def acquire(self, n: int) -> list[dict[str, Any]]:
         """Up to ``n`` new ranges; [] when the source has no more."""
 
-    async def report(self, ranges: list[dict[str, Any]], version: int) -> None:
-        """Deliver one status update (version 1: zipFile records, 0: single ranges); raise on failure."""
+    async def report(self, ranges: list[dict[str, Any]], version: int) -> list[Any] | None:
+        """Deliver one status update (version 1: zipFile records, 0: single ranges); raise on failure.
+        Returns the source's answer per range (``Returns``), or None when it gives none."""
+
+    async def statuses(self, range_ids: list[str]) -> dict[str, dict[str, Any]] | None:
+        """What the source holds of these ranges (``{id: {"status", ...}}``; a range it does not know
+        is absent); None when this source cannot tell. Raises when it cannot be asked now."""
 
     async def aclose(self) -> None: ...
 
 
 class EventRangeClient(Protocol):
-    """The two event-range calls of ``nodepilot.panda.client.ServerClient``."""
+    """The event-range calls of ``nodepilot.panda.client.ServerClient``."""
 
     async def acquire_event_ranges(self, job_id: int, jobset_id: int, task_id: int | None,
                                    n_ranges: int) -> list[dict[str, Any]]: ...
@@ -41,6 +46,10 @@ class EventRangeClient(Protocol):
     async def aclose(self) -> None: ...
 
 
+class EventStatusClient(Protocol):
+    async def get_event_range_statuses(self, job_id: int, task_id: int) -> dict[str, dict[str, Any]]: ...
+
+
 class ServerRangeSource:
     def __init__(self, client: EventRangeClient, job_id: int, jobset_id: int, task_id: int | None) -> None:
         self.client, self.job_id, self.jobset_id, self.task_id = client, job_id, jobset_id, task_id
@@ -48,13 +57,22 @@ class ServerRangeSource:
     async def acquire(self, n: int) -> list[dict[str, Any]]:
         return list(await self.client.acquire_event_ranges(self.job_id, self.jobset_id, self.task_id, n) or [])
 
-    async def report(self, ranges: list[dict[str, Any]], version: int) -> None:
+    async def report(self, ranges: list[dict[str, Any]], version: int) -> list[Any] | None:
         reply = await self.client.update_event_ranges(ranges, version=version)
         returns = reply.get("Returns") if isinstance(reply, dict) else None
         if isinstance(returns, list) and not all(returns):
-            # refused per range (unknown or closed already): sending it again would not help
-            log.warning("job %s: the server did not accept every range of a version %d update: %.300r",
+            log.warning("job %s: the server did not take every range of a version %d update: %.300r",
                         self.job_id, version, returns)
+        return returns if isinstance(returns, list) else None
+
+    async def statuses(self, range_ids: list[str]) -> dict[str, dict[str, Any]] | None:
+        lookup = getattr(self.client, "get_event_range_statuses", None)
+        if lookup is None or not range_ids:
+            return None
+        task_id = self.task_id if self.task_id is not None else int(range_ids[0].split("-", 1)[0])
+        status_client: EventStatusClient = self.client  # type: ignore[assignment]
+        held = await status_client.get_event_range_statuses(self.job_id, task_id)
+        return {rid: held[rid] for rid in range_ids if rid in held}
 
     async def aclose(self) -> None:
         await self.client.aclose()
@@ -84,18 +102,26 @@ class FileRangeSource:
             raise ValueError(f"{self.ranges_file}: expected a JSON list of event ranges")
         return data
 
-    async def report(self, ranges: list[dict[str, Any]], version: int) -> None:
+    async def statuses(self, range_ids: list[str]) -> dict[str, dict[str, Any]] | None:
+        """The last status the report file holds for each range."""
+        if self._reported is None:
+            self._reported = await asyncio.to_thread(self._load_reported)
+        held = {rid: {"status": status} for rid, status in self._reported}
+        return {rid: held[rid] for rid in range_ids if rid in held}
+
+    async def report(self, ranges: list[dict[str, Any]], version: int) -> list[Any] | None:
         """Appended to the report file; a report repeated after a crash (reporting is at least once) is
         dropped, as the PanDA server ignores an identical repeated status."""
         if self._reported is None:
             self._reported = await asyncio.to_thread(self._load_reported)
         fresh = [r for r in (self._unreported(record) for record in ranges) if r is not None]
         if not fresh:
-            return
+            return None
         line = json.dumps({"time": time.time(), "version": version, "eventRanges": fresh}) + "\n"
         await asyncio.to_thread(self._append, line)
         for record in fresh:
             self._reported.update(_keys(record))
+        return None
 
     def _unreported(self, record: dict[str, Any]) -> dict[str, Any] | None:
         assert self._reported is not None

@@ -286,7 +286,8 @@ class JobRun:
             if self.payload and (self.job.outputs or self.job.log is not None):  # the payload ran
                 await self.set_state("transferring")
                 await self.outbox.put(self.update_fields(final=False))
-            if (not self.result.pilot_error_code or self.partial) and self.job.outputs:
+            # an event-service job's outputs went out range by range; its declared (merged) outputs are the merge job's
+            if (not self.result.pilot_error_code or self.partial) and self.job.outputs and not self.job.event_service:
                 await self.stage_out()
             if self.job.log is not None:
                 await self.stage_log()
@@ -350,7 +351,7 @@ class JobRun:
             "action": "start", "job_id": job.panda_id, "request_id": start_id, "workdir": str(self.workdir),
             "jobset_id": job.jobset_id or 0, "task_id": job.task_id, "batch": ES_BATCH,
             **{k: v for k, v in self.config.queuedata.es.items() if k in ("batch", "zip_outputs", "zip_seconds")},
-            "endpoints": self._endpoints("es_events"),
+            "endpoints": self._endpoints("es_events"), "objstore_id": self._objstore_id(),
             "scope_out": job.outputs[0].scope if job.outputs else (job.log.scope if job.log else ""),
             "ranges_file": self.config.ranges_file or None,
             "report_file": str(self.workdir.parent / f"ranges-{job.panda_id}.jsonl") if self.config.ranges_file
@@ -375,6 +376,14 @@ class JobRun:
                  done.get("failed"))
         if done.get("error_code"):
             self.result.fail(done["error_code"], done.get("diag") or "event service failed")
+        elif done.get("unreported"):  # finished, and the diag says how many ranges the server did not take
+            self.result.pilot_error_diag = clip_diag(done.get("diag") or "")
+
+    def _objstore_id(self) -> int | None:
+        """The numeric id of the endpoint event-service outputs go to (the server's objstoreID)."""
+        ids = [e.id for e in self.config.queuedata.endpoints_for("es_events") if e.id is not None]
+        configured = self.config.queuedata.es.get("objstore_id")
+        return ids[0] if ids else None if configured in (None, "") else int(configured)
 
     async def softkill(self) -> None:
         """Event service: let the payload finish the ranges in hand, then stop."""

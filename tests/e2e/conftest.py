@@ -30,10 +30,10 @@ class JobServer:
         return {int(j["PandaID"]): j for j in reply.json()}
 
 
-def start_job_server(jobs_dir: Path, base: Path) -> JobServer:
+def start_job_server(jobs_dir: Path, base: Path, *options: str) -> JobServer:
     port_file = base / "server.port"
     proc = subprocess.Popen([*NODEPILOT, "serve", "--jobs", str(jobs_dir), "--db", str(base / "server.sqlite"),
-                             "--port-file", str(port_file)])
+                             "--port-file", str(port_file), *options])
     deadline = time.monotonic() + 30
     while not (port_file.exists() and port_file.read_text().strip()):
         if proc.poll() is not None or time.monotonic() > deadline:
@@ -77,7 +77,7 @@ def add_jobs(site: Path, *jobs: dict | Path) -> None:
 
 def write_queuedata(site: Path, **fields: object) -> str:
     """``<site>/queuedata.json``: the site's SE for every activity, plus ``fields``; returns its path."""
-    eps = [{"name": "LOCAL_SE", "url": (site / "se").resolve().as_uri()}]
+    eps = [{"name": "LOCAL_SE", "url": (site / "se").resolve().as_uri(), "id": 1}]
     data = {"name": "LOCAL_TEST", "site": "LOCAL_TEST",
             "endpoints": {a: eps for a in ("read_lan", "write_lan", "pl", "es_events")}, **fields}
     path = site / "queuedata.json"

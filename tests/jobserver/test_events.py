@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
-from nodepilot.jobserver.api import EventApi
+from nodepilot.jobserver.events import EventApi
 from nodepilot.panda.api_v1 import ApiV1Client
 from nodepilot.panda.legacy import LegacyClient
 from tests.panda.serving import Server, serving, write_jobs
@@ -92,9 +92,51 @@ def test_updates_answer_per_range(server: Server):
 def test_version_1_groups_ranges_per_zip_file(server: Server):
     server.call("acquire_jobs", {"site_name": "Q"})
     acquire(server, 2)
-    update = [{"zipFile": {"lfn": "z.zip", "fsize": 10, "adler32": "0000000a", "numEvents": 20},
+    update = [{"zipFile": {"lfn": "z.zip", "fsize": 10, "adler32": "0000000a", "numEvents": 20, "objstoreID": 7},
                "eventRanges": [status(r["eventRangeID"], "finished") for r in RANGES[:2]]}]
     assert report(server, update, version=1)["data"] == {"Returns": [True, True], "Commands": {"4242": None}}
+
+
+def test_a_zip_record_without_objstore_id_is_refused_as_the_real_server_does(server: Server):
+    server.call("acquire_jobs", {"site_name": "Q"})
+    acquire(server, 3)
+    update = [{"zipFile": {"lfn": "a.zip", "fsize": 10, "adler32": "0000000a", "numEvents": 20},
+               "eventRanges": [status(r["eventRangeID"], "finished") for r in RANGES[:2]]},
+              {"zipFile": {"lfn": "b.zip", "fsize": 10, "adler32": "0000000b", "numEvents": 10, "objstoreID": 7},
+               "eventRanges": [status(RANGES[2]["eventRangeID"], "finished")]}]
+    assert report(server, update, version=1)["data"]["Returns"] == [False, False, True]
+    assert [r["status"] for r in server.ranges(4242)[:3]] == ["running", "running", "finished"]
+
+
+def statuses(server: Server, pairs: Any) -> httpx.Response:
+    return httpx.get(f"{server.url}/api/v1/event/get_event_range_statuses", params={"job_task_ids": json.dumps(pairs)},
+                     headers={"Accept": "application/json"}, timeout=10)
+
+
+def test_event_range_statuses_in_the_real_shape(server: Server):
+    server.call("acquire_jobs", {"site_name": "Q"})
+    acquire(server, 2)
+    report(server, [status(RANGES[0]["eventRangeID"], "finished")])
+    reply = statuses(server, [{"task_id": 33, "panda_id": 4242}])
+    assert reply.status_code == 200 and reply.json()["success"] is True
+    held = reply.json()["data"]["4242"]
+    assert held[RANGES[0]["eventRangeID"]] == {"status": "finished", "error": None, "dialog": None}
+    assert held[RANGES[1]["eventRangeID"]]["status"] == "sent" and held[RANGES[2]["eventRangeID"]]["status"] == "ready"
+    # the documented key job_id fails in the real server's code: a database error
+    assert statuses(server, [{"task_id": 33, "job_id": 4242}]).json() == {
+        "success": False, "message": "database error in the PanDA server", "data": None}
+    # a POST is refused, as the real server's request_validation does
+    assert server.call("get_event_range_statuses", {"job_task_ids": "[]"}, module="event")["success"] is False
+
+
+def test_the_1_0_4_bug_commits_the_update_then_answers_500(tmp_path: Path):
+    with serving(write_jobs(tmp_path / "jobs", a=ES_JOB), tmp_path / "s.sqlite", "--event-update-500") as server:
+        server.call("acquire_jobs", {"site_name": "Q"})
+        acquire(server, 1)
+        reply = server.post("update_event_ranges", {"event_ranges": json.dumps([
+            status(RANGES[0]["eventRangeID"], "failed", errorCode=1224)]), "version": 0}, module="event")
+        assert reply.status_code == 500 and "set" in reply.text
+        assert server.ranges(4242)[0]["status"] == "failed"  # applied all the same
 
 
 def test_failed_ranges_are_handed_out_again_three_attempts_at_most(server: Server):
@@ -146,6 +188,7 @@ def test_the_signatures_are_those_of_the_real_server():
     expected = {
         "acquire_event_ranges": ["job_id", "jobset_id", "task_id", "n_ranges", "timeout", "scattered", "segment_id"],
         "update_event_ranges": ["event_ranges", "timeout", "version"],
+        "get_event_range_statuses": ["job_task_ids"],
     }
     for name, params in expected.items():
         assert list(inspect.signature(getattr(EventApi, name)).parameters)[1:] == params
@@ -177,7 +220,8 @@ def test_an_event_service_pilot(server: Server, make: ClientFactory):
                                                              int(job["taskID"]), 2):
                 ranges += batch
                 assert len(ranges) <= len(RANGES), "ranges handed out twice"
-            zipped = [{"zipFile": {"lfn": "z.zip", "fsize": 10, "adler32": "0000000a", "numEvents": 40},
+            zip_file = {"lfn": "z.zip", "fsize": 10, "adler32": "0000000a", "numEvents": 40, "objstoreID": 7}
+            zipped = [{"zipFile": zip_file,
                        "eventRanges": [status(r["eventRangeID"], "finished") for r in ranges[:4]]}]
             done = await client.update_event_ranges(zipped)
             failed = await client.update_event_ranges([status(ranges[4]["eventRangeID"], "failed", errorCode=1224)],

@@ -35,7 +35,7 @@ GROWING_PAYLOAD = (
 def queuedata(base: Path, se: Path, **extra: Any) -> Path:
     """A queue on a local SE, sampling the payload every 0.2 s."""
     url = se.resolve().as_uri()
-    endpoints = {a: [{"name": "LOCAL_SE", "url": url}] for a in ("read_lan", "write_lan", "pl", "es_events")}
+    endpoints = {a: [{"name": "LOCAL_SE", "url": url, "id": 1}] for a in ("read_lan", "write_lan", "pl", "es_events")}
     data = {"name": "OPS_TEST", "site": "OPS_TEST", "endpoints": endpoints, "watchdog": {"sample_interval_s": 0.2},
             **extra}
     path = base / "queue.json"
