@@ -129,6 +129,7 @@ class Frontend(Service):
         self.methods: dict[str, Callable[..., Awaitable[Any]]] = {
             "acquire_job": self.acquire_job, "update_job": self.update_job,
             "acquire_event_ranges": self.acquire_event_ranges, "update_event_ranges": self.update_event_ranges,
+            "get_event_range_statuses": self.get_event_range_statuses,
             "update_worker_status": self.update_worker_status, "update_worker_node": self.update_worker_node,
             "update_worker_node_gpu": self.update_worker_node_gpu,
         }
@@ -295,6 +296,13 @@ class Frontend(Service):
     async def update_event_ranges(self, _worker: str, _request_id: str, ranges: list[dict[str, Any]],
                                   version: int = 1) -> dict[str, Any]:
         return await self.client.update_event_ranges(ranges, version)
+
+    async def get_event_range_statuses(self, _worker: str, _request_id: str, job_id: int,
+                                       task_id: int) -> dict[str, dict[str, Any]]:
+        lookup = getattr(self.client, "get_event_range_statuses", None)
+        if lookup is None:  # a dialect without the call: the worker cannot look ranges up
+            raise ServerError(f"{type(self.client).__name__} cannot look event ranges up")
+        return await lookup(job_id, task_id)
 
     async def update_worker_status(self, _worker: str, _request_id: str, worker_id: str, harvester_id: str,
                                    status: str, node_id: str | None = None) -> None:

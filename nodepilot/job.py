@@ -308,3 +308,18 @@ def parse_job(d: Any) -> Job:
         allow_no_output=[x for x in _list(d, "allowNoOutput") if x],
         raw=dict(d),
     )
+
+
+def log_only_job(d: Any, exc: JobDefinitionError) -> Job | None:
+    """What a broken definition still allows: a job that only stages its log out (with the pilot's
+    diag in it), so that the failure is reported with its log as the server expects. None when the
+    definition names no job id or no usable log file."""
+    if exc.panda_id is None or not isinstance(d, dict):
+        return None
+    lfn = _text(d, "logFile")
+    try:
+        check_lfn(lfn)
+    except JobDefinitionError:
+        return None
+    return Job(panda_id=exc.panda_id, attempt_nr=exc.attempt_nr,
+               log=FileSpec(lfn=lfn, scope=_text(d, "scopeLog"), guid=_text(d, "logGUID")), raw=dict(d))

@@ -138,6 +138,13 @@ class RelayClient(ServerClient):
         value = await self._call("update_event_ranges", {"ranges": ranges, "version": version})
         return value if isinstance(value, dict) else {"Returns": None, "Commands": None}
 
+    async def get_event_range_statuses(self, job_id: int, task_id: int) -> dict[str, dict[str, Any]]:
+        value = await self._call("get_event_range_statuses", {"job_id": job_id, "task_id": task_id})
+        if not isinstance(value, dict):
+            raise ServerError(f"get_event_range_statuses (through the front-end): not an object: {str(value)[:200]!r}",
+                              retryable=True)
+        return value
+
     async def update_worker_status(self, worker_id: str, harvester_id: str, status: str,
                                    node_id: str | None = None) -> None:
         await self._call("update_worker_status", {"worker_id": worker_id, "harvester_id": harvester_id,

@@ -23,7 +23,7 @@ from nodepilot import bus, exitcodes
 from nodepilot.config import PilotConfig
 from nodepilot.errors import ErrorCode, clip_diag
 from nodepilot.gpu import gpu_inventory
-from nodepilot.job import JobDefinitionError, parse_job
+from nodepilot.job import JobDefinitionError, log_only_job, parse_job
 from nodepilot.outbox import DeliveryAbandoned, Outbox
 from nodepilot.panda.client import ServerClient, UpdateReply
 from nodepilot.panda.connect import make_client
@@ -36,6 +36,8 @@ from services.monitor.resume import previous_jobs
 from services.monitor.timebudget import TimeBudget
 
 log = logging.getLogger(__name__)
+
+PILOT_DIAG_FILE = "pilot_diag.txt"  # in a rejected job's log: why the pilot could not run it
 
 ACQUIRE_ATTEMPTS = 5
 WORKER_REPORT_S = 10.0
@@ -270,7 +272,16 @@ class Pilot:
         self.record(asdict(result))
 
     async def reject(self, exc: JobDefinitionError, raw: Any) -> None:
+        """A broken definition fails at once; its log, when it names one, is staged out and reported."""
         log.error("%s", exc.diag)
+        salvage = log_only_job(raw, exc)
+        if salvage is not None:
+            run = jobrun.JobRun(salvage, self.config, self.r, self.outbox, 0.0, 0.0, self.budget)
+            run.result.fail(exc.code, exc.diag)
+            await asyncio.to_thread(write_pilot_diag, run.workdir, exc.diag)
+            self.running[salvage.panda_id] = run
+            await self.run_job(run)
+            return
         if exc.panda_id is None:
             self.record({"panda_id": None, "state": "rejected", "pilot_error_code": exc.code,
                          "pilot_error_diag": exc.diag, "final_delivered": True})
@@ -296,3 +307,9 @@ class Pilot:
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(self.results + running, indent=1))
         tmp.replace(path)
+
+
+def write_pilot_diag(workdir: Path, diag: str) -> None:
+    """The pilot's word on a job that could not run, for its log tarball."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / PILOT_DIAG_FILE).write_text(diag + "\n")

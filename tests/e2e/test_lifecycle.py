@@ -92,6 +92,21 @@ def test_broken_definition_does_not_stop_the_next_job(site, job_server):
     assert final_update(jobs[3002])["job_status"] == "finished"
 
 
+def test_a_broken_definition_still_gets_its_log_with_the_pilots_diag(site, job_server):
+    add_jobs(site, {"PandaID": 3003, "attemptNr": 2, "transformation": "bash", "inFiles": "a.txt,b.txt",
+                    "fsize": "12", "outFiles": "l3003.tgz", "logFile": "l3003.tgz", "scopeLog": "demo.log"})
+    result = run_pilot(site, job_server.url)
+    assert result.returncode == 0, result.stderr[-3000:]
+    update = final_update(job_server.jobs()[3003])
+    assert update["job_status"] == "failed" and update["pilot_error_code"] == 1008, update
+    assert update["attempt_nr"] == 2
+    report = json.loads(update["job_output_report"])
+    assert list(report) == ["l3003.tgz"] and report["l3003.tgz"]["fsize"] > 0
+    with tarfile.open(se_path(site, "demo.log", "l3003.tgz")) as tar:
+        diag = next(m for m in tar.getmembers() if m.name.endswith("/pilot_diag.txt"))
+        assert b"fsize has 1 entries for 2 files" in tar.extractfile(diag).read()  # type: ignore[union-attr]
+
+
 def test_no_job_exits_zero(site, job_server):
     result = run_pilot(site, job_server.url)
     assert result.returncode == 0, result.stderr[-3000:]
