@@ -3,24 +3,20 @@ from the sessions' own bookkeeping (nothing on the ranges' path)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterable
 
 from prometheus_client.metrics_core import Metric
 
 from nodepilot.metrics import ScrapeCollector, gauge
 
-if TYPE_CHECKING:
-    from services.eventclient.service import EventClientService
 
+def collector(range_counts: Callable[[], dict[int, dict[str, int]]]) -> ScrapeCollector:
+    """``range_counts``: per job served now, its ranges by state."""
 
-def collector(service: EventClientService) -> ScrapeCollector:
     def produce() -> Iterable[Metric]:
-        samples: dict[tuple[str, ...], float] = {}
-        for job_id, session in list(service.sessions.items()):
-            for state, n in session.counts().items():
-                samples[(str(job_id), state)] = n
+        jobs = range_counts()
+        samples = {(str(job_id), state): float(n) for job_id, counts in jobs.items() for state, n in counts.items()}
         yield gauge("event_ranges", "Event ranges of the jobs served now, by state", ["job_id", "state"], samples)
-        yield gauge("event_service_jobs", "Event-service jobs served now", value=len(service.sessions))
+        yield gauge("event_service_jobs", "Event-service jobs served now", value=len(jobs))
 
     return ScrapeCollector(produce)

@@ -49,7 +49,8 @@ class EventClientService(Service):
         return {"jobs": {str(job_id): s.status() for job_id, s in self.sessions.items()}}
 
     def add_metrics(self, registry: Any) -> None:
-        registry.register(metrics.collector(self))
+        registry.register(metrics.collector(
+            lambda: {job_id: session.counts() for job_id, session in list(self.sessions.items())}))
 
     async def _consume(self) -> None:
         consumer = bus.Consumer(self.redis, bus.EVENTCLIENT_REQUESTS, self.name, self.name, self.handle,

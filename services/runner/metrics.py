@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING
 
 from prometheus_client.metrics_core import Metric
@@ -11,7 +11,6 @@ from nodepilot.metrics import ScrapeCollector, counter, gauge
 
 if TYPE_CHECKING:
     from services.runner.execute import Ended
-    from services.runner.service import RunnerService
 
 
 def exit_label(ended: Ended | None) -> str:
@@ -23,10 +22,12 @@ def exit_label(ended: Ended | None) -> str:
     return str(ended.exit_code) if ended.exit_code is not None else "none"
 
 
-def collector(runner: RunnerService) -> ScrapeCollector:
+def collector(running: Callable[[], int], exits: Mapping[str, int]) -> ScrapeCollector:
+    """``running``: payloads running now; ``exits``: payloads ended so far, by ``exit_label``."""
+
     def produce() -> Iterable[Metric]:
-        yield gauge("payloads_running", "Payloads running now", value=len(runner.payloads))
+        yield gauge("payloads_running", "Payloads running now", value=running())
         yield counter("payload_exits", "Payloads that ended, by exit code", ["code"],
-                      {(code,): n for code, n in runner.exits.items()})
+                      {(code,): n for code, n in list(exits.items())})
 
     return ScrapeCollector(produce)

@@ -105,7 +105,7 @@ class RunnerService(Service):
                 "isolation": self.isolation.status()}
 
     def add_metrics(self, registry: CollectorRegistry) -> None:
-        registry.register(metrics_collector(self))
+        registry.register(metrics_collector(lambda: len(self.payloads), self.exits))
 
     def add_routes(self, app: FastAPI) -> None:
         @app.post("/kill/{job_id}")

@@ -14,22 +14,32 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from nodepilot.config import Endpoint
 from nodepilot.errors import ErrorCode, clip_diag
 from nodepilot.job import FileSpec
+from services.stager.metrics import StagerMetrics
 from services.stager.movers.base import Mover, Reason, TransferError, mover_for
 from services.stager.paths import join_url
 from services.stager.request import FileResult, Request
 from services.stager.retry import backoff_delay
-from services.stager.traces import client_state
-
-if TYPE_CHECKING:
-    from services.stager.service import StagerService
+from services.stager.settings import StagerSettings
+from services.stager.traces import Traces, client_state
 
 log = logging.getLogger(__name__)
+
+
+class StagerParts(Protocol):
+    """What a transfer uses of the stager: its settings, the pilot-wide transfer slots, metrics,
+    traces and the set of transfers under way (the status view)."""
+
+    settings: StagerSettings
+    slots: asyncio.Semaphore
+    stats: StagerMetrics
+    traces: Traces
+    transfers: set[Transfer]
 
 IN_CODES = {
     Reason.MISSING: ErrorCode.STAGEIN_FAILED, Reason.SIZE: ErrorCode.STAGEIN_FAILED,
@@ -103,7 +113,7 @@ class FileWork:
         return self.request.direction
 
 
-async def over_endpoints(stager: StagerService, work: FileWork, attempt: Attempt) -> FileResult:
+async def over_endpoints(stager: StagerParts, work: FileWork, attempt: Attempt) -> FileResult:
     """Move one file: the first endpoint that succeeds wins."""
     codes = IN_CODES if work.direction == "in" else OUT_CODES
     result = FileResult(work.spec.lfn, guid=work.spec.guid)
@@ -158,7 +168,7 @@ def _retried(where: str, errors: list[TransferError]) -> str:
     return f"{where} succeeded at attempt {len(errors) + 1} after: {clip_diag(errors[-1].diag, PART_LIMIT)}"
 
 
-async def _on_endpoint(stager: StagerService, work: FileWork, endpoint: Endpoint, url: str, attempt: Attempt,
+async def _on_endpoint(stager: StagerParts, work: FileWork, endpoint: Endpoint, url: str, attempt: Attempt,
                        time_start: float) -> tuple[Moved | None, list[TransferError]]:
     """Up to ``attempts`` tries at one URL while errors are transient; the errors met on the way."""
     settings = stager.settings
@@ -183,7 +193,7 @@ async def _on_endpoint(stager: StagerService, work: FileWork, endpoint: Endpoint
     return None, errors
 
 
-async def _once(stager: StagerService, work: FileWork, endpoint: Endpoint, url: str, n: int,
+async def _once(stager: StagerParts, work: FileWork, endpoint: Endpoint, url: str, n: int,
                 attempt: Attempt) -> Moved:
     """One attempt, within the pilot-wide bound on transfers, counted and shown in /status."""
     scheme = urlsplit(url).scheme.lower() or "none"
@@ -212,7 +222,7 @@ async def _once(stager: StagerService, work: FileWork, endpoint: Endpoint, url: 
     return moved
 
 
-async def _trace(stager: StagerService, work: FileWork, endpoint: Endpoint, url: str, n: int, time_start: float,
+async def _trace(stager: StagerParts, work: FileWork, endpoint: Endpoint, url: str, n: int, time_start: float,
                  started: float, moved: Moved | None = None, error: TransferError | None = None) -> None:
     if not stager.traces.enabled:
         return

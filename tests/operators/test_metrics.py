@@ -25,8 +25,7 @@ def scrape(*collectors: object) -> str:
 
 
 def test_event_ranges_by_state() -> None:
-    session = SimpleNamespace(counts=lambda: {"ready": 3, "running": 1, "reported_finished": 6})
-    text = scrape(eventclient_collector(SimpleNamespace(sessions={42: session})))  # type: ignore[arg-type]
+    text = scrape(eventclient_collector(lambda: {42: {"ready": 3, "running": 1, "reported_finished": 6}}))
     assert 'nodepilot_event_ranges{job_id="42",state="ready"} 3.0' in text
     assert 'nodepilot_event_ranges{job_id="42",state="reported_finished"} 6.0' in text
     assert "nodepilot_event_service_jobs 1.0" in text
@@ -37,7 +36,7 @@ def test_payload_exits_by_code() -> None:
     exits = {exit_label(SimpleNamespace(signal=None, exit_code=0)): 2,  # type: ignore[arg-type]
              exit_label(SimpleNamespace(signal=9, exit_code=None)): 1,  # type: ignore[arg-type]
              exit_label(None): 1}
-    text = scrape(runner_collector(SimpleNamespace(payloads={}, exits=exits)))  # type: ignore[arg-type]
+    text = scrape(runner_collector(lambda: 0, exits))
     assert 'nodepilot_payload_exits_total{code="0"} 2.0' in text
     assert 'nodepilot_payload_exits_total{code="signal 9"} 1.0' in text
     assert 'nodepilot_payload_exits_total{code="none"} 1.0' in text
