@@ -14,7 +14,7 @@ import logging
 import signal
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +27,10 @@ from nodepilot.job import Job
 from nodepilot.outbox import Outbox, file_report, jobmetrics, pilot_timing
 from nodepilot.timeutil import panda_time
 from nodepilot.worker import batch_system, pilot_id
-from services.monitor.catalog import write_input_catalog
 from services.monitor.checks.base import CheckContext, Firing
+from services.monitor.es_steps import EventServiceSteps
+from services.monitor.result import JobResult
+from services.monitor.stage_steps import StageSteps
 from services.monitor.timebudget import TimeBudget
 from services.monitor.watchdog import Watchdog
 
@@ -41,7 +43,6 @@ USAGE_FIELDS = {
     "tot_rbytes": "totRBYTES", "tot_wbytes": "totWBYTES", "rate_rbytes": "rateRBYTES", "rate_wbytes": "rateWBYTES",
 }
 DEBUG_HEARTBEAT_S = 60.0
-ES_BATCH = 10
 STDOUT_TAIL_BYTES = 2048
 SIGNAL_CODES = {1: ErrorCode.SIGNAL_OTHER, 2: ErrorCode.SIGINT, 3: ErrorCode.SIGQUIT,
                 7: ErrorCode.SIGBUS, 10: ErrorCode.SIGUSR1, 11: ErrorCode.SIGSEGV,
@@ -52,37 +53,11 @@ def _number(value: Any) -> int | None:
     return int(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
-@dataclass
-class JobResult:
-    panda_id: int
-    state: str = "starting"
-    pilot_error_code: int = 0
-    pilot_error_diag: str = ""
-    exe_error_code: int = 0
-    exe_error_diag: str = ""
-    trans_exit_code: int | None = None
-    timings: dict[str, float] = field(default_factory=dict)
-    files_in: int = 0
-    files_out: int = 0
-    start_time: float | None = None
-    end_time: float | None = None
-    final_delivered: bool = False
-    watchdog_check: str = ""  # the watchdog check that killed the payload, if one did
-
-    def fail(self, code: int, diag: str) -> None:
-        """Keep the first error as the job's; later ones only go to the log."""
-        if self.pilot_error_code:
-            log.info("job %s: further error %s: %s", self.panda_id, code, diag)
-            return
-        self.pilot_error_code = int(code)
-        self.pilot_error_diag = clip_diag(diag)
-
-
 class Interrupted(Exception):
     pass
 
 
-class JobRun:
+class JobRun(StageSteps, EventServiceSteps):
     def __init__(self, job: Job, config: PilotConfig, r: aioredis.Redis, outbox: Outbox,
                  getjob_seconds: float = 0.0, initial_setup_seconds: float = 0.0,
                  budget: TimeBudget | None = None, resumed: dict[str, Any] | None = None) -> None:
@@ -315,88 +290,6 @@ class JobRun:
     def _request_id(self, step: str) -> str:
         return f"{self.job.panda_id}:{self.job.attempt_nr}:{step}"
 
-    def _endpoints(self, activity: str) -> list[dict[str, str]]:
-        """Every endpoint of the activity: the stager decides (job and queue) whether alternatives are used."""
-        return [{"name": e.name, "url": e.url} for e in self.config.queuedata.endpoints_for(activity)]
-
-    async def _stage(self, kind: str, activity: str, **fields: Any) -> dict[str, Any]:
-        request_id = self._request_id(kind)
-        self.set_step(kind)
-        await bus.publish(self.r, bus.STAGER_REQUESTS, {
-            "kind": kind, "job_id": self.job.panda_id, "request_id": request_id,
-            "workdir": str(self.workdir), "endpoints": self._endpoints(activity), "task_id": self.job.task_id,
-            **({"alt_stageout": self.job.alt_stage_out} if kind != "stagein" else {}), **fields,
-        })
-        return await self.wait_for(request_id, f"{kind}_done")
-
-    async def stage_in(self) -> None:
-        t = time.monotonic()
-        event = await self._stage("stagein", "read_lan", files=[f.to_dict() for f in self.job.inputs],
-                                  direct_access=self.job.transfer_type.lower() == "direct")
-        self.result.timings["stagein"] = time.monotonic() - t
-        files = event.get("files", [])
-        self.result.files_in = sum(1 for f in files if f.get("status") in ("done", "direct"))
-        direct = {f["lfn"]: f["turl"] for f in files if f.get("status") == "direct" and f.get("turl")}
-        if event.get("ok"):
-            await asyncio.to_thread(write_input_catalog, self.workdir, self.job.inputs, direct)
-        if not event.get("ok"):
-            self.result.fail(event.get("error_code") or ErrorCode.STAGEIN_FAILED,
-                             event.get("diag") or "stage-in failed")
-
-    async def run_event_service(self) -> None:
-        """The eventclient serves ranges to the payload and stages each output out as it comes."""
-        job = self.job
-        start_id = self._request_id("es-start")
-        await bus.publish(self.r, bus.EVENTCLIENT_REQUESTS, {
-            "action": "start", "job_id": job.panda_id, "request_id": start_id, "workdir": str(self.workdir),
-            "jobset_id": job.jobset_id or 0, "task_id": job.task_id, "batch": ES_BATCH,
-            **{k: v for k, v in self.config.queuedata.es.items() if k in ("batch", "zip_outputs", "zip_seconds")},
-            "endpoints": self._endpoints("es_events"), "objstore_id": self._objstore_id(),
-            "scope_out": job.outputs[0].scope if job.outputs else (job.log.scope if job.log else ""),
-            "ranges_file": self.config.ranges_file or None,
-            "report_file": str(self.workdir.parent / f"ranges-{job.panda_id}.jsonl") if self.config.ranges_file
-            else None,
-        })
-        ready = await self.wait_for(start_id, "es_ready")
-        if not ready.get("ok", True) or not ready.get("socket"):
-            self.result.fail(ready.get("error_code") or ErrorCode.ES_FATAL,
-                             ready.get("diag") or "the event service could not serve this job")
-            return
-        self.es_socket = ready["socket"]
-        await self.run_payload({"NODEPILOT_EVENTS_SOCKET": self.es_socket, **(ready.get("env") or {})})
-        finish_id = self._request_id("es-finish")
-        await bus.publish(self.r, bus.EVENTCLIENT_REQUESTS, {
-            "action": "finish", "job_id": job.panda_id, "request_id": finish_id,
-            "reason": self.kill_reason[1] if self.kill_reason else "payload finished",
-        })
-        done = await self.wait_for(finish_id, "es_done")
-        self.payload["n_events"] = self.payload.get("n_events") or done.get("n_events")
-        self.result.files_out = int(done.get("finished") or 0)
-        log.info("job %s: event ranges: %s finished, %s failed", job.panda_id, done.get("finished"),
-                 done.get("failed"))
-        if done.get("error_code"):
-            self.result.fail(done["error_code"], done.get("diag") or "event service failed")
-        elif done.get("unreported"):  # finished, and the diag says how many ranges the server did not take
-            self.result.pilot_error_diag = clip_diag(done.get("diag") or "")
-
-    def _objstore_id(self) -> int | None:
-        """The numeric id of the endpoint event-service outputs go to (the server's objstoreID)."""
-        ids = [e.id for e in self.config.queuedata.endpoints_for("es_events") if e.id is not None]
-        configured = self.config.queuedata.es.get("objstore_id")
-        return ids[0] if ids else None if configured in (None, "") else int(configured)
-
-    async def softkill(self) -> None:
-        """Event service: let the payload finish the ranges in hand, then stop."""
-        if not self.es_socket:
-            return
-        from nodepilot.http import async_uds_client
-
-        try:
-            async with async_uds_client(self.es_socket, timeout=5) as client:
-                await client.post("/softkill")
-        except Exception as exc:  # the payload API may be gone already
-            log.warning("job %s: softkill not delivered: %s", self.job.panda_id, exc)
-
     def experiment(self) -> experiments.Experiment:
         return experiments.load(experiments.name_for(self.config.pilot_user, self.config.queuedata.pilot_user))
 
@@ -444,52 +337,3 @@ class JobRun:
             **({"NODEPILOT_SLOT_END": f"{self.budget.end:.0f}", "NODEPILOT_STOP_AT": f"{self.budget.stop_at:.0f}"}
                if self.budget else {}),
         }
-
-    async def stage_out(self) -> None:
-        guids = self.payload.get("output_guids") or {}
-        files = []
-        try:
-            extra = self.experiment().extra_outputs(self.job, self.workdir)
-        except Exception as exc:
-            log.exception("job %s: experiment plug-in failed to name extra outputs", self.job.panda_id)
-            self.result.fail(ErrorCode.STAGEOUT_FAILED, f"experiment plug-in failed (extra outputs): {exc!r}")
-            extra = []
-        outputs = [*self.job.outputs, *extra]
-        if self.partial:  # stopped for time: what the payload completed
-            present = [spec for spec in outputs if (self.workdir / spec.lfn).is_file()]
-            self.result.pilot_error_diag = clip_diag(
-                f"{self.result.pilot_error_diag}; partial result: {len(present)} of {len(outputs)} outputs "
-                "present, staged out")
-            outputs = present
-        for spec in outputs:
-            d = spec.to_dict()
-            d["guid"] = guids.get(spec.lfn) or spec.guid or str(uuid.uuid4())
-            files.append(d)
-        if not files:
-            return
-        event = await self._stage("stageout", "write_lan", files=files)
-        self.staged.extend(event.get("files", []))
-        done = [f for f in event.get("files", []) if f.get("status") == "done"]
-        self.result.files_out = len(done)
-        if not event.get("ok"):
-            missing_allowed = {f["lfn"] for f in event.get("files", [])
-                               if f.get("error_code") == ErrorCode.MISSING_OUTPUT
-                               and f["lfn"] in self.job.allow_no_output}
-            failed = [f for f in event.get("files", []) if f.get("status") != "done"
-                      and f["lfn"] not in missing_allowed]
-            if failed:
-                self.result.fail(event.get("error_code") or ErrorCode.STAGEOUT_FAILED,
-                                 event.get("diag") or "stage-out failed")
-
-    async def stage_log(self) -> None:
-        log_spec = self.job.log
-        assert log_spec is not None
-        spec = log_spec.to_dict()
-        spec["guid"] = spec["guid"] or str(uuid.uuid4())
-        exclude = [f.lfn for f in self.job.inputs] + [f.lfn for f in self.job.outputs]
-        event = await self._stage("stagelog", "pl", log=spec, exclude=exclude,
-                                  tarball_dir=f"tarball_PandaJob_{self.job.panda_id}_{self.config.queue}")
-        self.staged.extend(event.get("files", []))
-        if not event.get("ok"):
-            self.result.fail(event.get("error_code") or ErrorCode.LOG_CREATION_FAILED,
-                             event.get("diag") or "log stage-out failed")
