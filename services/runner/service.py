@@ -11,15 +11,12 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import math
 import os
 import signal
 import time
 import uuid
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, HTTPException
@@ -38,7 +35,6 @@ from services.runner.execute import (
     host_tag,
     kill_orphaned,
     payload_env,
-    payload_script,
     process_identity,
     read_status,
     start,
@@ -48,10 +44,8 @@ from services.runner.isolation import Isolation, write_note
 from services.runner.metrics import collector as metrics_collector
 from services.runner.metrics import exit_label
 from services.runner.report import Outcome, outcome
+from services.runner.request import DEFAULT_GRACE_S, BadRequest, RunRequest, failed, grace, parse_run
 from services.runner.sampler import (
-    DEFAULT_INTERVAL_S,
-    MAX_INTERVAL_S,
-    MIN_INTERVAL_S,
     Sample,
     UsageSampler,
     summarize,
@@ -61,24 +55,8 @@ log = logging.getLogger(__name__)
 
 CONCURRENCY = 64  # run handlers hold their slot for the payload's whole life: kills need free ones
 STATE_TTL_S = 7 * 86400
-DEFAULT_GRACE_S = 10.0
-MAX_GRACE_S = 3600.0
 STOP_GRACE_S = 3.0  # the runner itself stops: its payloads get this long after SIGTERM
 RETRY_S = 2.0  # between attempts to read the stream again after Redis failed
-
-
-class BadRequest(Exception):
-    pass
-
-
-@dataclass
-class RunRequest:
-    request_id: str
-    workdir: Path
-    script: str
-    env: dict[str, str]
-    sample_interval: float = DEFAULT_INTERVAL_S
-    image: str = ""  # the container image the payload asks for (the job's container_name)
 
 
 class RunnerService(Service):
@@ -112,7 +90,7 @@ class RunnerService(Service):
         async def kill(job_id: int, grace_seconds: float = DEFAULT_GRACE_S,
                        reason: str = "kill requested through the runner's API") -> dict[str, Any]:
             request_id = f"api:kill:{uuid.uuid4().hex[:8]}"
-            pids = await self._kill(job_id, request_id, _grace(grace_seconds), reason)
+            pids = await self._kill(job_id, request_id, grace(grace_seconds), reason)
             if not pids:
                 raise HTTPException(404, f"no payload of job {job_id} is running")
             return {"job_id": job_id, "request_id": request_id, "pids": pids}
@@ -156,7 +134,7 @@ class RunnerService(Service):
         elif action == "signal":
             await self._signal_request(job_id, request_id, message)
         else:
-            await self._finish(job_id, request_id, _failed(f"malformed runner request: unknown action {action!r}"))
+            await self._finish(job_id, request_id, failed(f"malformed runner request: unknown action {action!r}"))
 
     async def _run_once(self, job_id: int, request_id: str, message: dict[str, Any]) -> None:
         busy = self._busy.get(request_id) if request_id else None
@@ -182,7 +160,7 @@ class RunnerService(Service):
             request = parse_run(message)
         except BadRequest as exc:
             log.error("job %s: malformed run request %s: %s", job_id, request_id, exc)
-            await self._finish(job_id, request_id, _failed(f"malformed run request: {exc}"))
+            await self._finish(job_id, request_id, failed(f"malformed run request: {exc}"))
             return
         await self._save(job_id, request_id, {"state": "starting"})
         choice = await self.isolation.choose(request.workdir, request.image)
@@ -199,7 +177,7 @@ class RunnerService(Service):
                             isolation=choice.mode, status_path=status_file(self.config.run_dir, job_id, request_id))
         except (OSError, ValueError) as exc:
             log.error("job %s: cannot start the payload: %r", job_id, exc)
-            await self._finish(job_id, request_id, _failed(f"cannot start the payload: {exc}"))
+            await self._finish(job_id, request_id, failed(f"cannot start the payload: {exc}"))
             return
         log.info("job %s: payload started, pid %s", job_id, payload.pid)
         await self._supervise(payload, request, message, announce=True)
@@ -301,7 +279,7 @@ class RunnerService(Service):
             return
         reason = message.get("reason")
         reason = f"killed: {reason}" if isinstance(reason, str) and reason else "kill requested"
-        await self._kill(job_id, request_id, _grace(message.get("grace_seconds", DEFAULT_GRACE_S)), reason)
+        await self._kill(job_id, request_id, grace(message.get("grace_seconds", DEFAULT_GRACE_S)), reason)
         if request_id:
             await self._save(job_id, request_id, {"state": "kill_sent"})
 
@@ -378,63 +356,3 @@ class RunnerService(Service):
                                                        "pilot_error_code": result.pilot_error_code}))
                 pipe.expire(key, STATE_TTL_S)
             await pipe.execute()
-
-
-# --- request parsing -------------------------------------------------------------------------
-
-
-def _grace(value: Any) -> float:
-    try:
-        grace = float(value)
-    except (TypeError, ValueError):
-        return DEFAULT_GRACE_S
-    return min(max(grace, 0.0), MAX_GRACE_S) if grace == grace else DEFAULT_GRACE_S
-
-
-def _failed(diag: str) -> Outcome:
-    return Outcome(ErrorCode.SETUP_FAILED, clip_diag(diag))
-
-
-def _text(m: dict[str, Any], name: str, required: bool = False) -> str:
-    value = m.get(name)
-    if value is None and not required:
-        return ""
-    if not isinstance(value, str) or (required and not value.strip()):
-        raise BadRequest(f"{name} must be a {'non-empty ' if required else ''}string, got {value!r:.100}")
-    if "\0" in value:
-        raise BadRequest(f"{name} contains a NUL character")
-    return value
-
-
-def parse_run(m: dict[str, Any]) -> RunRequest:
-    """A typed run request, or BadRequest saying what is wrong with it."""
-    request_id = m.get("request_id")
-    if not isinstance(request_id, str) or not request_id:
-        raise BadRequest("no request_id")
-    workdir = _text(m, "workdir", required=True)
-    if not os.path.isabs(workdir):
-        raise BadRequest(f"workdir must be an absolute path, got {workdir!r:.200}")
-    if not os.path.isdir(workdir):
-        raise BadRequest(f"workdir {workdir} does not exist or is not a directory")
-    script = payload_script(_text(m, "setup"), _text(m, "command", required=True), _text(m, "args"))
-    env = m.get("env") or {}
-    if not isinstance(env, dict):
-        raise BadRequest(f"env must be an object, got {env!r:.100}")
-    clean: dict[str, str] = {}
-    for name, value in env.items():
-        if not name or "=" in name or "\0" in name:
-            raise BadRequest(f"env has an invalid variable name {name!r:.100}")
-        if isinstance(value, bool) or not isinstance(value, str | int | float) or "\0" in str(value):
-            raise BadRequest(f"env variable {name} has an invalid value {value!r:.100}")
-        clean[name] = str(value)
-    return RunRequest(request_id, Path(workdir), script, clean, _interval(m.get("sample_interval")),
-                      _text(m, "container"))
-
-
-def _interval(value: Any) -> float:
-    """The sampling period asked for (default 10 s), kept within [0.1 s, 1 h]."""
-    if value is None:
-        return DEFAULT_INTERVAL_S
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
-        raise BadRequest(f"sample_interval must be a positive number of seconds, got {value!r:.100}")
-    return min(max(float(value), MIN_INTERVAL_S), MAX_INTERVAL_S)

@@ -9,8 +9,8 @@ from pathlib import Path
 import psutil
 import pytest
 
+from services.runner.request import BadRequest, parse_run
 from services.runner.sampler import USAGE_FILE, ProcessTree, Sample, decode_usage, summarize, usage_key
-from services.runner.service import BadRequest, parse_run
 from tests.conftest import running_service
 from tests.runner.test_runner_service import finished, run, wait_until, workdir
 
