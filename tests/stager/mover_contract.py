@@ -21,7 +21,8 @@ from typing import Any, ClassVar
 import pytest
 
 from nodepilot.job import Checksum
-from services.stager.movers.base import PARTIAL_PREFIX, Reason, StreamMover, TransferError, mover_for
+from services.stager.movers.base import PARTIAL_PREFIX, Reason, TransferError, mover_for
+from services.stager.movers.stream import StreamMover
 from services.stager.paths import deterministic_path
 from tests.conftest import running_service
 from tests.stager.servers import StorageServer

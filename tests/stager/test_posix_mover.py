@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from nodepilot.job import Checksum
-from services.stager.movers import base
+from services.stager.movers import base, stream
 from services.stager.movers.base import Reason, TransferError, mover_for
 from services.stager.movers.posix import PosixMover
 
@@ -120,7 +120,7 @@ def test_disk_full_is_reported_as_such(se: Path, monkeypatch: pytest.MonkeyPatch
         path, fh = real_open_temp(directory)
         return path, Full(fh)
 
-    monkeypatch.setattr(base, "open_temp", full_open_temp)
+    monkeypatch.setattr(stream, "open_temp", full_open_temp)  # where StreamMover looks it up
     with pytest.raises(TransferError) as info:
         copy_in(se, None)
     assert info.value.reason == Reason.NOSPACE

@@ -25,7 +25,6 @@ from services.stager.movers.base import (
     Progress,
     Reason,
     Source,
-    StreamMover,
     TransferError,
     file_chunks,
     io_error,
@@ -33,6 +32,7 @@ from services.stager.movers.base import (
     partial_name,
     wants_md5,
 )
+from services.stager.movers.stream import StreamMover
 from services.stager.paths import file_url_path
 
 log = logging.getLogger(__name__)

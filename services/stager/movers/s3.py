@@ -28,7 +28,8 @@ from collections.abc import Iterator
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from services.stager.movers.base import Reason, RemoteStat, Source, StreamMover, TransferError
+from services.stager.movers.base import Reason, RemoteStat, Source, TransferError
+from services.stager.movers.stream import StreamMover
 
 PART_SIZE = 8 << 20  # S3 wants parts of at least 5 MiB but the last
 MISSING_CODES = {"NoSuchKey", "NoSuchBucket", "NotFound", "404"}

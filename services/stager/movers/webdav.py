@@ -22,7 +22,8 @@ from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from services.stager.movers.base import Reason, RemoteStat, Source, StreamMover, TransferError
+from services.stager.movers.base import Reason, RemoteStat, Source, TransferError
+from services.stager.movers.stream import StreamMover
 
 SCHEME_OF = {"https": "https", "davs": "https", "http": "http", "dav": "http"}
 TRANSIENT_STATUSES = {408, 425, 429, 500, 502, 503, 504}

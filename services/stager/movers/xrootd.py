@@ -21,7 +21,8 @@ from types import ModuleType
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from services.stager.movers.base import Reason, RemoteStat, Source, StreamMover, TransferError
+from services.stager.movers.base import Reason, RemoteStat, Source, TransferError
+from services.stager.movers.stream import StreamMover
 
 CLIENT_DEFAULTS = {"XRD_CONNECTIONRETRY": "1", "XRD_CONNECTIONWINDOW": "10", "XRD_TIMEOUTRESOLUTION": "1",
                    "XRD_STREAMERRORWINDOW": "0"}
