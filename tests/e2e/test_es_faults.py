@@ -17,6 +17,7 @@ from services.stager.paths import deterministic_path
 from tests.e2e.conftest import add_jobs, final_update, kill_if_running, run_pilot
 from tests.e2e.test_event_service import SCOPE_OUT, assert_settled_once, es_job, ledger, ranges
 from tests.e2e.test_signals_and_healing import start_pilot
+from tests.waiting import wait_until as wait_for
 
 
 def kill_between_calls(pid: int, server, run_dir, panda_id: int, attempts: int = 100) -> None:
@@ -43,12 +44,6 @@ def kill_between_calls(pid: int, server, run_dir, panda_id: int, attempts: int =
         r.close()
     raise AssertionError(f"no moment without a call to the server in flight in {attempts} tries")
 
-
-def wait_for(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"{what}: not within {timeout} s"
-        time.sleep(0.02)
 
 
 def test_sigkilled_eventclient_is_restarted_and_every_range_settles_once(site, job_server):

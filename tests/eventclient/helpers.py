@@ -110,13 +110,6 @@ def se_file(cfg: PilotConfig, lfn: str) -> Path:
     return Path(cfg.se_dir) / deterministic_path(SCOPE_OUT, lfn)
 
 
-def wait_until(predicate: Any, timeout: float = 30.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what} not reached within {timeout} s")
-        time.sleep(0.05)
-
 
 def begin(rds: redis.Redis, cfg: PilotConfig, files: tuple[Path, Path], **extra: Any) -> dict[str, Any]:
     """Start job JOB with a ranges file; its es_ready event (ok, with the payload API)."""

@@ -25,9 +25,9 @@ from tests.eventclient.helpers import (
     start,
     start_payload,
     wait_event,
-    wait_until,
     workdir,
 )
+from tests.waiting import wait_until
 
 
 def test_payload_processes_every_range(rds, pilot_config, stager, files):

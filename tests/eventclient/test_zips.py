@@ -21,9 +21,9 @@ from tests.eventclient.helpers import (
     reports,
     run_payload,
     se_file,
-    wait_until,
     workdir,
 )
+from tests.waiting import wait_until
 
 
 def zip_reports(report_file) -> dict[str, list[dict]]:

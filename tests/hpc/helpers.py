@@ -6,8 +6,6 @@ from __future__ import annotations
 import contextlib
 import json
 import sqlite3
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 
@@ -34,13 +32,6 @@ def max_overlap(spans: list[tuple[float, float]]) -> int:
         peak = max(peak, running)
     return peak
 
-
-def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what}: not within {timeout} s")
-        time.sleep(0.05)
 
 
 def acquire_params(db: Path) -> dict[str, dict]:

@@ -19,7 +19,8 @@ from nodepilot.panda.relay import RelayClient
 from tests.conftest import stop_process
 from tests.e2e.conftest import EXAMPLES, NODEPILOT, add_jobs, final_update
 from tests.e2e.test_event_service import assert_settled_once, es_job, ranges
-from tests.hpc.helpers import sleep_job, wait_until
+from tests.hpc.helpers import sleep_job
+from tests.waiting import wait_until
 
 
 def run_frontend(site: Path, server_url: str, redis_url: str, *extra: str, timeout: float = 60

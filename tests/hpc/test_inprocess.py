@@ -10,7 +10,8 @@ from nodepilot.config import SERVICES
 from nodepilot.http import uds_client
 from tests.e2e.conftest import EXAMPLES, NODEPILOT, add_jobs, final_update
 from tests.e2e.test_signals_and_healing import start_pilot
-from tests.hpc.helpers import sleep_job, wait_until
+from tests.hpc.helpers import sleep_job
+from tests.waiting import wait_until
 
 
 def healthy_pids(run_dir: Path) -> dict[str, int]:

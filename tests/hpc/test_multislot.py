@@ -12,7 +12,8 @@ from services.monitor.pilot import Pilot
 from services.monitor.timebudget import TimeBudget
 from tests.e2e.conftest import add_jobs, final_update, run_pilot
 from tests.e2e.test_signals_and_healing import start_pilot
-from tests.hpc.helpers import acquire_params, intervals, max_overlap, sleep_job, wait_until
+from tests.hpc.helpers import acquire_params, intervals, max_overlap, sleep_job
+from tests.waiting import wait_until
 
 
 def test_two_slots_run_four_jobs_at_most_two_at_once_and_respect_core_count(site, job_server):

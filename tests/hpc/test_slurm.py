@@ -19,7 +19,7 @@ from nodepilot.redis_server import redis_binary
 from nodepilot.slurm import Allocation, NodeListError, cpus_per_node, expand_nodelist, hostnames, srun_command
 from tests.conftest import stop_process
 from tests.e2e.conftest import EXAMPLES, NODEPILOT, add_jobs, final_update
-from tests.hpc.helpers import wait_until
+from tests.waiting import wait_until
 
 
 @pytest.mark.parametrize(("text", "hosts"), [

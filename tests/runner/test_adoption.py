@@ -8,7 +8,8 @@ import psutil
 from nodepilot.errors import ErrorCode
 from services.runner.execute import status_file
 from tests.conftest import read_events, running_service
-from tests.runner.test_runner_service import all_events, finished, run, wait_all_acked, wait_until, workdir
+from tests.runner.test_runner_service import all_events, finished, run, wait_all_acked, workdir
+from tests.waiting import wait_until
 
 WAIT_FOR_GO = "started >> count.txt; while [ ! -e go ]; do sleep 0.05; done; exit 4"
 

@@ -9,7 +9,8 @@ import pytest
 
 from services.runner.cgroup import delegated_base
 from tests.conftest import running_service
-from tests.runner.test_runner_service import finished, kill, processes_with, run, wait_until
+from tests.runner.test_runner_service import finished, kill, processes_with, run
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.skipif(delegated_base() is None, reason="no delegated cgroup v2 on this machine")
 

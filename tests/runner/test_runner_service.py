@@ -17,6 +17,7 @@ from nodepilot.errors import ErrorCode
 from nodepilot.http import uds_client
 from services.runner.execute import payload_env
 from tests.conftest import read_events, running_service
+from tests.waiting import wait_until
 
 FINISHED_FIELDS = {
     "type", "service", "request_id", "exit_code", "signal", "start_time", "end_time", "wall_seconds",
@@ -57,15 +58,6 @@ def finished(rds: redis.Redis, job_id: int, timeout: float = 30) -> dict:
 def all_events(rds: redis.Redis, job_id: int) -> list[dict]:
     return [json.loads(f["data"]) for _id, f in rds.xrange(bus.job_events(job_id))]
 
-
-def wait_until(check, timeout: float = 10.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"{what} not reached within {timeout} s"
-        time.sleep(0.05)
 
 
 def wait_all_acked(rds: redis.Redis, timeout: float = 10.0) -> None:

@@ -12,7 +12,8 @@ import pytest
 from services.runner.request import BadRequest, parse_run
 from services.runner.sampler import USAGE_FILE, ProcessTree, Sample, decode_usage, summarize, usage_key
 from tests.conftest import running_service
-from tests.runner.test_runner_service import finished, run, wait_until, workdir
+from tests.runner.test_runner_service import finished, run, workdir
+from tests.waiting import wait_until
 
 PY = sys.executable
 

@@ -15,6 +15,7 @@ from nodepilot import bus
 from nodepilot.http import uds_client
 from tests.conftest import running_service
 from tests.stager.test_stager_service import answer, in_file, se_file, send, workdir
+from tests.waiting import wait_until
 
 MIB = 1 << 20
 DATA = os.urandom(3 * MIB + 777)
@@ -40,13 +41,6 @@ def write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view):]
 
 
-def wait_until(check, what: str, timeout: float = 10.0):
-    deadline = time.monotonic() + timeout
-    while not (value := check()):
-        assert time.monotonic() < deadline, f"no {what} within {timeout} s"
-        time.sleep(0.02)
-    return value
-
 
 def in_flight(cfg) -> list[dict]:
     with uds_client(cfg.socket_path("stager")) as client:
@@ -64,10 +58,10 @@ def test_killed_mid_transfer_then_restarted_finishes_once(rds, pilot_config):
         writer = open_writer(fifo)
         write_all(writer, DATA[: 2 * MIB + 100])  # the rest waits for more
         live = wait_until(lambda: [t for t in in_flight(pilot_config) if t["bytes_done"] >= 2 * MIB],
-                          "transfer at 2 MiB")[0]
+                          what="transfer at 2 MiB")[0]
         assert live["lfn"] == "big.dat" and live["direction"] == "in" and 2 * MIB <= live["bytes_done"] < len(DATA)
         assert live["rate_bytes_s"] > 0 and live["endpoint"] == "LOCAL_SE" and live["attempt"] == 1
-        partial = wait_until(lambda: list(wd.glob(".nodepilot-*.part")), "partial file")
+        partial = wait_until(lambda: list(wd.glob(".nodepilot-*.part")), what="partial file")
         first.kill()  # SIGKILL: no clean-up of any kind
         first.wait(10)
         os.close(writer)
@@ -80,7 +74,7 @@ def test_killed_mid_transfer_then_restarted_finishes_once(rds, pilot_config):
         write_all(writer, DATA)
         os.close(writer)
         event = answer(rds, JOB, "stagein")
-        wait_until(lambda: rds.xpending(bus.STAGER_REQUESTS, "stager")["pending"] == 0, "acknowledgement")
+        wait_until(lambda: rds.xpending(bus.STAGER_REQUESTS, "stager")["pending"] == 0, what="acknowledgement")
     assert event["ok"] is True, event
     assert (wd / "big.dat").read_bytes() == DATA
     assert sorted(p.name for p in wd.iterdir()) == ["big.dat"]  # the killed copy's partial file is gone
