@@ -258,12 +258,19 @@ def serve(
     key: Annotated[Path | None, typer.Option("--key", help="server key (PEM)")] = None,
     ca: Annotated[Path | None, typer.Option("--ca", help="CA of accepted client certificates")] = None,
     tokens: Annotated[Path | None, typer.Option("--tokens", help="file of accepted bearer tokens")] = None,
+    require_cert: Annotated[bool, typer.Option("--require-cert",
+                                               help="--tls: demand a client certificate in the handshake")] = False,
+    no_legacy: Annotated[bool, typer.Option("--no-legacy", help="no legacy API: /server/panda/* answers 403")] = False,
 ) -> None:
     """A local job server speaking the PanDA pilot protocol (both dialects), for tests, demos and small sites."""
     from nodepilot.jobserver.app import run_server
 
-    run_server(jobs, host=host, port=port, db_path=db, port_file=port_file, tls=tls, cert=cert, key=key, ca=ca,
-               tokens=tokens)
+    try:
+        run_server(jobs, host=host, port=port, db_path=db, port_file=port_file, tls=tls, cert=cert, key=key, ca=ca,
+                   tokens=tokens, require_cert=require_cert, legacy_api=not no_legacy)
+    except ValueError as exc:
+        typer.echo(f"nodepilot serve: {exc}", err=True)
+        raise typer.Exit(exitcodes.USAGE) from None
 
 
 @app.command()

@@ -31,7 +31,7 @@ from nodepilot.jobserver.api import Dispatcher, EventApi, Handlers, PilotApi, re
 from nodepilot.jobserver.faults import Faults
 from nodepilot.jobserver.legacy import LegacyApi, encode
 from nodepilot.jobserver.store import JobCatalog, JobStore
-from nodepilot.jobserver.tls import AuthMiddleware, TlsSettings, recording_peer_certificates
+from nodepilot.jobserver.tls import AuthMiddleware, TlsSettings, recording_peer_certificates, terminating_tls
 
 __all__ = ["PilotApi", "TlsSettings", "create_app", "main", "run_server"]
 
@@ -92,7 +92,9 @@ def _failure(what: str, exc: Exception) -> PlainTextResponse:
 
 
 # --- the application ------------------------------------------------------------------------
-def create_app(jobs_dir: Path, db_path: Path) -> FastAPI:
+def create_app(jobs_dir: Path, db_path: Path, *, legacy_api: bool = True) -> FastAPI:
+    """``legacy_api=False``: a server that dropped the legacy dialect, as panda-server did in 2026 (every
+    ``/server/panda/<method>`` is answered HTTP 403 "ERROR : method <method> is forbidden")."""
     catalog = JobCatalog(Path(jobs_dir))
     dispatcher = Dispatcher(catalog, JobStore(Path(db_path)))
     store = dispatcher.store
@@ -128,8 +130,8 @@ def create_app(jobs_dir: Path, db_path: Path) -> FastAPI:
 
     @app.api_route("/server/panda/{method}", methods=["GET", "POST"])
     async def legacy_call(method: str, request: Request) -> Response:
-        if method not in legacy.methods:
-            return PlainTextResponse(f"ERROR : {method} is forbidden", status_code=403)
+        if not legacy_api or method not in legacy.methods:
+            return PlainTextResponse(f"ERROR : method {method} is forbidden", status_code=403)
         if failure := faults.answer(method):
             return failure
         accept_json = JSON in request.headers.get("accept", "")  # a substring test, as there
@@ -214,25 +216,36 @@ def _uvicorn_config(app: FastAPI, tls: TlsSettings | None) -> uvicorn.Config:
     config = uvicorn.Config(AuthMiddleware(app, peers, tls.tokens), log_level="warning", access_log=False,
                             lifespan="off")
     config.load()
-    config.ssl = tls.ssl_context()
-    config.http_protocol_class = recording_peer_certificates(config.http_protocol_class, peers)
+    protocol = recording_peer_certificates(config.http_protocol_class, peers)
+    if tls.require_cert:  # TLS done by the protocol, so that a client without certificate gets the alert
+        config.ssl = None
+        config.http_protocol_class = terminating_tls(protocol, tls.ssl_context())  # type: ignore[assignment]
+    else:
+        config.ssl = tls.ssl_context()
+        config.http_protocol_class = protocol
     return config
 
 
 def run_server(jobs_dir: Path, host: str = "127.0.0.1", port: int = 0, db_path: Path | None = None,
                port_file: Path | None = None, *, tls: bool = False, cert: Path | None = None,
-               key: Path | None = None, ca: Path | None = None, tokens: Path | None = None) -> None:
+               key: Path | None = None, ca: Path | None = None, tokens: Path | None = None,
+               require_cert: bool = False, legacy_api: bool = True) -> None:
     """Serve until interrupted. The socket is bound and listening before the port is announced,
     so whoever reads the port (stdout or ``port_file``) can connect at once. With ``tls``: HTTPS with
-    ``cert``/``key``; a client must present a certificate signed by ``ca`` or a token in ``tokens``."""
+    ``cert``/``key``; a client must present a certificate signed by ``ca`` or a token in ``tokens``
+    (``require_cert``: a certificate, demanded in the TLS handshake). ``legacy_api=False``: no
+    legacy dialect (see ``create_app``)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = None
     if tls:
         if cert is None or key is None:
             raise ValueError("TLS needs the server's certificate and key (--cert, --key)")
-        settings = TlsSettings(Path(cert), Path(key), Path(ca) if ca else None, Path(tokens) if tokens else None)
+        settings = TlsSettings(Path(cert), Path(key), Path(ca) if ca else None, Path(tokens) if tokens else None,
+                               require_cert=require_cert)
+    elif require_cert:
+        raise ValueError("--require-cert needs --tls")
     db_path = Path(db_path) if db_path else default_db_path(Path(jobs_dir))
-    config = _uvicorn_config(create_app(Path(jobs_dir), db_path), settings)
+    config = _uvicorn_config(create_app(Path(jobs_dir), db_path, legacy_api=legacy_api), settings)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     # IPPROTO_TCP named: asyncio sets TCP_NODELAY only on sockets that say so, and without it every reply
     # after the first on a kept-alive connection waits ~40 ms (uvicorn writes headers and body apart)
@@ -268,10 +281,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--key", type=Path, help="the server's private key (PEM)")
     parser.add_argument("--ca", type=Path, help="CA file or hashed directory for client certificates")
     parser.add_argument("--tokens", type=Path, help="file of accepted bearer tokens, one per line")
+    parser.add_argument("--require-cert", action="store_true",
+                        help="demand a client certificate in the TLS handshake (no token-only clients)")
+    parser.add_argument("--no-legacy", action="store_true",
+                        help="act as a server without the legacy API: /server/panda/* answers HTTP 403")
     args = parser.parse_args(argv)
     try:
         run_server(args.jobs, args.host, args.port, args.db, args.port_file, tls=args.tls, cert=args.cert,
-                   key=args.key, ca=args.ca, tokens=args.tokens)
+                   key=args.key, ca=args.ca, tokens=args.tokens, require_cert=args.require_cert,
+                   legacy_api=not args.no_legacy)
     except ValueError as exc:
         parser.error(str(exc))
 

@@ -30,17 +30,18 @@ class JobServer:
         return {int(j["PandaID"]): j for j in reply.json()}
 
 
-def start_job_server(jobs_dir: Path, base: Path) -> JobServer:
+def start_job_server(jobs_dir: Path, base: Path, *options: str) -> JobServer:
     port_file = base / "server.port"
     proc = subprocess.Popen([*NODEPILOT, "serve", "--jobs", str(jobs_dir), "--db", str(base / "server.sqlite"),
-                             "--port-file", str(port_file)])
+                             "--port-file", str(port_file), *options])
     deadline = time.monotonic() + 30
     while not (port_file.exists() and port_file.read_text().strip()):
         if proc.poll() is not None or time.monotonic() > deadline:
             proc.kill()
             raise RuntimeError("job server did not start")
         time.sleep(0.02)
-    return JobServer(f"http://127.0.0.1:{port_file.read_text().strip()}", jobs_dir, proc)
+    scheme = "https" if "--tls" in options else "http"
+    return JobServer(f"{scheme}://127.0.0.1:{port_file.read_text().strip()}", jobs_dir, proc)
 
 
 @pytest.fixture(autouse=True)
