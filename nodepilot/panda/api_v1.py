@@ -1,4 +1,4 @@
-"""The new PanDA API (``<server>/api/v1/pilot/...`` and ``.../event/...``, PANDA_PROTOCOL.md
+"""The new PanDA API (``<server>/api/v1/pilot/...`` and ``.../event/...``, docs/protocol.md
 sections 1-4).
 
 The server checks every parameter against its handler's signature and rejects the whole call

@@ -1,4 +1,4 @@
-"""Credentials for the PanDA server (PANDA_PROTOCOL.md section 1), looked up anew for every call.
+"""Credentials for the PanDA server (docs/protocol.md section 1), looked up anew for every call.
 
 - An X.509 proxy (``X509_USER_PROXY``: certificate and key in one file) is presented as the TLS
   client certificate. Its TLS context is cached by the file's identity (path, inode, size, mtime),

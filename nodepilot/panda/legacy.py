@@ -1,4 +1,4 @@
-"""The legacy PanDA API (``<server>/server/panda/<method>``, PANDA_PROTOCOL.md sections 1-4).
+"""The legacy PanDA API (``<server>/server/panda/<method>``, docs/protocol.md sections 1-4).
 
 Fields keep the legacy names callers use. The legacy server binds the parameters to its
 functions' keyword arguments (an unknown one is an HTTP 500) and converts the values itself, so

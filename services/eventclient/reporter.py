@@ -26,7 +26,7 @@ FINAL_ATTEMPTS = 3
 
 
 def zip_records(staged: list[RangeRecord]) -> list[dict[str, Any]]:
-    """Version 1 records (PANDA_PROTOCOL.md section 4): one per staged file with every range in it."""
+    """Version 1 records (docs/protocol.md section 4): one per staged file with every range in it."""
     files: dict[str, list[RangeRecord]] = {}
     for rec in staged:
         files.setdefault(rec.zip or rec.id, []).append(rec)

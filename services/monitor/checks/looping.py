@@ -1,4 +1,4 @@
-"""Looping job: no file in the work dir was modified for too long (PANDA_PROTOCOL.md section 6: 2 h, 1150)."""
+"""Looping job: no file in the work dir was modified for too long (docs/protocol.md section 6: 2 h, 1150)."""
 
 from __future__ import annotations
 
