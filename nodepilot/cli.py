@@ -258,6 +258,9 @@ def serve(
     key: Annotated[Path | None, typer.Option("--key", help="server key (PEM)")] = None,
     ca: Annotated[Path | None, typer.Option("--ca", help="CA of accepted client certificates")] = None,
     tokens: Annotated[Path | None, typer.Option("--tokens", help="file of accepted bearer tokens")] = None,
+    require_cert: Annotated[bool, typer.Option("--require-cert",
+                                               help="--tls: demand a client certificate in the handshake")] = False,
+    no_legacy: Annotated[bool, typer.Option("--no-legacy", help="no legacy API: /server/panda/* answers 403")] = False,
     event_update_500: Annotated[bool, typer.Option(
         "--event-update-500", help="answer update_event_ranges with HTTP 500 after applying it (panda-server 1.0.4)")
     ] = False,
@@ -265,8 +268,13 @@ def serve(
     """A local job server speaking the PanDA pilot protocol (both dialects), for tests, demos and small sites."""
     from nodepilot.jobserver.app import run_server
 
-    run_server(jobs, host=host, port=port, db_path=db, port_file=port_file, tls=tls, cert=cert, key=key, ca=ca,
-               tokens=tokens, event_update_500=event_update_500)
+    try:
+        run_server(jobs, host=host, port=port, db_path=db, port_file=port_file, tls=tls, cert=cert, key=key, ca=ca,
+                   tokens=tokens, require_cert=require_cert, legacy_api=not no_legacy,
+                   event_update_500=event_update_500)
+    except ValueError as exc:
+        typer.echo(f"nodepilot serve: {exc}", err=True)
+        raise typer.Exit(exitcodes.USAGE) from None
 
 
 @app.command()

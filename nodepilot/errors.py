@@ -1,4 +1,4 @@
-"""Pilot error codes as the PanDA server knows them (PANDA_PROTOCOL.md sections 6 and 7)."""
+"""Pilot error codes as the PanDA server knows them (docs/protocol.md sections 6 and 7)."""
 
 from __future__ import annotations
 

@@ -6,4 +6,5 @@ USAGE = 2  # bad options or configuration
 SERVER = 3  # could not talk to the server (no job could be acquired)
 SERVICES = 4  # a service could not be started or kept alive
 UPDATE_LOST = 5  # a final update could not be delivered (1318)
+REFUSED = 6  # the server refused the pilot as configured (credentials, certificates, API dialect): no job ran
 SIGNALLED = 128  # 128 + N: stopped gracefully after signal N

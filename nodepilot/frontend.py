@@ -225,7 +225,8 @@ class Frontend(Service):
         try:
             answer = {"ok": True, "value": await self.methods[method](worker, request_id, **args)}
         except ServerError as exc:
-            answer = {"ok": False, "error": str(exc), "retryable": exc.retryable, "code": exc.code}
+            answer = {"ok": False, "error": str(exc), "retryable": exc.retryable, "code": exc.code,
+                      "refused": exc.refused}
         except Exception as exc:  # a bad argument or a bug: the worker is told, the front-end goes on
             log.exception("relay request %s (%s of %s) failed", entry_id, method, worker)
             answer = {"ok": False, "error": f"the front-end failed: {exc!r}", "retryable": False}

@@ -1,4 +1,4 @@
-"""PanDA job definitions parsed into typed objects (PANDA_PROTOCOL.md section 2).
+"""PanDA job definitions parsed into typed objects (docs/protocol.md section 2).
 
 Replies carry numbers as JSON numbers (new API) or strings (legacy, URL-encoded): both are
 accepted. File lists are comma-separated strings aligned by index. Anything the pilot

@@ -10,6 +10,7 @@ from pathlib import Path
 import psutil
 
 from nodepilot import __version__
+from nodepilot.cpuinfo import cpu_info
 
 _BATCH_IDS = (
     ("SLURM", "SLURM_JOB_ID"),
@@ -54,27 +55,17 @@ def cpu_mhz() -> int:
 
 
 def node_inventory(site: str, queue: str, node: str, work_dir: str | Path) -> dict[str, object]:
-    """The ``update_worker_node`` fields: CPU model and layout, memory (MB), local disk (GB)."""
-    model, socket, sockets, cores = "", "", set(), set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines()[:20000]:
-            key, _, value = (part.strip() for part in line.partition(":"))
-            if key == "model name" and not model:
-                model = value
-            elif key == "physical id":
-                socket = value
-                sockets.add(value)
-            elif key == "core id":
-                cores.add((socket, value))
-    except OSError:
-        pass
+    """The ``update_worker_node`` fields: CPU model, layout and x86-64 level, memory (MB), local disk (GB)."""
+    cpu = cpu_info()
     logical = psutil.cpu_count() or 0
-    n_sockets = max(1, len(sockets))
-    physical = len(cores) or psutil.cpu_count(logical=False) or logical
+    n_sockets = max(1, len(cpu.sockets))
+    physical = len(cpu.cores) or psutil.cpu_count(logical=False) or logical
     return {
-        "site": site, "panda_queue": queue, "host_name": node, "cpu_model": model or platform.processor() or "unknown",
+        "site": site, "panda_queue": queue, "host_name": node,
+        "cpu_model": cpu.model or platform.processor() or "unknown",
         "n_logical_cpus": logical, "n_sockets": n_sockets, "cores_per_socket": max(1, physical // n_sockets),
         "threads_per_core": max(1, logical // max(1, physical)), "cpu_architecture": platform.machine(),
+        "cpu_architecture_level": cpu.architecture_level,
         "clock_speed": float(cpu_mhz()) or None, "total_memory": memory_mb(),
         "total_local_disk": shutil.disk_usage(work_dir).total // 10**9,
     }

@@ -32,7 +32,7 @@ from nodepilot.jobserver.events import EventApi
 from nodepilot.jobserver.faults import Faults
 from nodepilot.jobserver.legacy import LegacyApi, encode
 from nodepilot.jobserver.store import JobCatalog, JobStore
-from nodepilot.jobserver.tls import AuthMiddleware, TlsSettings, recording_peer_certificates
+from nodepilot.jobserver.tls import AuthMiddleware, TlsSettings, recording_peer_certificates, terminating_tls
 
 __all__ = ["PilotApi", "TlsSettings", "create_app", "main", "run_server"]
 
@@ -93,8 +93,10 @@ def _failure(what: str, exc: Exception) -> PlainTextResponse:
 
 
 # --- the application ------------------------------------------------------------------------
-def create_app(jobs_dir: Path, db_path: Path, event_update_500: bool = False) -> FastAPI:
-    """``event_update_500``: answer update_event_ranges with HTTP 500 after applying it (panda-server 1.0.4)."""
+def create_app(jobs_dir: Path, db_path: Path, *, legacy_api: bool = True, event_update_500: bool = False) -> FastAPI:
+    """``legacy_api=False``: a server that dropped the legacy dialect, as panda-server did in 2026 (every
+    ``/server/panda/<method>`` is answered HTTP 403 "ERROR : method <method> is forbidden").
+    ``event_update_500``: answer update_event_ranges with HTTP 500 after applying it (panda-server 1.0.4)."""
     catalog = JobCatalog(Path(jobs_dir))
     dispatcher = Dispatcher(catalog, JobStore(Path(db_path)))
     store = dispatcher.store
@@ -132,8 +134,8 @@ def create_app(jobs_dir: Path, db_path: Path, event_update_500: bool = False) ->
 
     @app.api_route("/server/panda/{method}", methods=["GET", "POST"])
     async def legacy_call(method: str, request: Request) -> Response:
-        if method not in legacy.methods:
-            return PlainTextResponse(f"ERROR : {method} is forbidden", status_code=403)
+        if not legacy_api or method not in legacy.methods:
+            return PlainTextResponse(f"ERROR : method {method} is forbidden", status_code=403)
         if failure := faults.answer(method):
             return failure
         accept_json = JSON in request.headers.get("accept", "")  # a substring test, as there
@@ -218,26 +220,37 @@ def _uvicorn_config(app: FastAPI, tls: TlsSettings | None) -> uvicorn.Config:
     config = uvicorn.Config(AuthMiddleware(app, peers, tls.tokens), log_level="warning", access_log=False,
                             lifespan="off")
     config.load()
-    config.ssl = tls.ssl_context()
-    config.http_protocol_class = recording_peer_certificates(config.http_protocol_class, peers)
+    protocol = recording_peer_certificates(config.http_protocol_class, peers)
+    if tls.require_cert:  # TLS done by the protocol, so that a client without certificate gets the alert
+        config.ssl = None
+        config.http_protocol_class = terminating_tls(protocol, tls.ssl_context())  # type: ignore[assignment]
+    else:
+        config.ssl = tls.ssl_context()
+        config.http_protocol_class = protocol
     return config
 
 
 def run_server(jobs_dir: Path, host: str = "127.0.0.1", port: int = 0, db_path: Path | None = None,
                port_file: Path | None = None, *, tls: bool = False, cert: Path | None = None,
                key: Path | None = None, ca: Path | None = None, tokens: Path | None = None,
-               event_update_500: bool = False) -> None:
+               require_cert: bool = False, legacy_api: bool = True, event_update_500: bool = False) -> None:
     """Serve until interrupted. The socket is bound and listening before the port is announced,
     so whoever reads the port (stdout or ``port_file``) can connect at once. With ``tls``: HTTPS with
-    ``cert``/``key``; a client must present a certificate signed by ``ca`` or a token in ``tokens``."""
+    ``cert``/``key``; a client must present a certificate signed by ``ca`` or a token in ``tokens``
+    (``require_cert``: a certificate, demanded in the TLS handshake). ``legacy_api=False``: no
+    legacy dialect (see ``create_app``)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = None
     if tls:
         if cert is None or key is None:
             raise ValueError("TLS needs the server's certificate and key (--cert, --key)")
-        settings = TlsSettings(Path(cert), Path(key), Path(ca) if ca else None, Path(tokens) if tokens else None)
+        settings = TlsSettings(Path(cert), Path(key), Path(ca) if ca else None, Path(tokens) if tokens else None,
+                               require_cert=require_cert)
+    elif require_cert:
+        raise ValueError("--require-cert needs --tls")
     db_path = Path(db_path) if db_path else default_db_path(Path(jobs_dir))
-    config = _uvicorn_config(create_app(Path(jobs_dir), db_path, event_update_500), settings)
+    config = _uvicorn_config(create_app(Path(jobs_dir), db_path, legacy_api=legacy_api,
+                                        event_update_500=event_update_500), settings)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     # IPPROTO_TCP named: asyncio sets TCP_NODELAY only on sockets that say so, and without it every reply
     # after the first on a kept-alive connection waits ~40 ms (uvicorn writes headers and body apart)
@@ -273,12 +286,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--key", type=Path, help="the server's private key (PEM)")
     parser.add_argument("--ca", type=Path, help="CA file or hashed directory for client certificates")
     parser.add_argument("--tokens", type=Path, help="file of accepted bearer tokens, one per line")
+    parser.add_argument("--require-cert", action="store_true",
+                        help="demand a client certificate in the TLS handshake (no token-only clients)")
+    parser.add_argument("--no-legacy", action="store_true",
+                        help="act as a server without the legacy API: /server/panda/* answers HTTP 403")
     parser.add_argument("--event-update-500", action="store_true",
                         help="answer update_event_ranges with HTTP 500 after applying it, as panda-server 1.0.4 does")
     args = parser.parse_args(argv)
     try:
         run_server(args.jobs, args.host, args.port, args.db, args.port_file, tls=args.tls, cert=args.cert,
-                   key=args.key, ca=args.ca, tokens=args.tokens, event_update_500=args.event_update_500)
+                   key=args.key, ca=args.ca, tokens=args.tokens, require_cert=args.require_cert,
+                   legacy_api=not args.no_legacy, event_update_500=args.event_update_500)
     except ValueError as exc:
         parser.error(str(exc))
 

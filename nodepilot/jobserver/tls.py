@@ -2,19 +2,23 @@
 listed in a file, as panda-server accepts an X.509 proxy or a token.
 
 The TLS layer asks for a client certificate without requiring one (a presented certificate that
-does not verify against the CA fails the handshake); the HTTP layer then lets a request through
-when it carries ``Authorization: Bearer <token>`` with a token listed in the tokens file (read at
-each request, one token per line), or carries no token and its connection presented a verified
-certificate. Anything else is answered as panda-server answers a failed authentication: HTTP 403,
-``text/plain``, ``ERROR : Token authentication failed. <why>``.
+does not verify against the CA fails the handshake), unless told to require one (then a client
+without one gets the TLS alert "certificate required", as from a server that takes no tokens);
+the HTTP layer then lets a request through when it carries ``Authorization: Bearer <token>`` with
+a token listed in the tokens file (read at each request, one token per line), or carries no token
+and its connection presented a verified certificate. Anything else is answered as panda-server
+answers a failed authentication: HTTP 403, ``text/plain``, ``ERROR : Token authentication failed.
+<why>``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import logging
 import ssl
+from asyncio import sslproto
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,10 +39,13 @@ class TlsSettings:
     key: Path
     ca: Path | None = None  # a CA file, or a hashed CA directory
     tokens: Path | None = None
+    require_cert: bool = False  # the handshake fails without a client certificate (alert "certificate required")
 
     def __post_init__(self) -> None:
         if self.ca is None and self.tokens is None:
             raise ValueError("TLS needs a CA for client certificates (--ca) or a tokens file (--tokens), or both")
+        if self.require_cert and self.ca is None:
+            raise ValueError("requiring a client certificate needs the CA that signs them (--ca)")
 
     def ssl_context(self) -> ssl.SSLContext:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -48,7 +55,7 @@ class TlsSettings:
                 context.load_verify_locations(capath=str(self.ca))
             else:
                 context.load_verify_locations(cafile=str(self.ca))
-            context.verify_mode = ssl.CERT_OPTIONAL
+            context.verify_mode = ssl.CERT_REQUIRED if self.require_cert else ssl.CERT_OPTIONAL
             context.verify_flags |= ssl.VERIFY_ALLOW_PROXY_CERTS  # grid proxies are RFC 3820 proxy certificates
         return context
 
@@ -79,6 +86,46 @@ def recording_peer_certificates(base: type[asyncio.Protocol], peers: dict[PeerKe
             super().connection_lost(exc)
 
     return PeerCertificateProtocol
+
+
+class _AlertingTls(sslproto.SSLProtocol):
+    """asyncio's server-side TLS, except that a failed handshake first sends the alert that says why,
+    as gunicorn or Apache in front of panda-server do (e.g. "certificate required"). asyncio drops the
+    alert and resets the connection; here the alert is written, the connection half-closed, and it
+    is closed when the client has read it (its EOF) or after ``ALERT_GRACE_S``: closing at once
+    would reset the connection (the client's first request arrives meanwhile) and lose the alert."""
+
+    ALERT_GRACE_S = 2.0
+    _failed = False
+
+    def _on_handshake_complete(self, handshake_exc: BaseException | None) -> None:
+        if handshake_exc is None or self._transport is None:
+            super()._on_handshake_complete(handshake_exc)
+            return
+        if self._failed:  # more data or the client's EOF after the alert: the close is already planned
+            if handshake_exc is ConnectionResetError:
+                super()._on_handshake_complete(handshake_exc)
+            return
+        self._failed = True
+        with contextlib.suppress(Exception):
+            self._process_outgoing()  # the alert is in the outgoing buffer
+            self._transport.write_eof()
+        self._loop.call_later(self.ALERT_GRACE_S, self._close_after_alert, handshake_exc)
+
+    def _close_after_alert(self, handshake_exc: BaseException) -> None:
+        if self._transport is not None:
+            super()._on_handshake_complete(handshake_exc)
+
+
+def terminating_tls(protocol_class: type[asyncio.Protocol], context: ssl.SSLContext) -> Callable[..., asyncio.Protocol]:
+    """A protocol factory for uvicorn (``http_protocol_class``, with ``ssl`` off): TLS done by
+    ``_AlertingTls`` around the HTTP protocol."""
+
+    def build(*, _loop: asyncio.AbstractEventLoop | None = None, **kwargs: Any) -> asyncio.Protocol:
+        loop = _loop or asyncio.get_running_loop()
+        return _AlertingTls(loop, protocol_class(_loop=_loop, **kwargs), context, None, server_side=True)
+
+    return build
 
 
 def subject(cert: dict[str, Any]) -> str:

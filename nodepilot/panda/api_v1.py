@@ -1,4 +1,4 @@
-"""The new PanDA API (``<server>/api/v1/pilot/...`` and ``.../event/...``, PANDA_PROTOCOL.md
+"""The new PanDA API (``<server>/api/v1/pilot/...`` and ``.../event/...``, docs/protocol.md
 sections 1-4).
 
 The server checks every parameter against its handler's signature and rejects the whole call
@@ -186,7 +186,8 @@ class ApiV1Client(ServerClient):
             message = str(reply.get("message") or "")
             if message.strip().lower() == NO_JOBS_MESSAGE.lower():
                 return None
-            raise ServerError(f"acquire_jobs refused: {message}", retryable=_retryable(message))
+            raise ServerError(f"acquire_jobs refused: {message}", retryable=_retryable(message),
+                              refused=_refuses_pilot(message))
         data = reply.get("data")
         if not isinstance(data, dict):
             raise ServerError(f"acquire_jobs: reply data is {type(data).__name__}, not an object", retryable=True)
@@ -288,6 +289,12 @@ class ApiV1Client(ServerClient):
 def _retryable(message: str) -> bool:
     """Refusals worth retrying: the server timed out or its database failed."""
     return message.strip().lower().startswith(("timed out", "timeout", "database error"))
+
+
+def _refuses_pilot(message: str) -> bool:
+    """The refusals of the pilot itself (panda-server's request validation): no TLS client
+    certificate, no production/pilot role."""
+    return message.strip().lower().startswith(("ssl secure connection is required", "production or pilot role"))
 
 
 def _checked(what: str, reply: Any, content: bytes) -> dict[str, Any]:

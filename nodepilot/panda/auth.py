@@ -1,4 +1,4 @@
-"""Credentials for the PanDA server (PANDA_PROTOCOL.md section 1), looked up anew for every call.
+"""Credentials for the PanDA server (docs/protocol.md section 1), looked up anew for every call.
 
 - An X.509 proxy (``X509_USER_PROXY``: certificate and key in one file) is presented as the TLS
   client certificate. Its TLS context is cached by the file's identity (path, inode, size, mtime),
@@ -179,17 +179,22 @@ def ssl_cause(exc: BaseException) -> ssl.SSLError | None:
     return None
 
 
-def tls_refusal(exc: BaseException, creds: Credentials) -> str | None:
-    """A message when ``exc`` is a definite TLS refusal (no point retrying), else None."""
+def tls_refusal(exc: BaseException, creds: Credentials) -> tuple[str, bool] | None:
+    """(message, refused) when ``exc`` is a definite TLS failure (no point retrying), else None.
+    ``refused``: the handshake failed over a certificate (ours refused by the server, or the server's
+    not trusted), which only a change of credentials or CAs can mend."""
     cause = ssl_cause(exc)
     if cause is None or isinstance(cause, ssl.SSLEOFError | ssl.SSLZeroReturnError | ssl.SSLSyscallError):
         return None  # a closed or reset connection: also what network trouble looks like
     if isinstance(cause, ssl.SSLCertVerificationError):
         return (f"the server's certificate was not accepted ({cause.verify_message or cause.reason}); "
-                f"verified against {creds.describe_ca()}")
+                f"verified against {creds.describe_ca()}"), True
     text = f"{cause.reason or ''} {cause}".upper()
+    if "CERTIFICATE_REQUIRED" in text and not creds.proxy:
+        return ("the server requires a client certificate and the pilot has none: set X509_USER_PROXY to an "
+                f"X.509 proxy the server accepts (TLS alert: {cause})"), True
     if any(alert in text for alert in REFUSAL_ALERTS):
         what = (f"the client certificate X509_USER_PROXY={creds.proxy}" if creds.proxy
                 else "the connection without client certificate (X509_USER_PROXY is not set)")
-        return f"the server refused {what} in the TLS handshake: {cause}"
-    return f"TLS failure: {cause}"
+        return f"the server refused {what} in the TLS handshake: {cause}", True
+    return f"TLS failure: {cause}", False

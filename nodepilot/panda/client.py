@@ -1,4 +1,4 @@
-"""The one server interface the pilot uses, whatever the dialect (PANDA_PROTOCOL.md section 1).
+"""The one server interface the pilot uses, whatever the dialect (docs/protocol.md section 1).
 
 Callers speak the legacy field names of sections 2 and 3; each dialect adapter translates them.
 """

@@ -1,4 +1,4 @@
-"""Event ranges (PANDA_PROTOCOL.md section 4): the shapes both dialects, the standalone client and
+"""Event ranges (docs/protocol.md section 4): the shapes both dialects, the standalone client and
 the local server share."""
 
 from __future__ import annotations

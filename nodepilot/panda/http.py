@@ -8,6 +8,7 @@ import asyncio
 import json
 import logging
 import random
+import re
 import ssl
 from dataclasses import dataclass
 from typing import Any
@@ -29,9 +30,12 @@ KEPT_CLIENTS = 2  # connection pools kept per client: the current TLS identity a
 class HttpStatusError(ServerError):
     """An HTTP status outside 2xx, after the retries that apply to it."""
 
-    def __init__(self, message: str, status: int, retryable: bool) -> None:
-        super().__init__(message, retryable=retryable)
+    def __init__(self, message: str, status: int, retryable: bool, refused: bool = False) -> None:
+        super().__init__(message, retryable=retryable, refused=refused)
         self.status = status
+
+
+_FORBIDDEN_METHOD = re.compile(rb"^\s*ERROR : method (\w+) is forbidden")
 
 
 @dataclass
@@ -70,6 +74,14 @@ def parse_json_object(what: str, content: bytes) -> dict[str, Any]:
     if not isinstance(reply, dict):
         raise ServerError(f"{what}: reply is not a JSON object: {snippet(content)!r}", retryable=True)
     return reply
+
+
+def _dialect_advice(url: str, method: str) -> str:
+    """What a 403 "method <m> is forbidden" means: the server lacks that method, so the other
+    dialect is the one to speak (a server without the legacy API answers every legacy call so)."""
+    if "/server/panda/" in url:
+        return f"this server has no legacy API (it refuses {method}): use --api v1"
+    return f"this server has no API v1 method {method} (an older server?): use --api legacy"
 
 
 def _retry_after(value: str) -> float:
@@ -143,13 +155,16 @@ class PandaHttp:
             return exc, 0.0
         except httpx.UnsupportedProtocol as exc:
             return ServerError(f"{what}: {exc}"), 0.0
-        except (httpx.TransportError, TimeoutError) as exc:
+        except (httpx.TransportError, TimeoutError, ssl.SSLError) as exc:
+            # a TLS alert arriving after the handshake (TLS 1.3 "certificate required") comes out of
+            # httpx's read as the bare ssl.SSLError
             return await self._transport_error(what, exc, creds), 0.0
         except httpx.HTTPError as exc:  # undecodable content, too many redirects
             return ServerError(f"{what}: {type(exc).__name__}: {exc}", retryable=True), 0.0
         if 200 <= reply.status < 300:
             return reply, 0.0
-        return self._status_error(what, reply, creds, retry_500), _retry_after(reply.headers.get("retry-after", ""))
+        retry_after = _retry_after(reply.headers.get("retry-after", ""))
+        return self._status_error(what, url, reply, creds, retry_500), retry_after
 
     async def _send(self, client: httpx.AsyncClient, method: str, url: str, payload: bytes,
                     headers: dict[str, str]) -> Reply:
@@ -166,25 +181,30 @@ class PandaHttp:
             return Reply(resp.status_code, b"".join(chunks), resp.headers)
 
     @staticmethod
-    def _status_error(what: str, reply: Reply, creds: Credentials, retry_500: bool) -> HttpStatusError:
+    def _status_error(what: str, url: str, reply: Reply, creds: Credentials, retry_500: bool) -> HttpStatusError:
         status = reply.status
+        forbidden = _FORBIDDEN_METHOD.match(reply.content) if status == 403 else None
+        if forbidden:  # panda-server's answer to a method it does not have, whoever asks
+            return HttpStatusError(f"{what}: {_dialect_advice(url, forbidden[1].decode())} "
+                                   f"(HTTP 403: {snippet(reply.content)})", status, retryable=False, refused=True)
         if status in (401, 403):
             return HttpStatusError(f"{what}: the server refused {creds.describe()}: HTTP {status}: "
-                                   f"{snippet(reply.content)}", status, retryable=False)
+                                   f"{snippet(reply.content)}", status, retryable=False, refused=True)
         retryable = (status >= 500 and (retry_500 or status != 500)) or status == 429
         return HttpStatusError(f"{what}: HTTP {status}: {snippet(reply.content)}", status, retryable=retryable)
 
     async def _transport_error(self, what: str, exc: Exception, creds: Credentials) -> ServerError:
         refusal = tls_refusal(exc, creds)
         if refusal:
-            return ServerError(f"{what}: {refusal}", retryable=False)
+            message, refused = refusal
+            return ServerError(f"{what}: {message}", retryable=False, refused=refused)
         if (self._https and self._transport is None and creds.proxy
                 and (ssl_cause(exc) is not None or isinstance(exc, httpx.ReadError | httpx.RemoteProtocolError))
                 and await self._certificate_refused(creds)):
             detail = str(ssl_cause(exc) or exc) or "connection closed"
             return ServerError(f"{what}: the server refused the client certificate X509_USER_PROXY={creds.proxy}: "
                                f"it closes TLS connections that present it and accepts them without it "
-                               f"({type(exc).__name__}: {detail})", retryable=False)
+                               f"({type(exc).__name__}: {detail})", retryable=False, refused=True)
         return ServerError(f"{what}: {type(exc).__name__}: {str(exc) or 'timed out'}", retryable=True)
 
     async def _certificate_refused(self, creds: Credentials) -> bool:

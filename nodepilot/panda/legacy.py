@@ -1,4 +1,4 @@
-"""The legacy PanDA API (``<server>/server/panda/<method>``, PANDA_PROTOCOL.md sections 1-4).
+"""The legacy PanDA API (``<server>/server/panda/<method>``, docs/protocol.md sections 1-4).
 
 Fields keep the legacy names callers use. The legacy server binds the parameters to its
 functions' keyword arguments (an unknown one is an HTTP 500) and converts the values itself, so
@@ -97,7 +97,7 @@ def parse_reply(what: str, content: bytes) -> tuple[dict[str, Any], int]:
         text = snippet(content)
         refused = text.upper().startswith("ERROR") or "role" in text or "DN" in text
         raise ServerError(f"{what}: {'refused' if refused else 'reply without StatusCode'}: {text!r}",
-                          retryable=not refused)
+                          retryable=not refused, refused=refused)
     try:
         return reply, int(reply["StatusCode"])
     except (TypeError, ValueError):
@@ -106,7 +106,8 @@ def parse_reply(what: str, content: bytes) -> tuple[dict[str, Any], int]:
 
 def status_error(what: str, code: int, reply: dict[str, Any]) -> ServerError:
     diag = reply.get("errorDialog") or REFUSALS.get(code, "")
-    return ServerError(f"{what}: StatusCode {code} {diag}".rstrip(), retryable=code not in REFUSALS)
+    return ServerError(f"{what}: StatusCode {code} {diag}".rstrip(), retryable=code not in REFUSALS,
+                       refused=code in REFUSALS)
 
 
 class LegacyClient(ServerClient):

@@ -8,7 +8,7 @@ Keys, in the database of the front-end's Redis URL (workers' own buses live in o
 same Redis, one leased per worker):
 
 - ``relay:requests``       stream  worker -> front-end  {id, worker, method, args, timeout_s}
-- ``relay:reply:<id>``     list    front-end -> worker  one JSON answer {ok, value | error, retryable, code}
+- ``relay:reply:<id>``     list    front-end -> worker  one JSON answer {ok, value | error, retryable, code, refused}
 - ``relay:commands:<worker>`` list front-end -> worker  {jobId, command} (tobekilled, softkill, debug...)
 - ``relay:db:<n>``         string  the worker leasing database n (expires unless renewed)
 """
@@ -106,7 +106,8 @@ class RelayClient(ServerClient):
             error = answer if isinstance(answer, dict) else {}
             raise ServerError(f"{method} (through the front-end): {error.get('error') or answer!r}",
                               retryable=bool(error.get("retryable", True)),
-                              code=int(error.get("code") or ErrorCode.SERVER_COMMUNICATION))
+                              code=int(error.get("code") or ErrorCode.SERVER_COMMUNICATION),
+                              refused=bool(error.get("refused")))
         return answer.get("value")
 
     async def acquire_job(self, params: dict[str, Any]) -> dict[str, Any] | None:

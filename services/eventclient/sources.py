@@ -1,4 +1,4 @@
-"""Where a job's event ranges come from and where their status goes (PANDA_PROTOCOL.md section 4).
+"""Where a job's event ranges come from and where their status goes (docs/protocol.md section 4).
 
 ``ServerRangeSource`` asks the PanDA server through the pilot's ``ServerClient``;
 ``FileRangeSource`` serves a standalone job from a JSON list of ranges and appends every report

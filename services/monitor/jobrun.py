@@ -24,11 +24,12 @@ from nodepilot import bus, experiments, logs
 from nodepilot.config import PilotConfig
 from nodepilot.errors import ErrorCode, clip_diag
 from nodepilot.job import Job
-from nodepilot.outbox import Outbox, file_report, jobmetrics, pilot_timing
+from nodepilot.outbox import Outbox
 from nodepilot.timeutil import panda_time
-from nodepilot.worker import batch_system, pilot_id
+from nodepilot.usage import read_usage
 from services.monitor.checks.base import CheckContext, Firing
 from services.monitor.es_steps import EventServiceSteps
+from services.monitor.fields import job_update
 from services.monitor.result import JobResult
 from services.monitor.stage_steps import StageSteps
 from services.monitor.timebudget import TimeBudget
@@ -36,12 +37,6 @@ from services.monitor.watchdog import Watchdog
 
 log = logging.getLogger(__name__)
 
-# the runner's measurements of the payload tree -> update fields (kB, bytes, bytes/s)
-USAGE_FIELDS = {
-    "max_rss_kb": "maxRSS", "max_pss_kb": "maxPSS", "max_vmem_kb": "maxVMEM", "max_swap_kb": "maxSWAP",
-    "avg_rss_kb": "avgRSS", "avg_pss_kb": "avgPSS", "avg_vmem_kb": "avgVMEM", "avg_swap_kb": "avgSWAP",
-    "tot_rbytes": "totRBYTES", "tot_wbytes": "totWBYTES", "rate_rbytes": "rateRBYTES", "rate_wbytes": "rateWBYTES",
-}
 DEBUG_HEARTBEAT_S = 60.0
 STDOUT_TAIL_BYTES = 2048
 SIGNAL_CODES = {1: ErrorCode.SIGNAL_OTHER, 2: ErrorCode.SIGINT, 3: ErrorCode.SIGQUIT,
@@ -49,8 +44,6 @@ SIGNAL_CODES = {1: ErrorCode.SIGNAL_OTHER, 2: ErrorCode.SIGINT, 3: ErrorCode.SIG
                 15: ErrorCode.SIGTERM, 24: ErrorCode.SIGXCPU}
 
 
-def _number(value: Any) -> int | None:
-    return int(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
 class Interrupted(Exception):
@@ -151,35 +144,9 @@ class JobRun(StageSteps, EventServiceSteps):
         })
         log.info("job %s: %s", self.job.panda_id, state)
 
-    def update_fields(self, final: bool) -> dict[str, Any]:
-        job, res, payload = self.job, self.result, self.payload
-        batch, batch_id = batch_system()
-        fields: dict[str, Any] = {
-            "jobId": job.panda_id, "state": res.state, "timestamp": panda_time(time.time()),
-            "siteName": self.config.queuedata.site or self.config.queue, "node": self.config.node,
-            "attemptNr": job.attempt_nr, "schedulerID": "nodepilot", "pilotID": pilot_id(self.config.pilot_id_tag),
-            "batchID": batch_id or None, "startTime": panda_time(res.start_time), "coreCount": job.core_count,
-        }
-        if payload:
-            fields.update(cpuConsumptionTime=round(payload.get("cpu_seconds") or 0),
-                          cpuConsumptionUnit="s", cpuConversionFactor=1.0,
-                          nEvents=payload.get("n_events") or None)
-            fields.update({name: _number(payload.get(key)) for key, name in USAGE_FIELDS.items()})
-        if final:
-            fields.update(
-                endTime=panda_time(res.end_time), pilotErrorCode=res.pilot_error_code,
-                pilotErrorDiag=res.pilot_error_diag or None,
-                transExitCode=res.trans_exit_code if res.trans_exit_code is not None else None,
-                exeErrorCode=res.exe_error_code, exeErrorDiag=res.exe_error_diag or None,
-                pilotTiming=pilot_timing(res.timings), metaData=payload.get("report_text") or None,
-                xml=file_report(self.staged) or None,
-                jobMetrics=jobmetrics({"coreCount": job.core_count, "nInputFiles": res.files_in,
-                                       "nOutputFiles": res.files_out, "batchSystem": batch,
-                                       "maxGPUMemKB": payload.get("max_gpu_mem_kb") or None,
-                                       "avgGPUUtil": payload.get("avg_gpu_util_pct") or None,
-                                       "isolation": payload.get("isolation")}),
-            )
-        return {k: v for k, v in fields.items() if v is not None}
+    def update_fields(self, final: bool, usage: dict[str, Any] | None = None) -> dict[str, Any]:
+        """This job's update now (services/monitor/fields.py); ``usage``: the payload's figures so far."""
+        return job_update(self.job, self.config, self.result, self.payload, self.staged, final=final, usage=usage)
 
     async def mark_running(self, event: dict[str, Any]) -> None:
         if self.payload_running:
@@ -282,10 +249,12 @@ class JobRun(StageSteps, EventServiceSteps):
             with contextlib.suppress(TimeoutError):  # a timer, woken early when the period changes
                 await asyncio.wait_for(self._heartbeat_changed.wait(), self.heartbeat_period())
                 continue
-            fields = self.update_fields(final=False)
+            running = self.payload_running and not self.payload  # the figures measured so far go along
+            update = self.update_fields(final=False, usage=await read_usage(self.r, self.job.panda_id)
+                                        if running else None)
             if self.debug:
-                fields["stdout"] = self.stdout_tail()
-            await self.outbox.put(fields)
+                update["stdout"] = self.stdout_tail()
+            await self.outbox.put(update)
 
     def _request_id(self, step: str) -> str:
         return f"{self.job.panda_id}:{self.job.attempt_nr}:{step}"

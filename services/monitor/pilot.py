@@ -128,7 +128,11 @@ class Pilot:
             worker_id, harvester_id = os.environ.get("HARVESTER_WORKER_ID"), os.environ.get("HARVESTER_ID")
             if worker_id and harvester_id:
                 await self.client.update_worker_status(worker_id, harvester_id, status, config.node)
-        except Exception as exc:  # never the pilot's end: the server only keeps statistics of these
+        except ServerError as exc:  # never the pilot's end: the server only keeps statistics of these
+            # a refusal of the pilot itself is what acquiring a job reports too: said once, there
+            log.log(logging.DEBUG if exc.refused else logging.WARNING, "worker report (%s) not delivered: %s",
+                    status, exc)
+        except Exception as exc:
             log.warning("worker report (%s) not delivered: %s", status, exc)
 
     async def resume(self) -> None:
@@ -172,7 +176,7 @@ class Pilot:
             except ServerError as exc:
                 log.error("could not get a job: %s", exc)
                 if not self.taken:
-                    code = exitcodes.SERVER
+                    code = exitcodes.REFUSED if exc.refused else exitcodes.SERVER
                 break
             finally:
                 self._acquiring = None

@@ -39,7 +39,7 @@ def _positive(value: int | None) -> float | None:
 
 
 def default_checks(job: Job, queuedata: QueueData) -> list[Check]:
-    """Every check, with the limits of PANDA_PROTOCOL.md section 6 and those of the job and queue;
+    """Every check, with the limits of docs/protocol.md section 6 and those of the job and queue;
     the queue data's ``watchdog`` section may override a limit and the period of every check."""
     w = queuedata.watchdog
     period = w.get("period_s")

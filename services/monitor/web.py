@@ -22,8 +22,8 @@ from fastapi.responses import FileResponse, RedirectResponse
 
 from nodepilot.reports import read_limited
 from nodepilot.service import QuietServer
+from nodepilot.usage import USAGE_FILE
 from services.monitor.metrics import jobs
-from services.runner.sampler import USAGE_FILE
 
 if TYPE_CHECKING:
     from services.monitor.pilot import Pilot

@@ -1,6 +1,6 @@
 """The payload's outcome, for any experiment: its exit status and the reports it left in its work dir.
 
-Sources (PANDA_PROTOCOL.md section 5): ``jobReport.json`` (exitCode, exitMsg, exeErrorCode,
+Sources (docs/protocol.md section 5): ``jobReport.json`` (exitCode, exitMsg, exeErrorCode,
 exeErrorDiag, resource.transform.processedEvents, files.output[].subFiles[]) and the simpler
 ``payload_error_report.json`` ({error_code, error_diag}). A report that is missing, too big or
 malformed never fails the reading: it is noted in the pilot diag.

@@ -14,7 +14,8 @@ so the totals never go down), and the numbers of processes and threads.
 
 Outputs: ``<workdir>/memory_monitor_output.json`` (every sample, rewritten atomically at each
 one) and the hash ``runner:job:<id>:usage`` (the latest sample, plus ``pids``: a JSON list of
-the tree's live pids) that the monitor's watchdog reads.
+the tree's live pids, plus the ``UsageSummary`` of the samples so far: ``max_rss_kb``,
+``cpu_seconds``...) that the monitor's watchdog and its heartbeats read.
 """
 
 from __future__ import annotations
@@ -33,32 +34,17 @@ from typing import Any
 import psutil
 import redis.asyncio as aioredis
 
-from nodepilot import bus
 from nodepilot.gpu import gpu_usage
+from nodepilot.usage import USAGE_FILE, usage_key
 
 log = logging.getLogger(__name__)
 
-USAGE_FILE = "memory_monitor_output.json"
 DEFAULT_INTERVAL_S = 10.0
 MIN_INTERVAL_S = 0.1
 MAX_INTERVAL_S = 3600.0
 USAGE_TTL_S = 7 * 86400
 STOP_TIMEOUT_S = 10.0  # the last sample after the payload ended
 KB = 1024
-
-
-usage_key = bus.runner_usage_key  # the hash holding the latest sample of a job's payload tree
-
-
-def decode_usage(raw: dict[str, str]) -> dict[str, Any]:
-    """The usage hash as written by ``UsageSampler``: numbers as numbers, ``pids`` as a list."""
-    usage: dict[str, Any] = {}
-    for name, text in raw.items():
-        try:
-            usage[name] = json.loads(text)
-        except ValueError:
-            usage[name] = text
-    return usage
 
 
 @dataclass
@@ -215,6 +201,8 @@ class UsageSampler:
         self.path = workdir / USAGE_FILE
         self.tree = ProcessTree(root_pid, members)
         self.samples: list[Sample] = []
+        self.started = time.time()
+        self.summary = UsageSummary()  # of the samples so far
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._failing: set[str] = set()  # outputs that failed: logged once until they work again
@@ -253,7 +241,8 @@ class UsageSampler:
         try:
             key = usage_key(self.job_id)
             async with self.r.pipeline(transaction=True) as pipe:
-                pipe.hset(key, mapping=sample.hash_fields())
+                pipe.hset(key, mapping={**sample.hash_fields(),
+                                        **{k: json.dumps(v) for k, v in self.summary.to_dict().items()}})
                 pipe.expire(key, USAGE_TTL_S)
                 await pipe.execute()
             self._recovered("redis")
@@ -266,6 +255,7 @@ class UsageSampler:
         for name, value in gpu_usage(sample.pids).items():
             setattr(sample, name, value)
         self.samples.append(sample)
+        self.summary = summarize(self.samples, wall_s=sample.time - self.started)
         try:
             write_samples(self.path, self.samples)
             self._recovered("file")

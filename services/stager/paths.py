@@ -1,4 +1,4 @@
-"""Where files live on a storage endpoint (PANDA_PROTOCOL.md section 8). Pure functions."""
+"""Where files live on a storage endpoint (docs/protocol.md section 8). Pure functions."""
 
 from __future__ import annotations
 

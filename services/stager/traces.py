@@ -1,4 +1,4 @@
-"""Transfer traces: one JSON record per file per attempt (PANDA_PROTOCOL.md section 8), POSTed to the
+"""Transfer traces: one JSON record per file per attempt (docs/protocol.md section 8), POSTed to the
 queue's trace URL by a background task, never by the transfer itself.
 
 Every record is first appended to the Redis list ``stager:traces`` (the spool); the sender moves the

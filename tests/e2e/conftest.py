@@ -40,7 +40,8 @@ def start_job_server(jobs_dir: Path, base: Path, *options: str) -> JobServer:
             proc.kill()
             raise RuntimeError("job server did not start")
         time.sleep(0.02)
-    return JobServer(f"http://127.0.0.1:{port_file.read_text().strip()}", jobs_dir, proc)
+    scheme = "https" if "--tls" in options else "http"
+    return JobServer(f"{scheme}://127.0.0.1:{port_file.read_text().strip()}", jobs_dir, proc)
 
 
 @pytest.fixture(autouse=True)

@@ -1,6 +1,6 @@
 """The local job server, started for real with run_server and spoken to over HTTP.
 
-Requests and the replies expected are written from PANDA_PROTOCOL.md and the real panda-server
+Requests and the replies expected are written from docs/protocol.md and the real panda-server
 (api/v1/pilot_api.py, api/v1/common.py, server/panda.py), not recorded from this server.
 """
 
@@ -250,7 +250,7 @@ def test_client_against_the_server(start):
 
 
 def test_the_update_names_are_exactly_those_of_the_protocol():
-    """PANDA_PROTOCOL.md section 3: update_job accepts exactly these names."""
+    """docs/protocol.md section 3: update_job accepts exactly these names."""
     documented = {
         "job_id", "job_status", "job_output_report", "meta_data", "pilot_log", "node", "site_name",
         "scheduler_id", "pilot_id", "batch_id", "attempt_nr", "start_time", "end_time", "core_count",
@@ -267,7 +267,7 @@ def test_the_update_names_are_exactly_those_of_the_protocol():
 
 
 def test_the_acquire_names_are_those_of_the_protocol():
-    """PANDA_PROTOCOL.md section 2: the new API's names for the getJob request."""
+    """docs/protocol.md section 2: the new API's names for the getJob request."""
     documented = {"site_name", "computing_element", "prod_source_label", "disk_space", "memory", "node",
                   "resource_type", "job_type", "harvester_id", "worker_id", "scheduler_id", "remaining_time",
                   "n_jobs", "task_id"}

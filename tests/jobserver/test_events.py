@@ -1,7 +1,7 @@
 """Event ranges on the local job server, over real HTTP: ``/api/v1/event/...``, ``/jobs/{id}/ranges``,
 and the clients of both dialects against it.
 
-Request and reply shapes are those of PANDA_PROTOCOL.md section 4 and panda-server's event_api.py
+Request and reply shapes are those of docs/protocol.md section 4 and panda-server's event_api.py
 (``acquire_event_ranges(job_id: int, jobset_id: int, task_id: int | None = None, n_ranges: int = 10,
 ...)``, ``update_event_ranges(event_ranges: str, timeout: int = 120, version: int = 0)``).
 """

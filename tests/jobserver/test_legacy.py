@@ -124,7 +124,17 @@ def test_what_fails_the_call(server: Server, method: str, data: Any, headers: di
 
 def test_other_methods_are_forbidden(server: Server):
     reply = post(server, "getProxy", {"role": "pilot"})
-    assert (reply.status_code, reply.text) == (403, "ERROR : getProxy is forbidden")
+    assert (reply.status_code, reply.text) == (403, "ERROR : method getProxy is forbidden")
+
+
+def test_a_server_without_the_legacy_api(tmp_path: Path):
+    """``--no-legacy``: every legacy method is refused as panda-server refuses a method it lacks; the
+    new API still serves the jobs."""
+    with serving(write_jobs(tmp_path / "jobs", a=JOB), tmp_path / "server.sqlite", "--no-legacy") as running:
+        reply = post(running, "getJob", {"siteName": "Q"}, ACCEPT_JSON)
+        assert (reply.status_code, reply.text) == (403, "ERROR : method getJob is forbidden")
+        assert reply.headers["content-type"].startswith("text/plain")
+        assert running.call("acquire_jobs", {"site_name": "Q"})["data"]["jobs"][0]["PandaID"] == 4242
 
 
 def test_a_get_works_too(server: Server):

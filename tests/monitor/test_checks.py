@@ -13,6 +13,7 @@ from nodepilot import bus
 from nodepilot.config import QueueData
 from nodepilot.errors import ErrorCode
 from nodepilot.job import FileSpec, Job
+from nodepilot.usage import USAGE_FILE, usage_key
 from services.monitor.checks import memory, workdir_size
 from services.monitor.checks.base import Check, CheckContext, Firing
 from services.monitor.checks.cputime import CputimeCheck
@@ -23,7 +24,7 @@ from services.monitor.checks.output_size import OutputSizeCheck
 from services.monitor.checks.stdout_size import StdoutSizeCheck
 from services.monitor.checks.walltime import WalltimeCheck
 from services.monitor.checks.workdir_size import WorkdirSizeCheck
-from services.runner.sampler import USAGE_FILE, Sample, usage_key
+from services.runner.sampler import Sample
 
 NOW = time.time()
 JOB_ID = 501

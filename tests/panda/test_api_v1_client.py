@@ -1,4 +1,4 @@
-"""ApiV1Client against hand-written exchanges of PANDA_PROTOCOL.md sections 1-3 (httpx.MockTransport).
+"""ApiV1Client against hand-written exchanges of docs/protocol.md sections 1-3 (httpx.MockTransport).
 
 Expected request bodies and server replies are written from the document and from the real
 panda-server's handler signatures, not recorded from our own output. Replies carry

@@ -1,5 +1,5 @@
 """Event ranges through the new API (``event/acquire_event_ranges``, ``event/update_event_ranges``)
-and in standalone mode, against hand-written exchanges (PANDA_PROTOCOL.md section 4)."""
+and in standalone mode, against hand-written exchanges (docs/protocol.md section 4)."""
 
 from __future__ import annotations
 

@@ -151,6 +151,22 @@ def test_refusals_are_not_retried(reply: bytes):
     with pytest.raises(ServerError) as err:
         run(rec.legacy().update_job({"jobId": 1, "state": "running"}))
     assert not err.value.retryable and len(rec.requests) == 1
+    assert err.value.refused  # the pilot's credentials or role: final, for every call
+
+
+def test_a_server_without_the_legacy_api_says_use_api_v1():
+    """panda-server without its legacy API answers every legacy call HTTP 403 "method <m> is
+    forbidden": not a credential problem, and the other dialect is the cure."""
+    rec = Recorder(text(b"ERROR : method getJob is forbidden", 403))
+    with pytest.raises(ServerError) as err:
+        run(rec.legacy().acquire_job({"siteName": "Q"}))
+    message = str(err.value)
+    assert err.value.refused and not err.value.retryable and len(rec.requests) == 1
+    assert "no legacy API" in message and "--api v1" in message and "credential" not in message
+    v1 = Recorder(text(b"ERROR : method acquire_jobs is forbidden", 403))
+    with pytest.raises(ServerError) as err:
+        run(v1.client().acquire_job({"siteName": "Q"}))
+    assert err.value.refused and "--api legacy" in str(err.value)
 
 
 @pytest.mark.parametrize("reply", [b"StatusCode=10", b"StatusCode=30", b'{"StatusCode": 30}'])

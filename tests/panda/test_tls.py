@@ -241,3 +241,35 @@ def test_unreadable_credentials(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     monkeypatch.delenv("PANDA_AUTH_TOKEN_FILE")
     assert current_credentials().describe().startswith(f"the X.509 proxy X509_USER_PROXY={tmp_path}")
     assert BASE.startswith("https")
+
+
+# --- a server that requires a client certificate in the handshake --------------------------------------
+@pytest.fixture(scope="module")
+def demanding(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """As panda-server behind gunicorn with ``cert_reqs`` CERT_REQUIRED: no certificate, no handshake."""
+    directory = tmp_path_factory.mktemp("demanding-server")
+    with serving(write_jobs(directory / "jobs", a=JOBS), directory / "server.sqlite", "--tls", "--require-cert",
+                 "--cert", str(pki.server.cert), "--key", str(pki.server.key), "--ca", str(pki.ca.cert)) as server:
+        yield server
+
+
+@pytest.mark.parametrize("client_class", [ApiV1Client, LegacyClient])
+def test_a_required_client_certificate_that_the_pilot_lacks(demanding: Server, pki: Pki,
+                                                            monkeypatch: pytest.MonkeyPatch, client_class: type):
+    """The TLS alert "certificate required" is one final error that says what is missing (it used to
+    escape the client as a bare ssl.SSLError and kill the monitor)."""
+    monkeypatch.setenv("X509_CERT_FILE", str(pki.ca.cert))
+    error = refused(demanding.url, client_class)
+    assert error.refused and "requires a client certificate" in str(error) and "X509_USER_PROXY" in str(error)
+    assert "certificate required" in str(error)
+    monkeypatch.setenv("X509_USER_PROXY", str(pki.client.proxy))
+    assert acquire(demanding.url, client_class) is not None
+
+
+def test_refusals_of_the_certificates_are_marked_refused(secured: tuple[Server, Path], pki: Pki,
+                                                          monkeypatch: pytest.MonkeyPatch):
+    server, _ = secured
+    monkeypatch.setenv("X509_CERT_FILE", str(pki.ca.cert))
+    assert refused(server.url).refused  # no credential at all: HTTP 403
+    monkeypatch.setenv("X509_USER_PROXY", str(pki.rogue_client.proxy))
+    assert refused(server.url).refused

@@ -9,8 +9,9 @@ from pathlib import Path
 import psutil
 import pytest
 
+from nodepilot.usage import USAGE_FILE, decode_usage, usage_key
 from services.runner.request import BadRequest, parse_run
-from services.runner.sampler import USAGE_FILE, ProcessTree, Sample, decode_usage, summarize, usage_key
+from services.runner.sampler import ProcessTree, Sample, UsageSummary, summarize
 from tests.conftest import running_service
 from tests.runner.test_runner_service import finished, run, workdir
 from tests.waiting import wait_until
@@ -67,7 +68,9 @@ def test_memory_of_the_payload_is_sampled(rds, pilot_config):
     assert event["tot_rbytes"] >= 0 and event["tot_wbytes"] >= 0
     assert event["rate_wbytes"] == round(event["tot_wbytes"] / event["wall_seconds"])
     latest = usage(rds, job_id)
-    assert set(latest) == SAMPLE_FIELDS | {"pids"} and isinstance(latest["pids"], list)
+    summary = set(UsageSummary().to_dict())  # the figures so far, for the monitor's heartbeats
+    assert set(latest) == SAMPLE_FIELDS | {"pids"} | summary and isinstance(latest["pids"], list)
+    assert 40_000 < latest["max_pss_kb"] <= event["max_pss_kb"] and latest["cpu_seconds"] <= event["cpu_seconds"]
     assert rds.ttl(usage_key(job_id)) > 0
 
 

@@ -13,7 +13,7 @@ import redis.asyncio as aioredis
 
 from nodepilot.config import QueueData
 from nodepilot.job import Job
-from services.runner.sampler import decode_usage, usage_key
+from nodepilot.usage import read_usage
 
 MAX_SCAN_ENTRIES = 100_000
 GIB = 1024**3
@@ -45,7 +45,7 @@ class CheckContext:
 
     async def usage(self) -> dict[str, Any]:
         """The runner's latest sample of the payload tree ({} before the first one)."""
-        return decode_usage(await self.redis.hgetall(usage_key(self.job.panda_id)))
+        return await read_usage(self.redis, self.job.panda_id)
 
 
 class Check:

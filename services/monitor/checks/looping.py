@@ -1,4 +1,4 @@
-"""Looping job: no file in the work dir was modified for too long (PANDA_PROTOCOL.md section 6: 2 h, 1150)."""
+"""Looping job: no file in the work dir was modified for too long (docs/protocol.md section 6: 2 h, 1150)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import asyncio
 from pathlib import Path
 
 from nodepilot.errors import ErrorCode
+from nodepilot.usage import USAGE_FILE
 from services.monitor.checks.base import MAX_SCAN_ENTRIES, Check, CheckContext, Firing, TreeScan, fmt_seconds
-from services.runner.sampler import USAGE_FILE
 
 DEFAULT_LIMIT_S = 2 * 3600.0
 # files the pilot itself keeps writing: they say nothing about the payload's progress

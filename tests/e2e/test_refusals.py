@@ -1,0 +1,66 @@
+"""A server that refuses the pilot as it is configured: one clear line and exit code 6
+(``exitcodes.REFUSED``), never a service that dies and is restarted, never "unreachable" (3)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from nodepilot import exitcodes
+from tests.conftest import stop_process
+from tests.e2e.conftest import JobServer, add_jobs, run_pilot, start_job_server
+from tests.panda.pki import Pki, make_pki
+
+JOB = {"PandaID": 6001, "attemptNr": 1, "transformation": "/bin/true", "jobPars": ""}
+
+
+def error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if " ERROR " in line or " WARNING " in line or "Traceback" in line]
+
+
+@pytest.fixture
+def serve(site: Path) -> Iterator[list[JobServer]]:
+    started: list[JobServer] = []
+    yield started
+    for server in started:
+        stop_process(server.process)
+
+
+def test_a_server_without_the_legacy_api(site: Path, serve: list[JobServer]):
+    add_jobs(site, JOB)
+    server = start_job_server(site / "jobs", site, "--no-legacy")
+    serve.append(server)
+    result = run_pilot(site, server.url, "--api", "legacy", timeout=60)
+    assert result.returncode == exitcodes.REFUSED, result.stderr[-3000:]
+    lines = error_lines(result.stderr)
+    assert len(lines) == 1, lines
+    assert "no legacy API" in lines[0] and "--api v1" in lines[0] and "credential" not in lines[0]
+    assert server.jobs() == {}  # nothing was handed out
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+def test_a_server_that_requires_a_client_certificate(site: Path, serve: list[JobServer], pki: Pki,
+                                                     monkeypatch: pytest.MonkeyPatch):
+    add_jobs(site, JOB)
+    server = start_job_server(site / "jobs", site, "--tls", "--require-cert", "--cert", str(pki.server.cert),
+                              "--key", str(pki.server.key), "--ca", str(pki.ca.cert))
+    serve.append(server)
+    for name in ("X509_USER_PROXY", "PANDA_AUTH_TOKEN", "PANDA_AUTH_TOKEN_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("X509_CERT_FILE", str(pki.ca.cert))
+    result = run_pilot(site, server.url, timeout=60)
+    assert result.returncode == exitcodes.REFUSED, result.stderr[-3000:]
+    lines = error_lines(result.stderr)
+    assert len(lines) == 1, lines
+    assert "requires a client certificate" in lines[0] and "X509_USER_PROXY" in lines[0]
+    assert "restarting" not in result.stderr and "died" not in result.stderr
+
+    monkeypatch.setenv("X509_USER_PROXY", str(pki.client.proxy))  # the same pilot with a certificate
+    result = run_pilot(site, server.url, timeout=120)
+    assert result.returncode == exitcodes.OK, result.stderr[-3000:]
