@@ -22,10 +22,10 @@ from nodepilot.redis_server import EmbeddedRedis, start_redis
 ALLOWED_SKIPS = Path(__file__).with_name("allowed_skips.txt")
 
 
-def allowed_skips(path: Path = ALLOWED_SKIPS) -> dict[str, str]:
+def allowed_skips() -> dict[str, str]:
     """``test path or node id prefix -> why`` from the list (``prefix | why`` lines, # comments)."""
     allowed = {}
-    for line in path.read_text().splitlines():
+    for line in ALLOWED_SKIPS.read_text().splitlines():
         if line.strip() and not line.lstrip().startswith("#"):
             prefix, _, why = line.partition("|")
             allowed[prefix.strip()] = why.strip()
