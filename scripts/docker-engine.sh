@@ -20,22 +20,44 @@ docker=/usr/bin/docker  # Debian's CLI, the engine's own version
 answers() { DOCKER_HOST=$1 timeout 10 "$docker" info >/dev/null 2>&1; }
 
 stop() {
-    [ -f "$dir/dockerd.pid" ] || return 0
-    pid=$(cat "$dir/dockerd.pid")
-    if kill -0 "$pid" 2>/dev/null; then
-        # its containers first (a restart policy would bring them back with the engine's next start)
-        ids=$(DOCKER_HOST=unix://$sock timeout 30 "$docker" ps -q 2>/dev/null || true)
-        [ -z "$ids" ] || DOCKER_HOST=unix://$sock timeout 60 "$docker" kill $ids >/dev/null 2>&1 || true
-        kill "$pid"  # dockerd stops its managed containerd and the shims as it ends
-        for _ in $(seq 300); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-        kill -0 "$pid" 2>/dev/null && kill -9 "$pid"
+    if [ -f "$dir/dockerd.pid" ]; then
+        pid=$(cat "$dir/dockerd.pid")
+        if kill -0 "$pid" 2>/dev/null; then
+            # its containers first, stopped (not killed: a restart policy would bring a killed one back
+            # with the engine's next start)
+            ids=$(DOCKER_HOST=unix://$sock timeout 30 "$docker" ps -q 2>/dev/null || true)
+            [ -z "$ids" ] || DOCKER_HOST=unix://$sock timeout 60 "$docker" stop --time 5 $ids >/dev/null 2>&1 || true
+            kill "$pid"  # dockerd stops its managed containerd and the shims as it ends
+            for _ in $(seq 300); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+            kill -0 "$pid" 2>/dev/null && kill -9 "$pid"
+        fi
+        # the containerd of an engine that had to be killed
+        cpid=$(cat "$exec_root/containerd/containerd.pid" 2>/dev/null || true)
+        if [ -n "$cpid" ] && [ "$(cat "/proc/$cpid/comm" 2>/dev/null)" = containerd ]; then kill -9 "$cpid" || true; fi
+        rm -f "$dir/dockerd.pid"
+        rm -rf "$exec_root" 2>/dev/null || true
     fi
-    # the containerd of an engine that had to be killed
-    cpid=$(cat "$exec_root/containerd/containerd.pid" 2>/dev/null || true)
-    [ -z "$cpid" ] || kill -9 "$cpid" 2>/dev/null || true
-    rm -f "$dir/dockerd.pid"
-    # the default bridge, where this engine made it
+    # the default bridge, where this engine made it; the packet filter and forwarding as they were
     if [ -f "$dir/made-docker0" ]; then ip link delete docker0 2>/dev/null || true; rm -f "$dir/made-docker0"; fi
+    if [ -f "$dir/iptables.before" ]; then iptables-restore <"$dir/iptables.before" || true; rm -f "$dir/iptables.before"; fi
+    if [ -f "$dir/ip_forward.before" ]; then
+        cat "$dir/ip_forward.before" >/proc/sys/net/ipv4/ip_forward || true
+        rm -f "$dir/ip_forward.before"
+    fi
+}
+
+save_network() {  # what dockerd changes: the filter and nat tables (its chains, FORWARD's policy), forwarding
+    cat /proc/sys/net/ipv4/ip_forward >"$dir/ip_forward.before"
+    command -v iptables-save >/dev/null || return 0
+    for table in filter nat; do
+        saved=$(iptables-save -t "$table" 2>/dev/null | grep -v '^#' || true)
+        if [ -z "$saved" ]; then  # no such table yet: restored as empty
+            chains=":INPUT ACCEPT [0:0]"$'\n'":FORWARD ACCEPT [0:0]"$'\n'":OUTPUT ACCEPT [0:0]"
+            [ "$table" = nat ] && chains=":PREROUTING ACCEPT [0:0]"$'\n'":INPUT ACCEPT [0:0]"$'\n'":OUTPUT ACCEPT [0:0]"$'\n'":POSTROUTING ACCEPT [0:0]"
+            saved="*$table"$'\n'"$chains"$'\n'"COMMIT"
+        fi
+        printf '%s\n' "$saved"
+    done >"$dir/iptables.before"
 }
 
 case $action in
@@ -61,6 +83,7 @@ if ! command -v dockerd >/dev/null || ! command -v docker-compose >/dev/null || 
 fi
 mkdir -p "$data_root" "$exec_root"
 ip link show docker0 >/dev/null 2>&1 || touch "$dir/made-docker0"
+save_network
 dockerd --host "unix://$sock" --exec-root "$exec_root" --data-root "$data_root" --pidfile "$dir/dockerd.pid" \
     >"$dir/dockerd.log" 2>&1 &
 for _ in $(seq 600); do  # bounded: 60 s
