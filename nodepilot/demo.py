@@ -53,9 +53,11 @@ def main() -> int:
 
 
 def reopen_command(jobs: Path, base: Path) -> str:
-    """``nodepilot serve`` on the demo's ledger (the jobs it served are not served again)."""
-    return shlex.join(["nodepilot", "serve", "--jobs", str(jobs), "--db", str(base / "server.sqlite"),
-                       "--port", "8080"])
+    """``nodepilot serve`` on the demo's ledger (the jobs it served are not served again), with the
+    ``nodepilot`` of this environment (make run's is not on PATH)."""
+    script = Path(sys.executable).parent / "nodepilot"
+    program = [str(script)] if script.exists() else [sys.executable, "-m", "nodepilot"]
+    return shlex.join([*program, "serve", "--jobs", str(jobs), "--db", str(base / "server.sqlite"), "--port", "8080"])
 
 
 if __name__ == "__main__":
