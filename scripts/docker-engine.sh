@@ -78,8 +78,9 @@ if ! command -v dockerd >/dev/null || ! command -v docker-compose >/dev/null || 
         echo "no dockerd here and no apt-get to install Debian's docker.io" >&2
         exit 3
     fi
-    DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends \
-        docker.io docker-compose debootstrap >/dev/null
+    apt_install() { DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq \
+        --no-install-recommends docker.io docker-compose debootstrap >/dev/null; }
+    apt_install || { apt-get -o DPkg::Lock::Timeout=600 update -qq >/dev/null && apt_install; }  # stale package lists
 fi
 mkdir -p "$data_root" "$exec_root"
 ip link show docker0 >/dev/null 2>&1 || touch "$dir/made-docker0"

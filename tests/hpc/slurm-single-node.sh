@@ -33,8 +33,9 @@ case $action in
 esac
 [ "$(id -u)" -eq 0 ] || { echo "a single-node Slurm needs root" >&2; exit 1; }
 if ! command -v slurmctld >/dev/null || ! command -v munged >/dev/null; then
-    DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends \
-        slurm-wlm munge >/dev/null
+    apt_install() { DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq \
+        --no-install-recommends slurm-wlm munge >/dev/null; }
+    apt_install || { apt-get -o DPkg::Lock::Timeout=600 update -qq >/dev/null && apt_install; }  # stale package lists
 fi
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 mkdir -p "$dir/state" "$dir/spool" "$dir/log"
