@@ -2,35 +2,39 @@
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+RUN_STAMP := $(VENV)/.installed-run
+TEST_STAMP := $(VENV)/.installed-test
 DEMO := .demo
 
 .PHONY: run test lint bench clean system-deps
 
-$(STAMP): pyproject.toml
+# what running needs (make run); the test servers, browser driver and linters come with make test
+$(RUN_STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet -e .
 	$(BIN)/python -m compileall -q nodepilot services  # an editable install ships no bytecode
-	touch $(STAMP)
+	touch $(RUN_STAMP)
 
-run: $(STAMP)
+$(TEST_STAMP): $(RUN_STAMP)
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(TEST_STAMP)
+
+run: $(RUN_STAMP)
 	$(BIN)/python -m nodepilot.demo --dir $(DEMO)
 
 system-deps:
 	bash scripts/system-deps.sh
 
-test: $(STAMP) system-deps
-	@# a real single-node Slurm for tests/hpc/test_slurm.py (it skips its srun test without one)
-	@timeout 400 bash tests/hpc/slurm-single-node.sh >/dev/null 2>&1 || echo "no single-node Slurm here: the srun test will skip"
-	$(BIN)/ruff check .
-	$(BIN)/pytest -q
+# scripts/test.sh: system packages, a private Slurm, ruff, pytest; stops every daemon it started
+test: $(TEST_STAMP)
+	BIN=$(BIN) bash scripts/test.sh
 
-lint: $(STAMP)
+lint: $(TEST_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-bench: $(STAMP)
+bench: $(RUN_STAMP)
 	$(BIN)/python bench/overhead.py
 
 clean:

