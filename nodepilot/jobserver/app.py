@@ -10,7 +10,6 @@ loopback unless told otherwise; with TLS (``server_tls``) a client certificate o
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import gzip
 import json
@@ -18,7 +17,6 @@ import logging
 import os
 import socket
 import tempfile
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
@@ -34,7 +32,7 @@ from nodepilot.jobserver.legacy import LegacyApi, encode
 from nodepilot.jobserver.store import JobCatalog, JobStore
 from nodepilot.jobserver.tls import AuthMiddleware, TlsSettings, recording_peer_certificates, terminating_tls
 
-__all__ = ["PilotApi", "TlsSettings", "create_app", "main", "run_server"]
+__all__ = ["PilotApi", "TlsSettings", "create_app", "run_server"]
 
 log = logging.getLogger(__name__)
 
@@ -271,35 +269,3 @@ def run_server(jobs_dir: Path, host: str = "127.0.0.1", port: int = 0, db_path: 
         asyncio.run(server.serve(sockets=[sock]))
     finally:
         sock.close()
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m nodepilot.jobserver.app``: run_server's options on the command line."""
-    parser = argparse.ArgumentParser(prog="python -m nodepilot.jobserver.app", description=main.__doc__)
-    parser.add_argument("--jobs", type=Path, default=Path("jobs"), help="directory of job definitions (*.json)")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=0, help="0: pick a free port")
-    parser.add_argument("--db", type=Path, help="SQLite file of received updates")
-    parser.add_argument("--port-file", type=Path, help="write the port here")
-    parser.add_argument("--tls", action="store_true", help="serve HTTPS and require a credential")
-    parser.add_argument("--cert", type=Path, help="the server's certificate (PEM)")
-    parser.add_argument("--key", type=Path, help="the server's private key (PEM)")
-    parser.add_argument("--ca", type=Path, help="CA file or hashed directory for client certificates")
-    parser.add_argument("--tokens", type=Path, help="file of accepted bearer tokens, one per line")
-    parser.add_argument("--require-cert", action="store_true",
-                        help="demand a client certificate in the TLS handshake (no token-only clients)")
-    parser.add_argument("--no-legacy", action="store_true",
-                        help="act as a server without the legacy API: /server/panda/* answers HTTP 403")
-    parser.add_argument("--event-update-500", action="store_true",
-                        help="answer update_event_ranges with HTTP 500 after applying it, as panda-server 1.0.4 does")
-    args = parser.parse_args(argv)
-    try:
-        run_server(args.jobs, args.host, args.port, args.db, args.port_file, tls=args.tls, cert=args.cert,
-                   key=args.key, ca=args.ca, tokens=args.tokens, require_cert=args.require_cert,
-                   legacy_api=not args.no_legacy, event_update_500=args.event_update_500)
-    except ValueError as exc:
-        parser.error(str(exc))
-
-
-if __name__ == "__main__":
-    main()

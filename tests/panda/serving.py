@@ -1,4 +1,4 @@
-"""The local job server started for real (``python -m nodepilot.jobserver.app``) for tests."""
+"""The local job server started for real (``nodepilot serve``) for tests."""
 
 from __future__ import annotations
 
@@ -64,7 +64,7 @@ def serving(jobs_dir: Path, db_path: Path, *options: str, timeout: float = 30) -
     """Run the server on 127.0.0.1 and a free port until the block ends (every wait bounded)."""
     port_file = jobs_dir.parent / "port"
     port_file.unlink(missing_ok=True)
-    command = [sys.executable, "-m", "nodepilot.jobserver.app", "--jobs", str(jobs_dir), "--db", str(db_path),
+    command = [sys.executable, "-m", "nodepilot", "serve", "--jobs", str(jobs_dir), "--db", str(db_path),
                "--port-file", str(port_file), *options]
     log_path = jobs_dir.parent / "server.log"
     with log_path.open("w") as log_file:  # a file, not a pipe: a chatty server never blocks on it
