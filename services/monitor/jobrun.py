@@ -181,7 +181,7 @@ class JobRun:
         batch, batch_id = batch_system()
         fields: dict[str, Any] = {
             "jobId": job.panda_id, "state": res.state, "timestamp": panda_time(time.time()),
-            "siteName": self.config.queuedata.site or self.config.queue, "node": self.config.node,
+            "siteName": self.config.queue, "node": self.config.node,
             "attemptNr": job.attempt_nr, "schedulerID": "nodepilot", "pilotID": pilot_id(self.config.pilot_id_tag),
             "batchID": batch_id or None, "startTime": panda_time(res.start_time), "coreCount": job.core_count,
         }
