@@ -69,7 +69,7 @@ def protocol_url(ddm: DdmEndpoint, direction: str, movers: list[str]) -> str:
     """``endpoint + path`` of the endpoint's first protocol a mover of ``movers`` serves ("" if none)."""
     for activity in PROTOCOL_ACTIVITIES[direction]:
         for protocol in ddm.arprotocols.get(activity, []):
-            url = protocol.endpoint.rstrip("/") + "/" + protocol.path.lstrip("/")
+            url = protocol.endpoint + protocol.path  # as the reference pilot joins them
             if served_by(url, movers):
                 return url
     return ""
