@@ -41,7 +41,7 @@ class _Handler(SimpleHTTPRequestHandler):
         self.owner = server
         super().__init__(*args, **kwargs)
 
-    def do_GET(self) -> None:  # noqa: N802 - the http.server name
+    def do_GET(self) -> None:
         self.owner.requests.append(self.path)
         super().do_GET()
 

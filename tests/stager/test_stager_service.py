@@ -186,8 +186,8 @@ def test_alternative_stage_out_only_when_the_job_or_the_queue_allows_it(rds, pil
     pilot_config.queuedata.allow_alt_stageout = True  # the queue allows it; a job that says off still wins
     (workdir(pilot_config, 33) / "o.dat").write_bytes(b"out")
     with running_service("stager", pilot_config):
-        send(rds, pilot_config, "stageout", 33, "33:1:stageout", endpoints=endpoints, files=[out_file("o.dat", ddm="BROKEN_SE")],
-             alt_stageout="off")
+        send(rds, pilot_config, "stageout", 33, "33:1:stageout", endpoints=endpoints,
+             files=[out_file("o.dat", ddm="BROKEN_SE")], alt_stageout="off")
         off = answer(rds, 33, "stageout")
     assert off["ok"] is False and "the job's altStageOut is off" in off["diag"]
 
