@@ -8,7 +8,7 @@ number is expected give its default, dicts that arrive as Python-literal text ar
 from __future__ import annotations
 
 import ast
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
@@ -95,7 +95,7 @@ class StagerSpec(_Strict):
 
 
 class IsolationSpec(_Strict):
-    mode: str | None = None
+    mode: Literal["auto", "apptainer", "bwrap", "none"] | None = None
     allow_plain: bool | None = None
     binds: list[str] | None = None
     network: bool | None = None

@@ -156,3 +156,15 @@ def test_queuedata_roundtrip_through_pilot_json(tmp_path):
     back = PilotConfig.load(cfg.save()).queuedata
     assert back.endpoints_for("es_events")[0].id == 104 and back.timefloor_min == 5
     assert isinstance(back, QueueData)
+
+
+def test_container_type_catchall_and_isolation_mode(tmp_path, caplog):
+    record = standard(container_type="singularity:pilot;docker:wrapper", container_options="-B /cvmfs",
+                      catchall="no_token_renewal mv_final_destination")
+    with caplog.at_level("INFO"):
+        queue = load(config(tmp_path, record))
+    assert queue.isolation == {"mode": "apptainer"}
+    said = [r.getMessage() for r in caplog.records if "catchall tokens" in r.getMessage()]
+    assert len(said) == 1 and "no_token_renewal mv_final_destination" in said[0]
+    with pytest.raises(QueueConfigError, match=r"own.json: isolation.mode: input should be 'auto', 'apptainer'"):
+        load(config(tmp_path, None, {"isolation": {"mode": "chroot"}}))
