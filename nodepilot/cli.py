@@ -4,22 +4,20 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import sys
 import tempfile
 from pathlib import Path
 from typing import Annotated
-from urllib.parse import urlsplit, urlunsplit
 
 import typer
 
 from nodepilot import exitcodes
 from nodepilot.config import PilotConfig, load_queuedata
+from nodepilot.refargs import REFERENCE_PORT, bool_option, check_resource_type, reference_url
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="nodepilot: a worker-node pilot for PanDA-style distributed computing.")
 
-REFERENCE_PORT = 25443  # the reference pilot's default server port (with --url)
 SOCKET_PATH_MAX = 100  # sun_path is 108 bytes; leave room for "/monitor.sock"
 
 
@@ -223,44 +221,6 @@ def start(
     raise typer.Exit(_launch(config, in_process, preflight=True, ignored=list(ignored or [])))
 
 
-def reference_url(url: str, port: int | None) -> str:
-    """``--url`` (with or without a port; https:// when no scheme is given) and ``-p`` as one base URL: -p
-    replaces the URL's port, a URL without one gets the reference pilot's default port."""
-    if "://" not in url:
-        url = f"https://{url}"
-    parts = urlsplit(url.rstrip("/"))
-    try:
-        has_port = parts.port is not None
-    except ValueError:
-        raise ValueError(f"--url {url!r}: the port is not a number from 1 to 65535") from None
-    if not parts.hostname:
-        raise ValueError(f"--url {url!r}: no host")
-    if port is not None and not 0 < port < 65536:
-        raise ValueError(f"--port {port}: expected a number from 1 to 65535")
-    if has_port and port is None:
-        return urlunsplit(parts)
-    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
-    userinfo = parts.netloc.rpartition("@")[0]
-    netloc = f"{userinfo + '@' if userinfo else ''}{host}:{port or REFERENCE_PORT}"
-    return urlunsplit(parts._replace(netloc=netloc))
-
-
-def check_resource_type(value: str) -> None:
-    """The reference pilot's resource types: SCORE, MCORE, SCORE_*, MCORE_* (or none)."""
-    if value and not re.fullmatch(r"(SCORE|MCORE)(_\w+)?", value):
-        raise ValueError(f"--resource-type {value!r}: expected SCORE, MCORE, SCORE_<x> or MCORE_<x>")
-
-
-def bool_option(name: str, value: str) -> bool:
-    """The reference pilot's yes/no option values."""
-    text = value.strip().lower()
-    if text in ("yes", "true", "t", "y", "1"):
-        return True
-    if text in ("no", "false", "f", "n", "0"):
-        return False
-    raise ValueError(f"{name} {value!r}: expected true or false")
-
-
 def _check_slots(slots: str) -> None:
     from nodepilot.slots import parse_slots
 
@@ -284,6 +244,9 @@ def frontend(
     workdir: WorkDirOpt = Path("."),
     se_dir: SeDirOpt = Path("se"),
     queuedata: QueueDataOpt = "",
+    queuedata_url: Annotated[str, typer.Option("--queuedata-url", help="the workers' --queuedata-url")] = "",
+    queuedata_dump: Annotated[str, typer.Option("--queuedata-dump", help="the workers' --queuedata-dump")] = "",
+    storagedata_url: Annotated[str, typer.Option("--storagedata-url", help="the workers' --storagedata-url")] = "",
     redis_url: Annotated[str, typer.Option("--redis-url", envvar="NODEPILOT_REDIS_URL",
                                            help="the Redis workers reach (default: an embedded one, this host "
                                                 "only)")] = "",
@@ -316,7 +279,8 @@ def frontend(
                          resource_type=resource, work_dir=str(workdir.resolve()),
                          run_dir=_run_dir(workdir, run_dir), redis_url=redis_url, se_dir=str(se_dir.resolve()),
                          queuedata_file=str(Path(queuedata).resolve()) if queuedata else "", lifetime_s=lifetime,
-                         pilot_user=pilot_user)
+                         pilot_user=pilot_user, queuedata_url=queuedata_url, queuedata_dump=queuedata_dump,
+                         storagedata_url=storagedata_url)
     settings = FrontendSettings(launch=launch, workers=max(1, workers), cores_per_worker=max(0, cores_per_worker),
                                 jumbo=max(1, jumbo), slots=slots, worker_args=list(worker_arg or []))
     raise typer.Exit(run_frontend(config, settings))

@@ -1,10 +1,16 @@
-"""The reference PanDA pilot's options that factories and Harvester pass and nodepilot has no use for.
+"""The reference PanDA pilot's command line: the options nodepilot has no use for, and the rules of the
+values of those it uses (the server URL and port, resource types, yes/no).
 
-``nodepilot start`` accepts them (so a site's command line works unchanged) and says once which were
+``nodepilot start`` accepts the unused ones (so a site's command line works unchanged) and says once which were
 ignored; the options that do something are real options of ``nodepilot start`` (README.md has the table).
 """
 
 from __future__ import annotations
+
+import re
+from urllib.parse import urlsplit, urlunsplit
+
+REFERENCE_PORT = 25443  # the reference pilot's default server port (with --url)
 
 # option spellings -> whether the option takes a value
 IGNORED: dict[tuple[str, ...], bool] = {
@@ -68,3 +74,41 @@ def split_ignored(args: list[str]) -> tuple[list[str], list[str]]:
             kept.append(arg)
         i += 1
     return kept, ignored
+
+
+def reference_url(url: str, port: int | None) -> str:
+    """``--url`` (with or without a port; https:// when no scheme is given) and ``-p`` as one base URL: -p
+    replaces the URL's port, a URL without one gets the reference pilot's default port."""
+    if "://" not in url:
+        url = f"https://{url}"
+    parts = urlsplit(url.rstrip("/"))
+    try:
+        has_port = parts.port is not None
+    except ValueError:
+        raise ValueError(f"--url {url!r}: the port is not a number from 1 to 65535") from None
+    if not parts.hostname:
+        raise ValueError(f"--url {url!r}: no host")
+    if port is not None and not 0 < port < 65536:
+        raise ValueError(f"--port {port}: expected a number from 1 to 65535")
+    if has_port and port is None:
+        return urlunsplit(parts)
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    userinfo = parts.netloc.rpartition("@")[0]
+    netloc = f"{userinfo + '@' if userinfo else ''}{host}:{port or REFERENCE_PORT}"
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def check_resource_type(value: str) -> None:
+    """The reference pilot's resource types: SCORE, MCORE, SCORE_*, MCORE_* (or none)."""
+    if value and not re.fullmatch(r"(SCORE|MCORE)(_\w+)?", value):
+        raise ValueError(f"--resource-type {value!r}: expected SCORE, MCORE, SCORE_<x> or MCORE_<x>")
+
+
+def bool_option(name: str, value: str) -> bool:
+    """The reference pilot's yes/no option values."""
+    text = value.strip().lower()
+    if text in ("yes", "true", "t", "y", "1"):
+        return True
+    if text in ("no", "false", "f", "n", "0"):
+        return False
+    raise ValueError(f"{name} {value!r}: expected true or false")

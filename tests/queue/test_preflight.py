@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from nodepilot.cli import check_resource_type, reference_url
-from nodepilot.refargs import split_ignored
+from nodepilot.refargs import check_resource_type, reference_url, split_ignored
 from tests.e2e.conftest import add_jobs
 from tests.queue.cric import ddm_endpoint, file_protocol, queue_record, write
 from tests.queue.helpers import QUEUE, error_lines, publish, short_job, start
