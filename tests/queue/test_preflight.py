@@ -113,3 +113,15 @@ def test_own_settings_file_keeps_working(site, job_server):
                    "--se-dir", str(site / "se"))
     assert result.returncode == 0, result.stderr[-2000:]
     assert json.loads(json.dumps(job_server.jobs()[8202]["status"])) == "finished"
+
+
+def test_front_end_workers_get_the_queue_sources(tmp_path):
+    from nodepilot.config import PilotConfig
+    from nodepilot.frontend import worker_command
+
+    config = PilotConfig(queue="Q", work_dir=str(tmp_path), se_dir="", queuedata_url="https://p/{pandaqueue}.json",
+                         queuedata_dump="/cvmfs/x/q.json", storagedata_url="/cvmfs/x/ddm.json", resource_type="MCORE")
+    command = worker_command(config, "w1", "1", [])
+    for option, value in (("--queuedata-url", "https://p/{pandaqueue}.json"), ("--queuedata-dump", "/cvmfs/x/q.json"),
+                          ("--storagedata-url", "/cvmfs/x/ddm.json"), ("--resource-type", "MCORE")):
+        assert command[command.index(option) + 1] == value
