@@ -10,8 +10,8 @@ import pytest
 
 from services.stager.paths import deterministic_path
 from tests.e2e.conftest import EXAMPLES, add_jobs, final_update
-from tests.queue.cric import ddm_endpoint, file_protocol, queue_record, url_protocol
-from tests.queue.helpers import QUEUE, acquire_params, cric_start, error_lines, merge_job, short_job
+from tests.queue.cric import ddm_endpoint, file_protocol, queue_record, url_protocol, write
+from tests.queue.helpers import QUEUE, acquire_params, cric_start, error_lines, merge_job, short_job, start
 
 
 def local_queue(site, **over) -> tuple[dict, dict]:
@@ -91,3 +91,27 @@ def test_a_closed_queue_asks_for_no_job(site, job_server, over, says):
     assert result.returncode == 6, result.stderr[-3000:]
     assert len(error_lines(result)) == 1 and says in error_lines(result)[0] and "no job asked for" in result.stderr
     assert job_server.jobs() == {}
+
+
+def test_queue_from_a_local_http_server_also_while_it_is_down(site, job_server):
+    """The schedconfig-cache URL served over HTTP: the first pilot downloads (and caches) the definition,
+    the second finds the server down and runs on the cached copy."""
+    from tests.queue.test_sources import Server
+
+    record, ddms = local_queue(site)
+    www = site / "www"
+    (www / "cache" / "schedconfig").mkdir(parents=True)
+    write(www / "cache" / "schedconfig" / f"{QUEUE}.all.json", record)
+    write(www / "ddmendpoints.json", ddms)
+    http = Server(www)
+    urls = ["--queuedata-url", f"{http.url}/cache/schedconfig/{{pandaqueue}}.all.json",
+            "--storagedata-url", f"{http.url}/ddmendpoints.json"]
+    try:
+        add_jobs(site, short_job(8141))
+        assert start(site, job_server.url, *urls).returncode == 0
+    finally:
+        http.stop()
+    add_jobs(site, short_job(8142))
+    result = start(site, job_server.url, *urls)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert all(final_update(job_server.jobs()[i])["job_status"] == "finished" for i in (8141, 8142))
