@@ -149,6 +149,8 @@ def start(
     workflow: Annotated[str, typer.Option("--workflow", "-w", help="generic | standalone")] = "generic",
     lifetime: Annotated[float, typer.Option("--lifetime", "-l", help="slot lifetime, s")] = 0.0,
     debug: Annotated[bool, typer.Option("--debug", "-d", help="debug log messages")] = False,
+    no_worker_status: Annotated[bool, typer.Option("--noworkerpilotstatusupdate", "-k",
+                                                   help="do not report the Harvester worker's status")] = False,
     api: Annotated[str, typer.Option("--api", envvar="NODEPILOT_API", help="v1 | legacy | relay")] = "v1",
     heartbeat: Annotated[float, typer.Option("--heartbeat", help="heartbeat period, s")] = 1800.0,
     max_jobs: Annotated[int, typer.Option("--max-jobs", help="stop after this many jobs (0: no limit)")] = 0,
@@ -212,7 +214,7 @@ def start(
                          working_group=working_group, job_type=job_type, country_group=country_group,
                          allow_other_country=flags["--allow-other-country"],
                          allow_same_user=flags["--allow-same-user"], send_remaining_time=send_remaining_time,
-                         stageout_attempts=stageout_attempts)
+                         stageout_attempts=stageout_attempts, worker_status_update=not no_worker_status)
     if relay:  # --redis-url is the front-end's; the bus gets a Redis (or a database there) of its own
         from nodepilot.panda.relay import default_worker_id
 

@@ -120,6 +120,7 @@ class PilotConfig:
     allow_same_user: bool = True  # later jobs of a pilot ask for the first job's task
     send_remaining_time: bool = False  # acquire asks for jobs that fit the slot's remaining time
     stageout_attempts: int = 0  # 0: the stager's (queue data's) own
+    worker_status_update: bool = True  # Harvester's worker status is reported (-k: not)
     heartbeat_s: float = 1800.0
     lifetime_s: float = 0.0  # 0: no limit besides the queue's
     max_jobs: int = 0  # 0: as many as the server gives while time allows

@@ -40,7 +40,6 @@ IGNORED: dict[tuple[str, ...], bool] = {
     ("-t", "--noproxyverification"): False,
     ("-u", "--verifypayloadproxy"): False,
     ("-y", "--notokenrenewal"): False,
-    ("-k", "--noworkerpilotstatusupdate"): False,
     ("--subscribe-to-msgsvc",): False,
     ("--use-https",): True,
     ("-g", "--baseurls"): True,

@@ -126,7 +126,7 @@ class Pilot:
                 for gpu in await asyncio.to_thread(gpu_inventory):
                     await self.client.update_worker_node_gpu({"site": site, "host_name": config.node, **gpu})
             worker_id, harvester_id = os.environ.get("HARVESTER_WORKER_ID"), os.environ.get("HARVESTER_ID")
-            if worker_id and harvester_id:
+            if worker_id and harvester_id and config.worker_status_update:
                 await self.client.update_worker_status(worker_id, harvester_id, status, config.node)
         except Exception as exc:  # never the pilot's end: the server only keeps statistics of these
             log.warning("worker report (%s) not delivered: %s", status, exc)

@@ -79,3 +79,12 @@ def test_harvester_line(site, job_server):
     reports = httpx.get(f"{job_server.url}/workers", timeout=10).json()
     node = [r for r in reports if r["method"] == "update_worker_node"]
     assert node and node[0]["site"] == "MY_SITE" and node[0]["panda_queue"] == QUEUE  # -s reaches the inventory
+    assert any(r["method"] == "update_worker_status" for r in reports)
+
+
+def test_no_worker_status_with_k(site, job_server):
+    add_jobs(site, short_job(8321))
+    result = run_line(site, job_server.url, [*readme_lines()[1], "-k"], HARVESTER_ID="h", HARVESTER_WORKER_ID="78")
+    assert result.returncode == 0, result.stderr[-3000:]
+    reports = httpx.get(f"{job_server.url}/workers", timeout=10).json()
+    assert reports and not any(r["method"] == "update_worker_status" for r in reports)
