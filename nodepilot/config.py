@@ -92,10 +92,6 @@ class QueueData:
 
         return list(first_present(activity, self.endpoints)[1])
 
-    def storage(self, name: str) -> Endpoint | None:
-        """An endpoint of any activity by its DDM name (a job's ddmEndPointOut as the alternative)."""
-        return next((e for eps in self.endpoints.values() for e in eps if e.name == name), None)
-
 
 @dataclass
 class PilotConfig:
