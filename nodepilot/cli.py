@@ -13,6 +13,7 @@ import typer
 
 from nodepilot import exitcodes
 from nodepilot.config import PilotConfig, load_queuedata
+from nodepilot.refargs import REFERENCE_PORT, bool_option, check_resource_type, reference_url
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="nodepilot: a worker-node pilot for PanDA-style distributed computing.")
@@ -27,6 +28,30 @@ def _run_dir(work_dir: Path, given: str) -> str:
     if len(str(candidate / "eventclient.sock")) <= SOCKET_PATH_MAX:
         return str(candidate)
     return tempfile.mkdtemp(prefix="nodepilot-")  # a deep work dir: sockets must stay short
+
+
+def _prepare(config: PilotConfig, preflight: bool, logger: logging.Logger) -> int:
+    """The queue data read and checked (and, for ``start``, the preflight): an exit code."""
+    from nodepilot import experiments
+    from nodepilot.queue.preflight import PreflightError, run_preflight
+
+    try:
+        config.queuedata = load_queuedata(config)
+        if config.stageout_attempts:
+            config.queuedata.stager["attempts"] = config.stageout_attempts
+        experiments.load(experiments.name_for(config.pilot_user, config.queuedata.pilot_user))
+        if preflight:
+            run_preflight(config)
+    except experiments.UnknownExperiment as exc:
+        logger.error("%s", exc)
+        return exitcodes.USAGE
+    except PreflightError as exc:
+        logger.error("%s", exc)
+        return exc.code
+    except (OSError, ValueError) as exc:
+        logger.error("queue data: %s", exc)
+        return exitcodes.USAGE
+    return exitcodes.OK
 
 
 def _log_format(given: str) -> None:
@@ -45,8 +70,8 @@ def _progress_wanted() -> bool:
     return sys.stdout.isatty() and os.environ.get("NODEPILOT_LOG_FORMAT", "plain") == "plain"
 
 
-def _launch(config: PilotConfig, in_process: bool = False) -> int:
-    from nodepilot import experiments
+def _launch(config: PilotConfig, in_process: bool = False, preflight: bool = False,
+            ignored: list[str] | None = None) -> int:
     from nodepilot.launcher import Launcher
     from nodepilot.service import setup_logging
     from nodepilot.summary import print_summary
@@ -56,15 +81,11 @@ def _launch(config: PilotConfig, in_process: bool = False) -> int:
         os.environ.setdefault("NODEPILOT_LOG_LEVEL", "WARNING")  # the progress lines say what INFO lines would
     setup_logging("launcher")
     logger = logging.getLogger("nodepilot")
-    try:
-        config.queuedata = load_queuedata(config)
-        experiments.load(experiments.name_for(config.pilot_user, config.queuedata.pilot_user))
-    except experiments.UnknownExperiment as exc:
-        logger.error("%s", exc)
-        return exitcodes.USAGE
-    except (OSError, ValueError) as exc:
-        logger.error("queue data: %s", exc)
-        return exitcodes.USAGE
+    if ignored:
+        logger.warning("reference-pilot options accepted and ignored: %s", " ".join(ignored))
+    code = _prepare(config, preflight, logger)
+    if code != exitcodes.OK:
+        return code
     progress = None
     if progress_wanted:
         from nodepilot.progress import JobProgress
@@ -104,24 +125,49 @@ WebPortOpt = Annotated[int, typer.Option("--web-port", envvar="NODEPILOT_WEB_POR
                                          help="also serve the monitor's web page on 127.0.0.1:PORT")]
 
 
-@app.command()
+@app.command(context_settings={"allow_interspersed_args": True})
 def start(
     queue: QueueOpt = "LOCAL_TEST",
     server: Annotated[str, typer.Option("--server", envvar="NODEPILOT_SERVER", help="PanDA server URL")] = "",
-    url: Annotated[str, typer.Option("--url", help="server URL (wrapper option; with --port)")] = "",
-    port: Annotated[int, typer.Option("--port", "-p", help="server port (wrapper option)")] = 0,
-    site: Annotated[str, typer.Option("--site", "-s", envvar="NODEPILOT_SITE", help="site name")] = "",
-    resource: Annotated[str, typer.Option("--resource", "-r", help="resource type, e.g. SCORE")] = "",
-    job_label: Annotated[str, typer.Option("--job-label", "-j", help="prodSourceLabel")] = "managed",
+    url: Annotated[str, typer.Option("--url", help="server URL (the reference pilot's; with -p)")] = "",
+    port: Annotated[int | None, typer.Option("--port", "-p", help="server port (default: the URL's, else "
+                                             f"{REFERENCE_PORT})")] = None,
+    site: Annotated[str, typer.Option("--site", "-s", envvar="NODEPILOT_SITE",
+                                      help="site name of the worker-node report (default: the queue's)")] = "",
+    resource_type: Annotated[str, typer.Option("--resource-type", help="resource type asked for: SCORE, MCORE, "
+                                               "SCORE_*, MCORE_*")] = "",
+    job_label: Annotated[str, typer.Option("--job-label", "--joblabel", "-j", help="prodSourceLabel")] = "managed",
+    job_type: Annotated[str, typer.Option("--job-type", help="job type asked for (managed, user)")] = "",
+    working_group: Annotated[str, typer.Option("--working-group", help="workingGroup asked for")] = "",
+    country_group: Annotated[str, typer.Option("--country-group", help="countryGroup asked for")] = "",
+    allow_other_country: Annotated[str, typer.Option("--allow-other-country", help="true|false")] = "false",
+    allow_same_user: Annotated[str, typer.Option("--allow-same-user", help="true|false: later jobs of this "
+                                                 "pilot from the first job's task")] = "true",
+    send_remaining_time: Annotated[bool, typer.Option("--send-remaining-time", help="ask for jobs that fit the "
+                                                      "slot's remaining time")] = False,
     pilot_user: PilotUserOpt = "",
     workflow: Annotated[str, typer.Option("--workflow", "-w", help="generic | standalone")] = "generic",
     lifetime: Annotated[float, typer.Option("--lifetime", "-l", help="slot lifetime, s")] = 0.0,
+    debug: Annotated[bool, typer.Option("--debug", "-d", help="debug log messages")] = False,
+    no_worker_status: Annotated[bool, typer.Option("--noworkerpilotstatusupdate", "-k",
+                                                   help="do not report the Harvester worker's status")] = False,
     api: Annotated[str, typer.Option("--api", envvar="NODEPILOT_API", help="v1 | legacy | relay")] = "v1",
     heartbeat: Annotated[float, typer.Option("--heartbeat", help="heartbeat period, s")] = 1800.0,
     max_jobs: Annotated[int, typer.Option("--max-jobs", help="stop after this many jobs (0: no limit)")] = 0,
+    stageout_attempts: Annotated[int, typer.Option("--stageout-attempts", help="tries per output file and "
+                                                   "endpoint (0: the stager's default)", min=0, max=20)] = 0,
     workdir: WorkDirOpt = Path("."),
-    se_dir: SeDirOpt = Path("se"),
+    se_dir: Annotated[str, typer.Option("--se-dir", envvar="NODEPILOT_SE_DIR",
+                                        help="a local SE directory (the built-in queue's)")] = "",
     queuedata: QueueDataOpt = "",
+    queuedata_url: Annotated[str, typer.Option("--queuedata-url", help="the queue's CRIC record: URL or path "
+                                               "({pandaqueue} is replaced)")] = "",
+    queuedata_dump: Annotated[str, typer.Option("--queuedata-dump", help="CRIC dump of all queues keyed by name "
+                                                "(path or URL)")] = "",
+    storagedata_url: Annotated[str, typer.Option("--storagedata-url", help="CRIC DDM endpoints keyed by name "
+                                                 "(URL or path)")] = "",
+    cacert: Annotated[str, typer.Option("--cacert", help="X.509 proxy for the server (X509_USER_PROXY)")] = "",
+    capath: Annotated[str, typer.Option("--capath", help="CA directory (X509_CERT_DIR)")] = "",
     redis_url: RedisOpt = "",
     run_dir: RunDirOpt = "",
     log_format: LogFormatOpt = "plain",
@@ -132,10 +178,18 @@ def start(
                                              "(HPC compute nodes)")] = False,
     worker_id: Annotated[str, typer.Option("--worker-id", envvar="NODEPILOT_WORKER_ID",
                                            help="--api relay: this worker's name (default <node>-<pid>)")] = "",
+    ignored: Annotated[list[str] | None, typer.Option("--ignored-reference-option", hidden=True)] = None,
 ) -> None:
     """Run jobs from a PanDA server until it has none or the slot's time is up."""
-    if url:
-        server = url if not port else f"{url.rstrip('/')}:{port}"
+    try:
+        if url or (server and port):
+            server = reference_url(url or server, port)
+        check_resource_type(resource_type)
+        flags = {name: bool_option(name, value) for name, value in
+                 (("--allow-other-country", allow_other_country), ("--allow-same-user", allow_same_user))}
+    except ValueError as exc:
+        typer.echo(f"nodepilot start: {exc}", err=True)
+        raise typer.Exit(exitcodes.USAGE) from None
     relay = api.lower() == "relay"
     if relay and not redis_url:
         typer.echo("nodepilot start: --api relay needs the front-end's Redis (--redis-url)", err=True)
@@ -146,17 +200,27 @@ def start(
     _check_slots(slots)
     del workflow  # accepted for wrapper compatibility
     _log_format(log_format)
-    config = PilotConfig(queue=queue, site=site or queue, server=server, api=api, job_label=job_label,
-                         resource_type=resource, work_dir=str(workdir.resolve()),
-                         run_dir=_run_dir(workdir, run_dir), redis_url=redis_url, se_dir=str(se_dir),
-                         queuedata_file=queuedata, heartbeat_s=heartbeat, lifetime_s=lifetime,
-                         max_jobs=max_jobs, pilot_user=pilot_user, web_port=web_port, slots=slots)
+    if debug:
+        os.environ["NODEPILOT_LOG_LEVEL"] = "DEBUG"
+    for option, variable in ((cacert, "X509_USER_PROXY"), (capath, "X509_CERT_DIR")):
+        if option:
+            os.environ[variable] = option
+    config = PilotConfig(queue=queue, site=site, server=server, api=api, job_label=job_label,
+                         resource_type=resource_type, work_dir=str(workdir.resolve()),
+                         run_dir=_run_dir(workdir, run_dir), redis_url=redis_url, se_dir=se_dir,
+                         queuedata_file=queuedata, queuedata_url=queuedata_url, queuedata_dump=queuedata_dump,
+                         storagedata_url=storagedata_url, heartbeat_s=heartbeat, lifetime_s=lifetime,
+                         max_jobs=max_jobs, pilot_user=pilot_user, web_port=web_port, slots=slots,
+                         working_group=working_group, job_type=job_type, country_group=country_group,
+                         allow_other_country=flags["--allow-other-country"],
+                         allow_same_user=flags["--allow-same-user"], send_remaining_time=send_remaining_time,
+                         stageout_attempts=stageout_attempts, worker_status_update=not no_worker_status)
     if relay:  # --redis-url is the front-end's; the bus gets a Redis (or a database there) of its own
         from nodepilot.panda.relay import default_worker_id
 
         config.api, config.relay_url, config.redis_url = "relay", redis_url, ""
         config.worker_id = worker_id or default_worker_id(config.node)
-    raise typer.Exit(_launch(config, in_process))
+    raise typer.Exit(_launch(config, in_process, preflight=True, ignored=list(ignored or [])))
 
 
 def _check_slots(slots: str) -> None:
@@ -182,6 +246,9 @@ def frontend(
     workdir: WorkDirOpt = Path("."),
     se_dir: SeDirOpt = Path("se"),
     queuedata: QueueDataOpt = "",
+    queuedata_url: Annotated[str, typer.Option("--queuedata-url", help="the workers' --queuedata-url")] = "",
+    queuedata_dump: Annotated[str, typer.Option("--queuedata-dump", help="the workers' --queuedata-dump")] = "",
+    storagedata_url: Annotated[str, typer.Option("--storagedata-url", help="the workers' --storagedata-url")] = "",
     redis_url: Annotated[str, typer.Option("--redis-url", envvar="NODEPILOT_REDIS_URL",
                                            help="the Redis workers reach (default: an embedded one, this host "
                                                 "only)")] = "",
@@ -214,7 +281,8 @@ def frontend(
                          resource_type=resource, work_dir=str(workdir.resolve()),
                          run_dir=_run_dir(workdir, run_dir), redis_url=redis_url, se_dir=str(se_dir.resolve()),
                          queuedata_file=str(Path(queuedata).resolve()) if queuedata else "", lifetime_s=lifetime,
-                         pilot_user=pilot_user)
+                         pilot_user=pilot_user, queuedata_url=queuedata_url, queuedata_dump=queuedata_dump,
+                         storagedata_url=storagedata_url)
     settings = FrontendSettings(launch=launch, workers=max(1, workers), cores_per_worker=max(0, cores_per_worker),
                                 jumbo=max(1, jumbo), slots=slots, worker_args=list(worker_arg or []))
     raise typer.Exit(run_frontend(config, settings))
@@ -321,7 +389,13 @@ def summary(path: Annotated[Path, typer.Argument(help="a run directory's summary
 
 
 def main() -> None:
-    sys.exit(app())
+    args = sys.argv[1:]
+    if args[:1] == ["start"]:  # the reference pilot's options without a use here: accepted, said once
+        from nodepilot.refargs import split_ignored
+
+        kept, ignored = split_ignored(args[1:])
+        args = ["start", *kept, *(x for option in ignored for x in ("--ignored-reference-option", option))]
+    sys.exit(app(args))
 
 
 

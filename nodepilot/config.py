@@ -33,9 +33,11 @@ class QueueData:
 
     name: str = "LOCAL_TEST"
     site: str = ""
+    state: str = ""  # CRIC: ACTIVE, else no job is asked for
+    status: str = ""  # CRIC: online, test, brokeroff...; offline: no job is asked for
     maxwdir_mb: int = 0  # 0: no limit configured
     maxtime_s: int = 0
-    timefloor_min: int = 0
+    timefloor_min: int | None = None  # None: jobs while the slot's time allows; 0: one job; N: new jobs for N min
     corecount: int = 1
     maxrss_mb: int = 0
     envsetup: str = ""  # shell text sourced in the payload's own shell before it runs
@@ -44,7 +46,8 @@ class QueueData:
     # per activity (read_lan, write_lan, pl, es_events; log_se: the secondary log SE): ordered endpoints,
     # primary first
     endpoints: dict[str, list[Endpoint]] = field(default_factory=dict)
-    copytools: dict[str, list[str]] = field(default_factory=dict)
+    copytools: dict[str, list[str]] = field(default_factory=dict)  # per activity: movers (posix, xrootd...)
+    catchall: str = ""
     # watchdog overrides (docs/operations.md): period_s, sample_interval_s, looping_limit_s,
     # disk_min_free_mb, stdout_limit_mb, output_limit_mb, memory_limit_mb
     watchdog: dict[str, float] = field(default_factory=dict)
@@ -73,6 +76,7 @@ class QueueData:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> QueueData:
+        """From pilot.json (written by us): nodepilot/queue/ checks the files people write."""
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
         eps = known.pop("endpoints", {}) or {}
         queue = cls(**known)
@@ -83,7 +87,11 @@ class QueueData:
         return queue
 
     def endpoints_for(self, activity: str) -> list[Endpoint]:
-        return self.endpoints.get(activity) or self.endpoints.get("write_lan") or []
+        """The activity's endpoints, primary first; an activity without its own takes those of its stand-ins
+        (``pl`` then ``write_lan``, ``default``, the old ``pr``/``pw`` roles: nodepilot/queue/roles.py)."""
+        from nodepilot.queue.roles import first_present
+
+        return list(first_present(activity, self.endpoints)[1])
 
 
 @dataclass
@@ -97,8 +105,19 @@ class PilotConfig:
     work_dir: str = "."  # jobs run in <work_dir>/PanDA_Pilot-<id>
     run_dir: str = ""  # sockets, pilot.json, redis; default <work_dir>/run-<pid>
     redis_url: str = ""  # given: use that Redis; empty: the launcher embeds one
-    se_dir: str = "se"
-    queuedata_file: str = ""
+    se_dir: str = "se"  # the built-in local queue's SE ("" with a real server: storage must be defined)
+    queuedata_file: str = ""  # our own settings (docs/queues.md), or one flat CRIC queue record
+    queuedata_url: str = ""  # the CRIC queue record: http(s)/file URL or path (PanDA's schedconfig cache...)
+    queuedata_dump: str = ""  # a CRIC dump of every queue keyed by name (path or URL)
+    storagedata_url: str = ""  # the CRIC DDM endpoints keyed by name (path or URL)
+    working_group: str = ""
+    job_type: str = ""
+    country_group: str = ""
+    allow_other_country: bool = False
+    allow_same_user: bool = True  # later jobs of a pilot ask for the first job's task
+    send_remaining_time: bool = False  # acquire asks for jobs that fit the slot's remaining time
+    stageout_attempts: int = 0  # 0: the stager's (queue data's) own
+    worker_status_update: bool = True  # Harvester's worker status is reported (-k: not)
     heartbeat_s: float = 1800.0
     lifetime_s: float = 0.0  # 0: no limit besides the queue's
     max_jobs: int = 0  # 0: as many as the server gives while time allows
@@ -168,17 +187,16 @@ class PilotConfig:
             if raw is None or name == "queuedata":
                 continue
             kind = spec.type if isinstance(spec.type, str) else spec.type.__name__
-            values[name] = float(raw) if kind == "float" else int(raw) if kind == "int" else raw
+            values[name] = (float(raw) if kind == "float" else int(raw) if kind == "int"
+                            else raw.strip().lower() in ("1", "true", "yes") if kind == "bool" else raw)
         config = cls(**values)
         config.queuedata = load_queuedata(config)
         return config
 
 
 def load_queuedata(config: PilotConfig) -> QueueData:
-    """Queue data from the file given, else the built-in default queue on a local SE dir."""
-    if config.queuedata_file:
-        data = json.loads(Path(config.queuedata_file).read_text())
-        queue = QueueData.from_dict(data)
-        queue.name = queue.name or config.queue
-        return queue
-    return QueueData.default(config.queue, Path(config.se_dir))
+    """The queue: CRIC sources and our own settings (nodepilot/queue/loader.py), else the built-in local
+    queue on ``se_dir``. QueueConfigError (a ValueError, one line) when an input cannot be used."""
+    from nodepilot.queue.loader import load
+
+    return load(config)

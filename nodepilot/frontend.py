@@ -77,7 +77,8 @@ def worker_command(config: PilotConfig, worker_id: str, slots: str, extra: list[
                "--site", config.site or config.queue, "--job-label", config.job_label, "--workdir", str(work),
                "--se-dir", config.se_dir, "--slots", slots]
     for option, value in (("--queuedata", config.queuedata_file), ("--pilot-user", config.pilot_user),
-                          ("--resource", config.resource_type)):
+                          ("--resource-type", config.resource_type), ("--queuedata-url", config.queuedata_url),
+                          ("--queuedata-dump", config.queuedata_dump), ("--storagedata-url", config.storagedata_url)):
         if value:
             command += [option, value]
     if config.lifetime_s:

@@ -65,7 +65,7 @@ def job_update(job: Job, config: PilotConfig, result: JobResult, payload: dict[s
     batch, batch_id = batch_system()
     fields: dict[str, Any] = {
         "jobId": job.panda_id, "state": result.state, "timestamp": panda_time(time.time()),
-        "siteName": config.queuedata.site or config.queue, "node": config.node,
+        "siteName": config.queue, "node": config.node,
         "attemptNr": job.attempt_nr, "schedulerID": "nodepilot", "pilotID": pilot_id(config.pilot_id_tag),
         "batchID": batch_id or None, "startTime": panda_time(result.start_time), "coreCount": job.core_count,
         # under this name both dialects take it (the legacy updateJob's keyword is the v1 name)

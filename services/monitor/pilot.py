@@ -32,6 +32,7 @@ from nodepilot.slots import SlotLedger, job_needs, node_capacity
 from nodepilot.timeutil import panda_time
 from nodepilot.worker import cpu_mhz, free_disk_mb, memory_mb, node_inventory
 from services.monitor import jobrun
+from services.monitor.getjob import getjob_fields, timefloor_allows
 from services.monitor.resume import previous_jobs
 from services.monitor.timebudget import TimeBudget
 
@@ -56,6 +57,7 @@ class Pilot:
         self.signal: int | None = None
         self.failure: DeliveryAbandoned | None = None
         self.taken = 0  # jobs acquired
+        self.task_id: int | None = None  # the first job's task: later jobs ask for it (--allow-same-user)
         self._acquiring: asyncio.Task[Any] | None = None
         self._slots: set[asyncio.Task[None]] = set()
         self.budget = TimeBudget.of(config, self.launched_at)
@@ -120,13 +122,13 @@ class Pilot:
         config = self.config
         try:
             if status == "started":
-                site = config.queuedata.site or config.queue
+                site = config.site or config.queuedata.site or config.queue  # the command line wins
                 await self.client.update_worker_node(await asyncio.to_thread(
                     node_inventory, site, config.queue, config.node, config.work_dir))
                 for gpu in await asyncio.to_thread(gpu_inventory):
                     await self.client.update_worker_node_gpu({"site": site, "host_name": config.node, **gpu})
             worker_id, harvester_id = os.environ.get("HARVESTER_WORKER_ID"), os.environ.get("HARVESTER_ID")
-            if worker_id and harvester_id:
+            if worker_id and harvester_id and config.worker_status_update:
                 await self.client.update_worker_status(worker_id, harvester_id, status, config.node)
         except ServerError as exc:  # never the pilot's end: the server only keeps statistics of these
             # a refusal of the pilot itself is what acquiring a job reports too: said once, there
@@ -158,7 +160,7 @@ class Pilot:
         if self.budget and self.time_left() < self.budget.warn_s:  # a new job would be warned at once: drain
             log.info("not asking for more jobs: %.0f s left in the slot", self.time_left())
             return False
-        return True
+        return timefloor_allows(self.config.queuedata.timefloor_min, self.taken, self.launched_at)
 
     async def _loop(self) -> int:
         initial_setup = time.time() - self.launched_at
@@ -207,14 +209,12 @@ class Pilot:
 
     async def acquire(self) -> dict[str, Any] | None:
         free = self.ledger.acquire_params(self.config.resource_type)
-        params = {
-            "siteName": self.config.queuedata.site or self.config.queue,
-            "computingElement": self.config.queue, "prodSourceLabel": self.config.job_label,
-            "diskSpace": min(free_disk_mb(self.config.work_dir), free.get("diskSpace", 1 << 40)),
-            "mem": min(memory_mb(), free.get("mem", 1 << 40)), "cpu": cpu_mhz(),
-            "node": self.config.node, "resourceType": free.get("resourceType") or self.config.resource_type or None,
-        }
-        params = {k: v for k, v in params.items() if v is not None}
+        params = {**getjob_fields(self.config, self.task_id, self.time_left()),
+                  "diskSpace": min(free_disk_mb(self.config.work_dir), free.get("diskSpace", 1 << 40),
+                                   self.config.queuedata.maxwdir_mb or 1 << 40),
+                  "mem": min(memory_mb(), free.get("mem", 1 << 40)), "cpu": cpu_mhz(),
+                  "resourceType": free.get("resourceType") or self.config.resource_type or None}
+        params = {k: v for k, v in params.items() if v is not None and v != ""}
         delay = 1.0
         for attempt in range(1, ACQUIRE_ATTEMPTS + 1):
             try:
@@ -236,6 +236,8 @@ class Pilot:
         except JobDefinitionError as exc:
             await self.reject(exc, raw)
             return
+        if self.task_id is None and job.task_id:
+            self.task_id = job.task_id
         run = jobrun.JobRun(job, self.config, self.r, self.outbox, getjob_s, initial_setup_s, self.budget,
                             resumed=resumed)
         need = self.ledger.fit(job_needs(job), f"job {job.panda_id}")
@@ -293,7 +295,7 @@ class Pilot:
         now = time.time()
         delivered = await self.outbox.send({
             "jobId": exc.panda_id, "state": "failed", "attemptNr": exc.attempt_nr,
-            "siteName": self.config.queuedata.site or self.config.queue, "node": self.config.node,
+            "siteName": self.config.queue, "node": self.config.node,
             "startTime": panda_time(now), "endTime": panda_time(now),
             "pilotErrorCode": exc.code, "pilotErrorDiag": clip_diag(exc.diag),
         })

@@ -1,10 +1,14 @@
-"""Where files live on a storage endpoint (docs/protocol.md section 8). Pure functions."""
+"""Where files live on a storage endpoint (docs/queues.md), and which endpoint an output goes to first.
+Pure functions."""
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import quote, unquote, urlsplit
+
+from nodepilot.config import Endpoint
 
 
 def deterministic_path(scope: str, lfn: str) -> str:
@@ -31,3 +35,18 @@ def file_url_path(url: str) -> Path:
     if parts.scheme != "file" or parts.netloc not in ("", "localhost"):
         raise ValueError(f"not a local file URL: {url!r}")
     return Path(unquote(parts.path))
+
+
+def order_for_job(endpoints: list[Endpoint], job_endpoint: str, known: Callable[[str], Endpoint | None]
+                  ) -> list[Endpoint]:
+    """An output's endpoints, as the reference pilot picks them: the job's ``ddmEndPointOut`` is kept as
+    primary when the activity lists it (the next listed is the alternative); otherwise the activity's first
+    endpoint is primary and the job's (when the queue knows where it is) the last alternative."""
+    if not job_endpoint or not endpoints:
+        return endpoints
+    names = [e.name for e in endpoints]
+    if job_endpoint in names:
+        i = names.index(job_endpoint)
+        return [endpoints[i], *endpoints[i + 1:], *endpoints[:i]]
+    theirs = known(job_endpoint)
+    return [*endpoints, theirs] if theirs is not None else endpoints

@@ -28,7 +28,7 @@ from services.stager.copysetup import Copysetup, CopysetupError
 from services.stager.direct import check_in_place, direct_capable
 from services.stager.metrics import StagerMetrics
 from services.stager.movers.base import PARTIAL_PREFIX, PARTIAL_SUFFIX, Mover
-from services.stager.paths import deterministic_path, log_se_path
+from services.stager.paths import deterministic_path, log_se_path, order_for_job
 from services.stager.request import KINDS, FileResult, Request, failed_files, lfns_of, parse_request
 from services.stager.settings import StagerSettings
 from services.stager.tarball import make_tarball
@@ -152,7 +152,10 @@ class StagerService(Service):
         return results
 
     def _work(self, request: Request, spec: FileSpec, size: int | None) -> FileWork:
-        work = FileWork(request, spec, size, request.endpoints, deterministic_path(spec.scope, spec.lfn))
+        endpoints = request.endpoints
+        if request.direction == "out":
+            endpoints = order_for_job(endpoints, spec.ddm_endpoint, self.settings.storage)
+        work = FileWork(request, spec, size, endpoints, deterministic_path(spec.scope, spec.lfn))
         if request.direction == "out":
             work.alternatives, work.why_no_alternatives = self._alternatives_allowed(request)
         return work

@@ -44,6 +44,7 @@ class StagerSettings:
     direct_access_lan: bool = False
     direct_access_wan: bool = False
     log_se: tuple[Endpoint, ...] = ()
+    storages: tuple[Endpoint, ...] = ()  # every endpoint the queue names (a job's ddmEndPointOut, by name)
 
     @classmethod
     def from_queue(cls, queue: QueueData) -> StagerSettings:
@@ -61,7 +62,11 @@ class StagerSettings:
         for name in ("allow_alt_stageout", "direct_access_lan", "direct_access_wan"):
             values[name] = flag(getattr(queue, name, False))
         values["log_se"] = tuple(queue.endpoints.get(LOG_SE_ACTIVITY) or ())
+        values["storages"] = tuple({e.name: e for eps in queue.endpoints.values() for e in eps}.values())
         return cls(**values)
+
+    def storage(self, name: str) -> Endpoint | None:
+        return next((e for e in self.storages if e.name == name), None)
 
     def direct_access(self, activity: str) -> bool:
         """Whether the queue lets inputs of this activity be read in place."""

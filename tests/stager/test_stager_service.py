@@ -62,8 +62,8 @@ def in_file(lfn: str, data: bytes, checksum: str | None = None, scope: str = "de
             "ddm_endpoint": "LOCAL_SE", "dataset": "ds"}
 
 
-def out_file(lfn: str, scope: str = "demo.output") -> dict:
-    return {"lfn": lfn, "scope": scope, "guid": f"g-{lfn}", "dataset": "ds", "ddm_endpoint": "LOCAL_SE"}
+def out_file(lfn: str, scope: str = "demo.output", ddm: str = "LOCAL_SE") -> dict:
+    return {"lfn": lfn, "scope": scope, "guid": f"g-{lfn}", "dataset": "ds", "ddm_endpoint": ddm}
 
 
 def wait_all_acked(rds: redis.Redis, timeout: float = 10.0) -> None:
@@ -151,9 +151,11 @@ def test_unwritable_primary_falls_back_to_the_alternative(rds, pilot_config, tmp
         (workdir(pilot_config, job_id) / "o.dat").write_bytes(b"payload output")
     pilot_config.queuedata.allow_alt_stageout = True
     with running_service("stager", pilot_config):
+        # the job's ddmEndPointOut is the primary listed (a listed job endpoint is tried first)
         send(rds, pilot_config, "stageout", 16, "16:1:stageout", endpoints=[bad, se_endpoint(pilot_config)],
-             files=[out_file("o.dat")])
-        send(rds, pilot_config, "stageout", 17, "17:1:stageout", endpoints=[bad], files=[out_file("o.dat")])
+             files=[out_file("o.dat", ddm="BROKEN_SE")])
+        send(rds, pilot_config, "stageout", 17, "17:1:stageout", endpoints=[bad],
+             files=[out_file("o.dat", ddm="BROKEN_SE")])
         rescued, failed = answer(rds, 16, "stageout"), answer(rds, 17, "stageout")
     f = rescued["files"][0]
     assert rescued["ok"] is True and f["endpoint"] == "LOCAL_SE"
@@ -173,7 +175,7 @@ def test_alternative_stage_out_only_when_the_job_or_the_queue_allows_it(rds, pil
         for job_id, alt in cases.items():
             extra = {} if alt is None else {"alt_stageout": alt}
             send(rds, pilot_config, "stageout", job_id, f"{job_id}:1:stageout", endpoints=endpoints,
-                 files=[out_file("o.dat")], **extra)
+                 files=[out_file("o.dat", ddm="BROKEN_SE")], **extra)
         refused, on, force = (answer(rds, job_id, "stageout") for job_id in cases)
     assert refused["ok"] is False and refused["error_code"] == 1137
     assert "alternative stage-out not tried" in refused["diag"] and "allow_alt_stageout is off" in refused["diag"]
@@ -184,8 +186,8 @@ def test_alternative_stage_out_only_when_the_job_or_the_queue_allows_it(rds, pil
     pilot_config.queuedata.allow_alt_stageout = True  # the queue allows it; a job that says off still wins
     (workdir(pilot_config, 33) / "o.dat").write_bytes(b"out")
     with running_service("stager", pilot_config):
-        send(rds, pilot_config, "stageout", 33, "33:1:stageout", endpoints=endpoints, files=[out_file("o.dat")],
-             alt_stageout="off")
+        send(rds, pilot_config, "stageout", 33, "33:1:stageout", endpoints=endpoints,
+             files=[out_file("o.dat", ddm="BROKEN_SE")], alt_stageout="off")
         off = answer(rds, 33, "stageout")
     assert off["ok"] is False and "the job's altStageOut is off" in off["diag"]
 
