@@ -32,7 +32,8 @@ import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from nodepilot import bus
-from nodepilot.config import PilotConfig, QueueData
+from nodepilot.config import PilotConfig
+from nodepilot.queue.model import QueueData
 from nodepilot.redis_server import start_redis
 from services.stager.movers.posix import COPY_MODE_ENV
 from services.stager.paths import deterministic_path, join_url

@@ -12,11 +12,14 @@ from typing import Annotated
 import typer
 
 from nodepilot import exitcodes
-from nodepilot.config import PilotConfig, load_queuedata
+from nodepilot.config import PilotConfig
+from nodepilot.jobserver.command import serve
 from nodepilot.refargs import REFERENCE_PORT, bool_option, check_resource_type, reference_url
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="nodepilot: a worker-node pilot for PanDA-style distributed computing.")
+
+app.command()(serve)
 
 SOCKET_PATH_MAX = 100  # sun_path is 108 bytes; leave room for "/monitor.sock"
 
@@ -33,10 +36,11 @@ def _run_dir(work_dir: Path, given: str) -> str:
 def _prepare(config: PilotConfig, preflight: bool, logger: logging.Logger) -> int:
     """The queue data read and checked (and, for ``start``, the preflight): an exit code."""
     from nodepilot import experiments
+    from nodepilot.queue.loader import load as load_queue
     from nodepilot.queue.preflight import PreflightError, run_preflight
 
     try:
-        config.queuedata = load_queuedata(config)
+        config.queuedata = load_queue(config)
         if config.stageout_attempts:
             config.queuedata.stager["attempts"] = config.stageout_attempts
         experiments.load(experiments.name_for(config.pilot_user, config.queuedata.pilot_user))
@@ -315,37 +319,6 @@ def run(
 
 
 @app.command()
-def serve(
-    jobs: Annotated[Path, typer.Option("--jobs", help="directory of job definitions (*.json)")] = Path("jobs"),
-    host: Annotated[str, typer.Option("--host", help="loopback by default")] = "127.0.0.1",
-    port: Annotated[int, typer.Option("--port", help="0: pick a free port")] = 0,
-    db: Annotated[Path | None, typer.Option("--db", help="SQLite file of received updates")] = None,
-    port_file: Annotated[Path | None, typer.Option("--port-file", help="write the port here")] = None,
-    tls: Annotated[bool, typer.Option("--tls", help="HTTPS; clients need a certificate or a token")] = False,
-    cert: Annotated[Path | None, typer.Option("--cert", help="server certificate (PEM)")] = None,
-    key: Annotated[Path | None, typer.Option("--key", help="server key (PEM)")] = None,
-    ca: Annotated[Path | None, typer.Option("--ca", help="CA of accepted client certificates")] = None,
-    tokens: Annotated[Path | None, typer.Option("--tokens", help="file of accepted bearer tokens")] = None,
-    require_cert: Annotated[bool, typer.Option("--require-cert",
-                                               help="--tls: demand a client certificate in the handshake")] = False,
-    no_legacy: Annotated[bool, typer.Option("--no-legacy", help="no legacy API: /server/panda/* answers 403")] = False,
-    event_update_500: Annotated[bool, typer.Option(
-        "--event-update-500", help="answer update_event_ranges with HTTP 500 after applying it (panda-server 1.0.4)")
-    ] = False,
-) -> None:
-    """A local job server speaking the PanDA pilot protocol (both dialects), for tests, demos and small sites."""
-    from nodepilot.jobserver.app import run_server
-
-    try:
-        run_server(jobs, host=host, port=port, db_path=db, port_file=port_file, tls=tls, cert=cert, key=key, ca=ca,
-                   tokens=tokens, require_cert=require_cert, legacy_api=not no_legacy,
-                   event_update_500=event_update_500)
-    except ValueError as exc:
-        typer.echo(f"nodepilot serve: {exc}", err=True)
-        raise typer.Exit(exitcodes.USAGE) from None
-
-
-@app.command()
 def service(
     name: Annotated[str, typer.Argument(help="monitor | runner | stager | eventclient")],
     config: Annotated[Path | None, typer.Option("--config", "-c", envvar="NODEPILOT_CONFIG",
@@ -358,6 +331,10 @@ def service(
     from nodepilot.registry import service_class
 
     settings = PilotConfig.load(config) if config else PilotConfig.from_env()
+    if not config:  # compose: the queue from the environment's sources, as nodepilot start reads it
+        from nodepilot.queue.loader import load as load_queue
+
+        settings.queuedata = load_queue(settings)
     code = service_mod.run(service_class(name), settings)
     raise typer.Exit(code)
 

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from nodepilot.config import Endpoint
+from nodepilot.queue.model import Endpoint
 
 
 class BadRequest(Exception):

@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 import redis
 
-from nodepilot.config import PilotConfig, QueueData
+from nodepilot.config import PilotConfig
 from nodepilot.http import uds_client
+from nodepilot.queue.model import QueueData
 from nodepilot.redis_server import EmbeddedRedis, start_redis
 
 ALLOWED_SKIPS = Path(__file__).with_name("allowed_skips.txt")

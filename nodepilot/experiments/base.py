@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from nodepilot.config import QueueData
 from nodepilot.job import FileSpec, Job
+from nodepilot.queue.model import QueueData
 from nodepilot.reports import SETUP_FAILED_MARK, Reports, read_reports
 
 

@@ -15,9 +15,9 @@ import shlex
 import shutil
 from pathlib import Path
 
-from nodepilot.config import QueueData
 from nodepilot.experiments.base import Experiment
 from nodepilot.job import FileSpec, Job
+from nodepilot.queue.model import QueueData
 from nodepilot.reports import Reports, read_limited
 
 REPORT = "toy_report.txt"

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from nodepilot.config import Endpoint
 from nodepilot.queue import roles
+from nodepilot.queue.model import Endpoint
 from nodepilot.queue.schema import CricQueue, DdmEndpoint, QueueConfigError
 
 # copytool names of queue definitions -> our movers (services/stager/movers)

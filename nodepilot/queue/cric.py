@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from nodepilot.config import QueueData
 from nodepilot.queue import activities, roles
+from nodepilot.queue.model import QueueData
 from nodepilot.queue.schema import CricQueue, DdmEndpoint, QueueConfigError, validate
 
 log = logging.getLogger(__name__)

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from nodepilot.config import Endpoint, QueueData
 from nodepilot.queue import activities, cric
+from nodepilot.queue.model import Endpoint, QueueData
 from nodepilot.queue.schema import CricQueue, Overlay, QueueConfigError, validate
 from nodepilot.queue.sources import Source, deep_merge, first_loaded, read_json_file
 

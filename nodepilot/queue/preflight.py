@@ -14,7 +14,8 @@ from nodepilot import exitcodes
 from nodepilot.queue import activities, roles
 
 if TYPE_CHECKING:
-    from nodepilot.config import PilotConfig, QueueData
+    from nodepilot.config import PilotConfig
+    from nodepilot.queue.model import QueueData
 
 MOVER_ENTRY_POINTS = "nodepilot.movers"
 # the activities every job needs (an event-service job's es_events falls back to write_lan)

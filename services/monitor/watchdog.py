@@ -13,8 +13,8 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from nodepilot.config import QueueData
 from nodepilot.job import Job
+from nodepilot.queue.model import QueueData
 from services.monitor.checks import memory, workdir_size
 from services.monitor.checks.base import Check, CheckContext, Firing
 from services.monitor.checks.cputime import CputimeCheck

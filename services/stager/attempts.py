@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
-from nodepilot.config import Endpoint
 from nodepilot.errors import ErrorCode, clip_diag
 from nodepilot.job import FileSpec
+from nodepilot.queue.model import Endpoint
 from services.stager.metrics import StagerMetrics
 from services.stager.movers.base import Mover, Reason, TransferError, mover_for
 from services.stager.paths import join_url

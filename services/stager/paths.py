@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import quote, unquote, urlsplit
 
-from nodepilot.config import Endpoint
+from nodepilot.queue.model import Endpoint
 
 
 def deterministic_path(scope: str, lfn: str) -> str:

@@ -6,9 +6,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nodepilot.config import Endpoint
 from nodepilot.errors import ErrorCode
 from nodepilot.job import FileSpec, JobDefinitionError, check_lfn, parse_checksum
+from nodepilot.queue.model import Endpoint
 from nodepilot.requests import BadRequest, endpoints_of, request_id_of, workdir_of
 
 KINDS = ("stagein", "stageout", "stagelog")

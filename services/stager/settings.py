@@ -10,7 +10,7 @@ import logging
 from dataclasses import dataclass, fields
 from typing import Any
 
-from nodepilot.config import Endpoint, QueueData
+from nodepilot.queue.model import Endpoint, QueueData
 
 log = logging.getLogger(__name__)
 

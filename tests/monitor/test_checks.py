@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from nodepilot import bus
-from nodepilot.config import QueueData
 from nodepilot.errors import ErrorCode
 from nodepilot.job import FileSpec, Job
+from nodepilot.queue.model import QueueData
 from nodepilot.usage import USAGE_FILE, usage_key
 from services.monitor.checks import memory, workdir_size
 from services.monitor.checks.base import Check, CheckContext, Firing

@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import time
 
-from nodepilot.config import PilotConfig, QueueData
+from nodepilot.config import PilotConfig
+from nodepilot.queue.model import QueueData
 from services.monitor.timebudget import TimeBudget, slot_end
 
 

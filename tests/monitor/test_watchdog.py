@@ -7,9 +7,9 @@ import time
 from pathlib import Path
 
 from nodepilot import bus
-from nodepilot.config import QueueData
 from nodepilot.errors import ErrorCode
 from nodepilot.job import Job
+from nodepilot.queue.model import QueueData
 from services.monitor.checks.base import Check, CheckContext, Firing
 from services.monitor.checks.walltime import WalltimeCheck
 from services.monitor.watchdog import Watchdog, default_checks

@@ -12,10 +12,10 @@ import pytest
 import redis
 
 from nodepilot import bus, experiments
-from nodepilot.config import QueueData
 from nodepilot.experiments.generic import GenericExperiment
 from nodepilot.experiments.toyexp import ToyExperiment
 from nodepilot.job import parse_job
+from nodepilot.queue.model import QueueData
 from services.runner.report import outcome
 from tests.operators.helpers import NODEPILOT, final, finish, job, queuedata, start_pilot
 

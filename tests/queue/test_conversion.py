@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from nodepilot.config import Endpoint, PilotConfig, QueueData
+from nodepilot.config import PilotConfig
 from nodepilot.queue.loader import load
+from nodepilot.queue.model import Endpoint, QueueData
 from nodepilot.queue.schema import QueueConfigError
 from services.stager.paths import order_for_job
 from tests.queue.cric import ddm_endpoint, file_protocol, queue_record, write

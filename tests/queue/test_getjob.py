@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import time
 
-from nodepilot.config import PilotConfig, QueueData
+from nodepilot.config import PilotConfig
+from nodepilot.queue.model import QueueData
 from services.monitor.getjob import getjob_fields, timefloor_allows
 
 

@@ -16,8 +16,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from nodepilot.config import PilotConfig, QueueData
+from nodepilot.config import PilotConfig
 from nodepilot.errors import ErrorCode
+from nodepilot.queue.model import QueueData
 from services.runner.execute import payload_env, start, status_file
 from services.runner.isolation import (
     Isolation,

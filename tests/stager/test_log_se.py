@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from nodepilot.config import Endpoint
+from nodepilot.queue.model import Endpoint
 from services.stager.paths import deterministic_path
 from tests.conftest import running_service
 from tests.stager.test_stager_service import adler32, answer, se_file, send, workdir

@@ -11,8 +11,8 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from nodepilot.config import QueueData
 from nodepilot.job import Job
+from nodepilot.queue.model import QueueData
 from nodepilot.usage import read_usage
 
 MAX_SCAN_ENTRIES = 100_000

@@ -5,9 +5,9 @@ neither known: no limit. The PSS comes from the runner's usage hash (``CheckCont
 
 from __future__ import annotations
 
-from nodepilot.config import QueueData
 from nodepilot.errors import ErrorCode
 from nodepilot.job import Job
+from nodepilot.queue.model import QueueData
 from services.monitor.checks.base import Check, CheckContext, Firing, number
 
 FACTOR = 2

@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from nodepilot.config import QueueData
 from nodepilot.errors import ErrorCode
 from nodepilot.job import Job
+from nodepilot.queue.model import QueueData
 from services.monitor.checks.base import MAX_SCAN_ENTRIES, MIB, Check, CheckContext, Firing, TreeScan, fmt_bytes
 
 MARGIN = 1.2
