@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from nodepilot.queue.model import QueueData
+from nodepilot.values import flag
 
 SERVICES = ("monitor", "runner", "stager", "eventclient")
 
@@ -113,5 +114,5 @@ class PilotConfig:
                 continue
             kind = spec.type if isinstance(spec.type, str) else spec.type.__name__
             values[name] = (float(raw) if kind == "float" else int(raw) if kind == "int"
-                            else raw.strip().lower() in ("1", "true", "yes") if kind == "bool" else raw)
+                            else flag(raw) if kind == "bool" else raw)
         return cls(**values)

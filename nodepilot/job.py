@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from nodepilot.errors import ErrorCode, PilotError
+from nodepilot.values import flag, whole_number
 
 NULLS = ("", "NULL", "None", "null")
 _HEX = re.compile(r"^[0-9a-fA-F]+$")
@@ -107,29 +108,16 @@ def _text(d: dict[str, Any], key: str) -> str:
 
 def _int(d: dict[str, Any], key: str, ident: tuple[int | None, int]) -> int | None:
     value = d.get(key)
-    if value is None or isinstance(value, bool):
+    if value is None or isinstance(value, bool) or _text(d, key) == "":
         return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    text = str(value).strip()
-    if text in NULLS:
-        return None
-    try:
-        return int(float(text)) if re.fullmatch(r"-?\d+(\.0*)?", text) else int(text)
-    except ValueError:
-        raise JobDefinitionError(f"{key}={value!r} is not a number", *ident) from None
+    number = whole_number(value)
+    if number is None:
+        raise JobDefinitionError(f"{key}={value!r} is not a number", *ident)
+    return number
 
 
 def _flag(d: dict[str, Any], key: str, default: bool) -> bool:
-    value = d.get(key)
-    if isinstance(value, bool):
-        return value
-    text = _text(d, key).lower()
-    if not text:
-        return default
-    return text in ("true", "1", "yes", "on")
+    return flag(d.get(key), default)
 
 
 def _list(d: dict[str, Any], key: str) -> list[str]:

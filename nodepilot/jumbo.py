@@ -17,6 +17,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from nodepilot import bus
+from nodepilot.values import flag
 
 OPEN = "relay:jumbo:open"
 FINAL_STATES = ("finished", "failed")
@@ -30,8 +31,7 @@ def jumbo_key(job_id: int) -> str:
 
 
 def is_event_service(raw: dict[str, Any]) -> bool:
-    value = raw.get("eventService")
-    return value is True or str(value).strip().lower() in ("true", "1", "yes", "on")
+    return flag(raw.get("eventService"))
 
 
 def _renamed(lfn: str, share: int) -> str:

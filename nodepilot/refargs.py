@@ -10,6 +10,8 @@ from __future__ import annotations
 import re
 from urllib.parse import urlsplit, urlunsplit
 
+from nodepilot.values import flag_or_none
+
 REFERENCE_PORT = 25443  # the reference pilot's default server port (with --url)
 
 # option spellings -> whether the option takes a value
@@ -105,9 +107,7 @@ def check_resource_type(value: str) -> None:
 
 def bool_option(name: str, value: str) -> bool:
     """The reference pilot's yes/no option values."""
-    text = value.strip().lower()
-    if text in ("yes", "true", "t", "y", "1"):
-        return True
-    if text in ("no", "false", "f", "n", "0"):
-        return False
-    raise ValueError(f"{name} {value!r}: expected true or false")
+    read = flag_or_none(value)
+    if read is None:
+        raise ValueError(f"{name} {value!r}: expected true or false")
+    return read

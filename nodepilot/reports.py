@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from nodepilot.values import whole_number
+
 JOB_REPORT = "jobReport.json"
 ERROR_REPORT = "payload_error_report.json"
 STDOUT = "payload.stdout"
@@ -69,18 +71,6 @@ def _load(path: Path) -> tuple[str | None, dict[str, Any] | None, str]:
     return text, data, ""
 
 
-def _int(value: Any) -> int | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-        return int(value)
-    return None
-
-
 def _str(value: Any) -> str:
     return value if isinstance(value, str) else ""
 
@@ -111,16 +101,16 @@ def read_reports(workdir: Path) -> Reports:
     if note:
         reports.notes.append(note)
     if data is not None:
-        reports.exit_code = _int(data.get("exitCode"))
+        reports.exit_code = whole_number(data.get("exitCode"))
         reports.exit_msg = _str(data.get("exitMsg"))
-        reports.exe_error_code = _int(data.get("exeErrorCode"))
+        reports.exe_error_code = whole_number(data.get("exeErrorCode"))
         reports.exe_error_diag = _str(data.get("exeErrorDiag"))
-        reports.n_events = max(_int(_dig(data, "resource", "transform", "processedEvents")) or 0, 0)
+        reports.n_events = max(whole_number(_dig(data, "resource", "transform", "processedEvents")) or 0, 0)
         reports.output_guids = _guids(data)
     _text, data, note = _load(workdir / ERROR_REPORT)
     if note:
         reports.notes.append(note)
     if data is not None:
-        reports.error_code = _int(data.get("error_code"))
+        reports.error_code = whole_number(data.get("error_code"))
         reports.error_diag = _str(data.get("error_diag"))
     return reports

@@ -18,6 +18,7 @@ from urllib.parse import urlencode
 
 from nodepilot.jobserver.api import VALID_JOB_STATES, Dispatcher
 from nodepilot.jobserver.events import event_update
+from nodepilot.values import whole_number
 
 log = logging.getLogger(__name__)
 
@@ -29,13 +30,6 @@ def encode(data: dict[str, Any], accept_json: bool) -> tuple[str, str]:
     if accept_json:
         return json.dumps(data), "application/json"
     return urlencode(data), "text/plain"
-
-
-def _int_or_none(value: Any) -> int | None:
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        return None
 
 
 class LegacyApi:
@@ -64,7 +58,7 @@ class LegacyApi:
                allowOtherCountry=None, taskID=None, nJobs=None, background=None, resourceType=None,
                harvester_id=None, worker_id=None, schedulerID=None, jobType=None, viaTopic=None,
                ) -> dict[str, Any]:
-        served, n_sent = self.dispatcher.take(_int_or_none(nJobs) or 1, self._params)
+        served, n_sent = self.dispatcher.take(whole_number(nJobs) or 1, self._params)
         if not served:
             return {"StatusCode": SC_NO_JOBS, **({"errorDialog": "no jobs in PanDA"} if self._accept_json else {})}
         # a definition that is not an object cannot be a reply: it goes out empty (the pilot rejects it)
@@ -96,18 +90,18 @@ class LegacyApi:
         if state not in VALID_JOB_STATES:  # the real server acknowledges and drops it
             log.warning("updateJob %s: invalid state=%s ignored", jobId, state)
             return {"StatusCode": SC_SUCCESS}
-        command = self.dispatcher.update(int(jobId), state, _int_or_none(attemptNr), self._params,
+        command = self.dispatcher.update(int(jobId), state, whole_number(attemptNr), self._params,
                                          startTime, endTime)
         return {"StatusCode": SC_SUCCESS, "command": command or "NULL"}
 
     def getEventRanges(self, pandaID, jobsetID, taskID=None, nRanges=10, timeout=60,
                        scattered=None, segment_id=None) -> dict[str, Any]:
-        ranges = self.store.acquire_ranges(int(pandaID), _int_or_none(jobsetID), int(nRanges))
+        ranges = self.store.acquire_ranges(int(pandaID), whole_number(jobsetID), int(nRanges))
         log.info("getEventRanges of job %s: %d", pandaID, len(ranges))
         return {"StatusCode": SC_SUCCESS, "eventRanges": ranges if self._accept_json else json.dumps(ranges)}
 
     def updateEventRanges(self, eventRanges, timeout=120, version=0, pandaID=None) -> dict[str, Any]:
-        version = _int_or_none(version) or 0
+        version = whole_number(version) or 0
         returns, commands = event_update(self.store, eventRanges, version)
         if returns is None:
             return {"StatusCode": SC_FAILED, "errorDialog": "failed to convert eventRanges with json"}

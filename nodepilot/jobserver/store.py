@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from nodepilot.panda.events import EVENT_STATUSES
+from nodepilot.values import whole_number
 
 log = logging.getLogger(__name__)
 
@@ -52,10 +53,7 @@ class JobCatalog:
 
 
 def number(definition: Any, key: str) -> int | None:
-    try:
-        return int(definition.get(key))
-    except (AttributeError, TypeError, ValueError):
-        return None
+    return whole_number(definition.get(key)) if isinstance(definition, dict) else None
 
 
 def served_definition(definition: Any) -> Any:

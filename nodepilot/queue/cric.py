@@ -8,6 +8,7 @@ from typing import Any
 from nodepilot.queue import activities, roles
 from nodepilot.queue.model import QueueData
 from nodepilot.queue.schema import CricQueue, DdmEndpoint, QueueConfigError, validate
+from nodepilot.values import flag
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ def to_queuedata(cric: CricQueue, ddms: dict[str, DdmEndpoint], where: str) -> Q
                       timefloor_min=cric.timefloor, corecount=cric.corecount or 1, maxrss_mb=cric.maxrss,
                       direct_access_lan=cric.direct_access_lan, direct_access_wan=cric.direct_access_wan,
                       catchall=cric.catchall)
-    queue.allow_alt_stageout = _flag(cric.params.get("allow_altstageout"))
+    queue.allow_alt_stageout = flag(cric.params.get("allow_altstageout"))
     for activity in roles.DIRECTION:
         resolved = activities.resolve(activity, cric, ddms, where)
         if resolved is not None:
@@ -62,7 +63,4 @@ def to_queuedata(cric: CricQueue, ddms: dict[str, DdmEndpoint], where: str) -> Q
     return queue
 
 
-def _flag(value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    return str(value).strip().lower() in ("true", "1", "yes", "on")
+

@@ -22,6 +22,7 @@ from nodepilot.cpuinfo import cpu_info
 from nodepilot.job import Job
 from nodepilot.outbox import file_report, jobmetrics, pilot_timing
 from nodepilot.timeutil import panda_time
+from nodepilot.values import measured
 from nodepilot.worker import batch_system, pilot_id
 
 if TYPE_CHECKING:
@@ -37,7 +38,8 @@ PILOT_NAME = "nodepilot"
 
 
 def _number(value: Any) -> int | None:
-    return int(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+    read = measured(value)
+    return None if read is None else int(read)
 
 
 def usage_figures(usage: dict[str, Any]) -> dict[str, Any]:

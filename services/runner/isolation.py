@@ -35,6 +35,7 @@ from urllib.parse import unquote, urlparse
 
 from nodepilot.config import PilotConfig
 from nodepilot.errors import ErrorCode
+from nodepilot.values import flag
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,6 @@ SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "
 CREDENTIAL_VARS = ("X509_USER_PROXY", "X509_USER_CERT", "X509_USER_KEY", "PANDA_AUTH_TOKEN_FILE", "PANDA_AUTH_TOKEN",
                    "PANDA_AUTH_DIR", "BEARER_TOKEN_FILE", "OIDC_TOKEN_FILE")
 PROBE_TIMEOUT_S = 10.0
-TRUE_VALUES = ("1", "true", "yes", "on")
 
 
 class SettingsError(ValueError):
@@ -66,7 +66,7 @@ class Settings:
         if env.get("NODEPILOT_ISOLATION"):
             section["mode"] = env["NODEPILOT_ISOLATION"]
         if env.get("NODEPILOT_ALLOW_PLAIN"):
-            section["allow_plain"] = env["NODEPILOT_ALLOW_PLAIN"].strip().lower() in TRUE_VALUES
+            section["allow_plain"] = flag(env["NODEPILOT_ALLOW_PLAIN"])
         if env.get("NODEPILOT_ISOLATION_BINDS"):
             given = section.get("binds", [])
             section["binds"] = [*(given if isinstance(given, list) else [given]),

@@ -11,6 +11,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from nodepilot.queue.model import Endpoint, QueueData
+from nodepilot.values import flag
 
 log = logging.getLogger(__name__)
 
@@ -71,13 +72,6 @@ class StagerSettings:
     def direct_access(self, activity: str) -> bool:
         """Whether the queue lets inputs of this activity be read in place."""
         return self.direct_access_wan if activity.endswith("_wan") else self.direct_access_lan
-
-
-def flag(value: Any) -> bool:
-    """A yes/no of queue data or a job definition: a bool, or text such as "True", "on", "1"."""
-    if isinstance(value, bool):
-        return value
-    return str(value).strip().lower() in ("true", "1", "yes", "on")
 
 
 def _number(name: str, value: Any, default: float) -> float:

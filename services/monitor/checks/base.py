@@ -14,6 +14,7 @@ import redis.asyncio as aioredis
 from nodepilot.job import Job
 from nodepilot.queue.model import QueueData
 from nodepilot.usage import read_usage
+from nodepilot.values import measured
 
 MAX_SCAN_ENTRIES = 100_000
 GIB = 1024**3
@@ -75,9 +76,7 @@ class Check:
         return Firing(self.code, f"{what} {fmt(value)} is {relation} the limit {fmt(limit)}{note}")
 
 
-def number(value: Any) -> float | None:
-    """A measured number from the usage hash (None: not measured yet)."""
-    return value if isinstance(value, int | float) and not isinstance(value, bool) else None
+number = measured  # a measured number from the usage hash (None: not measured yet)
 
 
 def largest_file(workdir: Path, names: Iterable[str]) -> tuple[str, int | None]:

@@ -28,6 +28,7 @@ from collections.abc import Iterator
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from nodepilot.values import flag
 from services.stager.movers.base import Reason, RemoteStat, Source, TransferError
 from services.stager.movers.stream import StreamMover
 
@@ -44,7 +45,7 @@ def split(url: str) -> tuple[str, str, str]:
     bucket, _, key = unquote(parts.path).lstrip("/").partition("/")
     if not parts.hostname or not bucket:
         raise TransferError(Reason.PROTOCOL, f"not an s3://host[:port]/bucket/key URL: {url}")
-    secure = os.environ.get("S3_SECURE", "").lower() in ("1", "true", "yes") or parts.port == 443
+    secure = flag(os.environ.get("S3_SECURE")) or parts.port == 443
     return f"{'https' if secure else 'http'}://{parts.netloc}", bucket, key
 
 
