@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import importlib
-
+from nodepilot.plugins import import_spec
 from nodepilot.service import Service
 
 SERVICE_CLASSES = {
@@ -15,8 +14,6 @@ SERVICE_CLASSES = {
 
 
 def service_class(name: str) -> type[Service]:
-    try:
-        module_name, _, attr = SERVICE_CLASSES[name].partition(":")
-    except KeyError:
-        raise ValueError(f"unknown service {name!r}; known: {', '.join(SERVICE_CLASSES)}") from None
-    return getattr(importlib.import_module(module_name), attr)
+    if name not in SERVICE_CLASSES:
+        raise ValueError(f"unknown service {name!r}; known: {', '.join(SERVICE_CLASSES)}")
+    return import_spec(SERVICE_CLASSES[name])

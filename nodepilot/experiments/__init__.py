@@ -14,12 +14,14 @@ from pathlib import Path
 from typing import Any
 
 from nodepilot.experiments.base import Experiment, setup_script
+from nodepilot.plugins import PluginError, load_plugin, plugin_names
 from nodepilot.reports import Reports, read_reports
 
 log = logging.getLogger(__name__)
 
 GROUP = "nodepilot.experiments"
 DEFAULT = "generic"
+BUILTINS = {DEFAULT: "nodepilot.experiments.generic:GenericExperiment"}
 
 __all__ = ["DEFAULT", "GROUP", "Experiment", "UnknownExperiment", "available", "load", "name_for", "report_reader",
            "setup_script"]
@@ -30,31 +32,21 @@ class UnknownExperiment(ValueError):
 
 
 def available() -> list[str]:
-    from importlib.metadata import entry_points
-
-    return sorted({DEFAULT, *(ep.name for ep in entry_points(group=GROUP))})
+    return sorted(plugin_names(GROUP, BUILTINS))
 
 
 @functools.cache
 def load(name: str = "") -> Experiment:
     """The plug-in called ``name`` (one instance per process); raises UnknownExperiment."""
     name = name or DEFAULT
-    if name == DEFAULT:
-        from nodepilot.experiments.generic import GenericExperiment
-
-        return GenericExperiment()
-    from importlib.metadata import entry_points
-
-    found = list(entry_points(group=GROUP, name=name))
-    if not found:
-        raise UnknownExperiment(f"unknown experiment plug-in {name!r}; installed: {', '.join(available())}")
     try:
-        cls = found[0].load()
-        instance = cls()
+        instance = load_plugin(GROUP, name, BUILTINS, kind="experiment")()
+    except PluginError as exc:
+        raise UnknownExperiment(str(exc)) from exc
     except Exception as exc:
-        raise UnknownExperiment(f"experiment plug-in {name!r} cannot be loaded: {exc!r}") from exc
+        raise UnknownExperiment(f"experiment plug-in {name!r} cannot be made: {exc!r}") from exc
     if not isinstance(instance, Experiment):
-        raise UnknownExperiment(f"experiment plug-in {name!r} ({found[0].value}) is not an Experiment")
+        raise UnknownExperiment(f"experiment plug-in {name!r} is not an Experiment")
     return instance
 
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from importlib.metadata import entry_points
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from nodepilot import exitcodes
+from nodepilot.plugins import plugin_names
 from nodepilot.queue import activities, roles
 
 if TYPE_CHECKING:
@@ -67,7 +67,7 @@ def check_workdir(work_dir: str, need_mb: int) -> None:
 
 
 def installed_movers() -> set[str]:
-    return {ep.name for ep in entry_points(group=MOVER_ENTRY_POINTS)} | {"posix"}
+    return plugin_names(MOVER_ENTRY_POINTS, {"posix": ""})
 
 
 def check_storage(queue: QueueData, where: str) -> None:

@@ -15,20 +15,19 @@ import asyncio
 import errno
 import functools
 import hashlib
-import importlib
 import logging
 import os
 import threading
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from importlib.metadata import entry_points
 from pathlib import Path
 from typing import BinaryIO, ClassVar, TypeVar
 from urllib.parse import urlsplit
 
 from nodepilot.checksums import CHUNK, Adler32
 from nodepilot.job import Checksum
+from nodepilot.plugins import load_all
 
 log = logging.getLogger(__name__)
 
@@ -237,22 +236,11 @@ def _consume_result(task: asyncio.Future[object]) -> None:
 @functools.cache
 def mover_classes() -> dict[str, type[Mover]]:
     """URL scheme -> mover class, from the entry points, then the built-ins not registered."""
-    specs = {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
     classes: dict[str, type[Mover]] = {}
-    for name in [*specs, *(n for n in BUILTIN_MOVERS if n not in specs)]:
-        try:
-            cls = specs[name].load() if name in specs else _load(BUILTIN_MOVERS[name])
-        except Exception:
-            log.exception("mover plug-in %s cannot be loaded", name)
-            continue
+    for cls in load_all(ENTRY_POINT_GROUP, BUILTIN_MOVERS).values():
         for scheme in cls.schemes:
             classes.setdefault(scheme.lower(), cls)
     return classes
-
-
-def _load(spec: str) -> type[Mover]:
-    module, _, attr = spec.partition(":")
-    return getattr(importlib.import_module(module), attr)
 
 
 def mover_for(url: str) -> Mover:
