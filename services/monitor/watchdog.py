@@ -18,14 +18,10 @@ from nodepilot.queue.model import QueueData
 from services.monitor.checks import memory, workdir_size
 from services.monitor.checks.base import Check, CheckContext, Firing
 from services.monitor.checks.cputime import CputimeCheck
-from services.monitor.checks.disk import DEFAULT_MIN_FREE_BYTES, DiskSpaceCheck
 from services.monitor.checks.looping import DEFAULT_LIMIT_S as DEFAULT_LOOPING_S
 from services.monitor.checks.looping import LoopingCheck
 from services.monitor.checks.memory import MemoryCheck
-from services.monitor.checks.output_size import DEFAULT_LIMIT_BYTES as DEFAULT_OUTPUT_BYTES
-from services.monitor.checks.output_size import OutputSizeCheck
-from services.monitor.checks.stdout_size import DEFAULT_LIMIT_BYTES as DEFAULT_STDOUT_BYTES
-from services.monitor.checks.stdout_size import StdoutSizeCheck
+from services.monitor.checks.sizes import DISK_SPACE, OUTPUT_SIZE, STDOUT_SIZE, SizeCheck
 from services.monitor.checks.walltime import WalltimeCheck
 from services.monitor.checks.workdir_size import WorkdirSizeCheck
 
@@ -50,10 +46,10 @@ def default_checks(job: Job, queuedata: QueueData) -> list[Check]:
 
     checks: list[Check] = [
         LoopingCheck(given("looping_limit_s", DEFAULT_LOOPING_S)),
-        DiskSpaceCheck(given("disk_min_free_mb", DEFAULT_MIN_FREE_BYTES, mb)),
+        SizeCheck(DISK_SPACE, given("disk_min_free_mb", DISK_SPACE.limit_bytes, mb)),
         WorkdirSizeCheck(workdir_size.limit_bytes(job, queuedata)),
-        StdoutSizeCheck(given("stdout_limit_mb", DEFAULT_STDOUT_BYTES, mb)),
-        OutputSizeCheck(given("output_limit_mb", DEFAULT_OUTPUT_BYTES, mb)),
+        SizeCheck(STDOUT_SIZE, given("stdout_limit_mb", STDOUT_SIZE.limit_bytes, mb)),
+        SizeCheck(OUTPUT_SIZE, given("output_limit_mb", OUTPUT_SIZE.limit_bytes, mb)),
         MemoryCheck(int(w["memory_limit_mb"] * 1024) if "memory_limit_mb" in w else memory.limit_kb(job, queuedata)),
         WalltimeCheck(_positive(job.max_walltime)),
         CputimeCheck(_positive(job.max_cpu_count)),

@@ -17,11 +17,9 @@ from nodepilot.usage import USAGE_FILE, usage_key
 from services.monitor.checks import memory, workdir_size
 from services.monitor.checks.base import Check, CheckContext, Firing
 from services.monitor.checks.cputime import CputimeCheck
-from services.monitor.checks.disk import DiskSpaceCheck
 from services.monitor.checks.looping import LoopingCheck
 from services.monitor.checks.memory import MemoryCheck
-from services.monitor.checks.output_size import OutputSizeCheck
-from services.monitor.checks.stdout_size import StdoutSizeCheck
+from services.monitor.checks.sizes import DISK_SPACE, OUTPUT_SIZE, STDOUT_SIZE, SizeCheck
 from services.monitor.checks.walltime import WalltimeCheck
 from services.monitor.checks.workdir_size import WorkdirSizeCheck
 from services.runner.sampler import Sample
@@ -90,10 +88,10 @@ def test_looping_disabled_and_bounded(tmp_path, redis_url):
 
 # --- disk ------------------------------------------------------------------------------------
 def test_disk_space(tmp_path, redis_url):
-    check = DiskSpaceCheck(min_free_bytes=1 << 62)
+    check = SizeCheck(DISK_SPACE, limit_bytes=1 << 62)
     assert_fires(run_check(check, tmp_path, redis_url), ErrorCode.DISK_SPACE, "free disk space", "below")
     assert 0 < check.value < 1 << 62
-    assert run_check(DiskSpaceCheck(min_free_bytes=1), tmp_path, redis_url) is None
+    assert run_check(SizeCheck(DISK_SPACE, limit_bytes=1), tmp_path, redis_url) is None
 
 
 # --- work dir size ---------------------------------------------------------------------------
@@ -120,14 +118,14 @@ def test_workdir_limit_from_queue_or_job():
 
 # --- stdout / stderr -------------------------------------------------------------------------
 def test_stdout_size(tmp_path, redis_url):
-    assert run_check(StdoutSizeCheck(limit_bytes=1000), tmp_path, redis_url) is None  # none written yet
+    assert run_check(SizeCheck(STDOUT_SIZE, limit_bytes=1000), tmp_path, redis_url) is None  # none written yet
     write(tmp_path / "payload.stdout", 800)
-    assert run_check(StdoutSizeCheck(limit_bytes=1000), tmp_path, redis_url) is None
+    assert run_check(SizeCheck(STDOUT_SIZE, limit_bytes=1000), tmp_path, redis_url) is None
     write(tmp_path / "payload.stderr", 1500)
-    assert_fires(run_check(StdoutSizeCheck(limit_bytes=1000), tmp_path, redis_url), ErrorCode.STDOUT_TOO_BIG,
+    assert_fires(run_check(SizeCheck(STDOUT_SIZE, limit_bytes=1000), tmp_path, redis_url), ErrorCode.STDOUT_TOO_BIG,
                  "payload.stderr", "1500 B")
     write(tmp_path / "payload.stdout", 2000)
-    assert_fires(run_check(StdoutSizeCheck(limit_bytes=1000), tmp_path, redis_url), ErrorCode.STDOUT_TOO_BIG,
+    assert_fires(run_check(SizeCheck(STDOUT_SIZE, limit_bytes=1000), tmp_path, redis_url), ErrorCode.STDOUT_TOO_BIG,
                  "payload.stdout", "2000 B")
 
 
@@ -136,11 +134,11 @@ def test_output_size(tmp_path, redis_url):
     job = Job(JOB_ID, outputs=[FileSpec("out.root"), FileSpec("other.root")], log=FileSpec("log.tgz"))
     write(tmp_path / "log.tgz", 5000)  # the log is not an output the payload writes
     write(tmp_path / "unrelated.bin", 5000)
-    assert run_check(OutputSizeCheck(limit_bytes=1000), tmp_path, redis_url, job=job) is None
+    assert run_check(SizeCheck(OUTPUT_SIZE, limit_bytes=1000), tmp_path, redis_url, job=job) is None
     write(tmp_path / "out.root", 900)
-    assert run_check(OutputSizeCheck(limit_bytes=1000), tmp_path, redis_url, job=job) is None
+    assert run_check(SizeCheck(OUTPUT_SIZE, limit_bytes=1000), tmp_path, redis_url, job=job) is None
     write(tmp_path / "other.root", 1200)
-    assert_fires(run_check(OutputSizeCheck(limit_bytes=1000), tmp_path, redis_url, job=job),
+    assert_fires(run_check(SizeCheck(OUTPUT_SIZE, limit_bytes=1000), tmp_path, redis_url, job=job),
                  ErrorCode.OUTPUT_FILE_TOO_BIG, "other.root")
 
 
