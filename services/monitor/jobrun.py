@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 
 DEBUG_HEARTBEAT_S = 60.0
 STDOUT_TAIL_BYTES = 2048
+ABANDON_STOP_S = 60.0  # a payload's stop (TERM, KILL after 10 s) when the pilot fails its job
+ABANDON_LOG_S = 600.0  # and then the log's stage-out
 SIGNAL_CODES = {1: ErrorCode.SIGNAL_OTHER, 2: ErrorCode.SIGINT, 3: ErrorCode.SIGQUIT,
                 7: ErrorCode.SIGBUS, 10: ErrorCode.SIGUSR1, 11: ErrorCode.SIGSEGV,
                 15: ErrorCode.SIGTERM, 24: ErrorCode.SIGXCPU}
@@ -125,16 +127,35 @@ class JobRun(StageSteps, EventServiceSteps):
         except OSError:
             return ""
 
+    async def abandon(self, exc: BaseException) -> None:
+        """The pilot's own code failed this job: before the slot goes to the next job, the payload's tree
+        is stopped (never left running beside it) and the log staged out, each within a bound."""
+        self.result.fail(ErrorCode.PILOT_EXCEPTION, f"pilot exception: {exc!r}")
+        self.stop_watchdog()
+        if self.step == "payload" and not self.payload:  # the payload may be running: stop it, wait for its end
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(ABANDON_STOP_S):
+                    await self._kill_payload("the pilot failed this job")
+                    self.payload = await self.wait_for(self._request_id("run"), "payload_finished")
+        if self.job.log is not None and not any(f.get("lfn") == self.job.log.lfn for f in self.staged):
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(ABANDON_LOG_S):
+                    await self.stage_log()
+        self.result.end_time = time.time()
+        self.result.state = "failed"
+
+    async def _kill_payload(self, reason: str) -> None:
+        await bus.publish(self.r, bus.RUNNER_REQUESTS, {
+            "action": "kill", "job_id": self.job.panda_id,
+            "request_id": f"{self.job.panda_id}:kill:{uuid.uuid4().hex[:8]}", "reason": reason, "grace_seconds": 10,
+        })
+
     async def interrupt(self, code: int, diag: str) -> None:
         if self.kill_reason is None:
             self.kill_reason = (int(code), diag)
             self.result.fail(code, diag)
         if self.payload_running:
-            await bus.publish(self.r, bus.RUNNER_REQUESTS, {
-                "action": "kill", "job_id": self.job.panda_id,
-                "request_id": f"{self.job.panda_id}:kill:{uuid.uuid4().hex[:8]}",
-                "reason": diag, "grace_seconds": 10,
-            })
+            await self._kill_payload(diag)
 
     # --- state and updates -------------------------------------------------------------------
     async def set_state(self, state: str) -> None:

@@ -267,11 +267,9 @@ class Pilot:
             result = await run.run()
         except DeliveryAbandoned:
             raise
-        except Exception as exc:  # a pilot bug must fail the job, not the pilot
+        except Exception as exc:  # a pilot bug must fail the job (its payload stopped, its log out), not the pilot
             log.exception("job %s: pilot exception", job.panda_id)
-            run.result.fail(ErrorCode.PILOT_EXCEPTION, f"pilot exception: {exc!r}")
-            run.result.end_time = time.time()
-            run.result.state = "failed"
+            await run.abandon(exc)
             run.result.final_delivered = await self.outbox.send(run.update_fields(final=True))
             result = run.result
         self.running.pop(job.panda_id, None)
