@@ -48,6 +48,7 @@ case $s in 129|13[0-9]|14[0-4]|15[2-5]|15[7-9]) trap - $((s - 128)); ulimit -c 0
 exit "$s"
 """
 STATUS_DIR = "runner-status"
+LATE_TERM_S = (0.2, 1.0)  # s after a kill's SIGTERM that found no process of the command yet: again
 
 
 def payload_env(base: Mapping[str, str], extra: Mapping[str, str]) -> dict[str, str]:
@@ -110,6 +111,7 @@ class Payload:
     leader: int = 0  # the shim's pid when adopted
     _strays: dict[int, psutil.Process] = field(default_factory=dict)
     _kill_timer: asyncio.TimerHandle | None = None
+    _termed: set[int] = field(default_factory=set)  # pids a kill's SIGTERM went to
 
     @property
     def pid(self) -> int:
@@ -170,7 +172,37 @@ class Payload:
         self._snapshot()
         self._signal_all(signal.SIGTERM)
         if self._kill_timer is None:
-            self._kill_timer = asyncio.get_running_loop().call_later(max(grace, 0.0), self._force_kill)
+            loop = asyncio.get_running_loop()
+            self._termed = {proc.pid for proc in self._members()}
+            # nothing of the payload's command ran yet (a sandbox still being set up): it gets the TERM once it does
+            for delay in LATE_TERM_S if not self._termed else ():
+                if delay < grace:
+                    loop.call_later(delay, self._term_latecomers)
+            self._kill_timer = loop.call_later(max(grace, 0.0), self._force_kill)
+
+    def _members(self) -> list[psutil.Process]:
+        """The payload's processes a TERM is for: inside the sandbox, or the whole tree."""
+        if self.sandboxed:
+            return self._inside()
+        return [*self._strays.values(), *(p for p in self._processes(self.tracked_pids()) if p.pid not in self._strays)]
+
+    def _term_latecomers(self) -> None:
+        if self.ended is not None:
+            return
+        self._snapshot()
+        for proc in self._members():
+            if proc.pid not in self._termed:
+                self._termed.add(proc.pid)
+                with contextlib.suppress(psutil.Error):
+                    proc.send_signal(signal.SIGTERM)
+
+    @staticmethod
+    def _processes(pids: list[int]) -> list[psutil.Process]:
+        found = []
+        for pid in pids:
+            with contextlib.suppress(psutil.Error):
+                found.append(psutil.Process(pid))
+        return found
 
     def notify(self, signum: int) -> None:
         """A signal to every process of the payload, e.g. a warning it may act on."""
@@ -211,9 +243,8 @@ class Payload:
     def _inside(self) -> list[psutil.Process]:
         """The payload's processes inside its sandbox: in a child pid namespace, but not its init."""
         candidates = dict(self._strays)
-        for pid in self.tracked_pids():
-            with contextlib.suppress(psutil.Error):
-                candidates.setdefault(pid, psutil.Process(pid))
+        for proc in self._processes(self.tracked_pids()):
+            candidates.setdefault(proc.pid, proc)
         return [p for p in candidates.values() if _nested_pid(p.pid) not in (None, 1)]
 
 
