@@ -4,36 +4,23 @@ and stages each output out as it comes; the job's outcome is what the server too
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import redis.asyncio as aioredis
-
 from nodepilot import bus
-from nodepilot.config import PilotConfig
 from nodepilot.errors import ErrorCode, clip_diag
-from nodepilot.job import Job
-from services.monitor.result import JobResult
+from services.monitor.parts import JobParts
 
 log = logging.getLogger(__name__)
 
 ES_BATCH = 10
 
 
-class EventServiceSteps:
-    job: Job
-    config: PilotConfig
-    r: aioredis.Redis
-    result: JobResult
-    workdir: Path
-    payload: dict[str, Any]
+class EventServiceSteps(JobParts):
     es_socket: str
     kill_reason: tuple[int, str] | None
 
     if TYPE_CHECKING:  # JobRun's
-        def _request_id(self, step: str) -> str: ...
         def _endpoints(self, activity: str) -> list[dict[str, Any]]: ...
-        async def wait_for(self, request_id: str, type_: str) -> dict[str, Any]: ...
         async def run_payload(self, extra_env: dict[str, str] | None = None) -> None: ...
 
     async def run_event_service(self) -> None:

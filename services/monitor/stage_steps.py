@@ -7,35 +7,22 @@ import asyncio
 import logging
 import time
 import uuid
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import redis.asyncio as aioredis
-
 from nodepilot import bus, experiments
-from nodepilot.config import PilotConfig
 from nodepilot.errors import ErrorCode, clip_diag
-from nodepilot.job import Job
 from services.monitor.catalog import write_input_catalog
-from services.monitor.result import JobResult
+from services.monitor.parts import JobParts
 
 log = logging.getLogger(__name__)
 
 
-class StageSteps:
-    job: Job
-    config: PilotConfig
-    r: aioredis.Redis
-    result: JobResult
-    workdir: Path
-    payload: dict[str, Any]
+class StageSteps(JobParts):
     staged: list[dict[str, Any]]
     partial: bool
 
     if TYPE_CHECKING:  # JobRun's
         def set_step(self, step: str) -> None: ...
-        def _request_id(self, step: str) -> str: ...
-        async def wait_for(self, request_id: str, type_: str) -> dict[str, Any]: ...
         def experiment(self) -> experiments.Experiment: ...
 
     def _endpoints(self, activity: str) -> list[dict[str, str]]:
