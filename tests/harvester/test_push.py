@@ -1,0 +1,148 @@
+"""Harvester push mode: the pilot driven through the shared-file messenger alone, Harvester's side played
+by tests/harvester/harness.py. No server runs; one test listens where a server would be and sees nothing."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import threading
+import time
+from pathlib import Path
+
+from tests.harvester.harness import Harvester, finish, job, start_pilot
+from tests.waiting import wait_until
+
+
+def harvester(tmp_path: Path) -> Harvester:
+    return Harvester(tmp_path / "ap", tmp_path / "harvester-storage")
+
+
+def test_a_job_through_the_files(tmp_path):
+    h = harvester(tmp_path)
+    h.feed(job(4711, "cat in1.dat in2.dat > out4711.txt", ("in1.dat", "in2.dat")),
+           {"in1.dat": b"first input\n", "in2.dat": b"second input\n" * 1000})
+    h.start()
+    code, err = finish(start_pilot(h.access_point, "--harvester-wait", "1"))
+    h.stop()
+    assert code == 0, err[-3000:]
+    final = h.final_attributes(4711)
+    assert final["jobStatus"] == final["state"] == "finished" and final["pilotErrorCode"] == 0, final
+    assert next(a["jobStatus"] for a in h.attributes if a.get("jobId") == 4711) in ("starting", "running")
+    assert not {"xml", "outputfiles", "inputfiles"} & set(final)
+    declared = h.check_declared(4711)
+    assert [e["path"] for e in declared["output"]] == [str(h.access_point / "out4711.txt")]
+    assert [Path(e["path"]).name for e in declared["log"]] == ["log4711.tgz"]
+    assert (h.access_point / "out4711.txt").read_bytes() == b"first input\n" + b"second input\n" * 1000
+    report = json.loads((h.access_point / "jobReport.json").read_text())
+    assert report["exitCode"] == 0
+    assert not (h.access_point / "HPCJobs.json").exists()  # read once
+    assert (h.access_point / "kill_worker.json").exists()
+    work = h.access_point / "PanDA_Pilot-4711"
+    assert (work / "in1.dat").stat().st_ino == (h.storage / "in1.dat").stat().st_ino  # used in place, not copied
+
+
+def test_a_failing_payload(tmp_path):
+    h = harvester(tmp_path)
+    h.spec_format = "cgi"  # the grid variant's format
+    h.feed(job(4712, "echo partial > out4712.txt; exit 3"))
+    h.start()
+    code, err = finish(start_pilot(h.access_point, "--harvester-wait", "1"))
+    h.stop()
+    assert code == 0, err[-3000:]
+    final = h.final_attributes(4712)
+    assert final["jobStatus"] == "failed" and final["transExitCode"] == 3 and final["pilotErrorCode"], final
+    assert "log" in h.check_declared(4712)  # the log goes out whatever happened
+    assert json.loads((h.access_point / "jobReport.json").read_text())["exitCode"] == 3
+
+
+def test_three_jobs_in_one_worker(tmp_path):
+    h = harvester(tmp_path)
+    h.refill_delay_s = 1.0  # Harvester takes its time: the pilot must wake when the file comes
+    h.feed(job(5001, "echo one > out5001.txt"))
+    h.queue = [(job(5002, "echo two > out5002.txt"), {}), (job(5003, "echo three > out5003.txt"), {})]
+    h.start()
+    started = time.monotonic()
+    code, err = finish(start_pilot(h.access_point, "--harvester-wait", "4"))
+    h.stop()
+    assert code == 0, err[-3000:]
+    for panda_id in (5001, 5002, 5003):
+        assert h.final_attributes(panda_id)["jobStatus"] == "finished"
+        assert set(h.check_declared(panda_id)) == {"output", "log"}
+    assert h.job_requests == 3  # before the 2nd, the 3rd, and the one that never came
+    assert (h.access_point / "kill_worker.json").exists()
+    # the 10 s sleep loop of the reference pilot would take 2 x 10 s for the two refills alone
+    assert time.monotonic() - started < 60
+
+
+def test_a_malformed_job_spec(tmp_path):
+    h = harvester(tmp_path)
+    h.write_spec('{"4713": {"PandaID": 4713, "jobPars": ')  # cut short
+    code, err = finish(start_pilot(h.access_point))
+    h.cycle()
+    assert code == 3, err[-3000:]
+    assert "Traceback" not in err
+    attributes = h.attributes[-1]
+    assert attributes["jobStatus"] == "failed" and attributes["pilotErrorCode"] == 1008, attributes
+    assert "HPCJobs.json" in attributes["pilotErrorDiag"] and "not valid JSON" in attributes["pilotErrorDiag"]
+
+
+def test_a_job_spec_the_pilot_cannot_run(tmp_path):
+    h = harvester(tmp_path)
+    h.write_spec(json.dumps({"4714": {"attemptNr": 1, "logFile": "log4714.tgz"}}))  # no transformation
+    code, err = finish(start_pilot(h.access_point, "--harvester-wait", "1"))
+    h.cycle()
+    assert code == 0, err[-3000:]
+    assert "Traceback" not in err
+    final = h.final_attributes(4714)
+    assert final["pilotErrorCode"] == 1008 and "broken job definition" in final["pilotErrorDiag"], final
+
+
+def test_sigterm_mid_job(tmp_path):
+    h = harvester(tmp_path)
+    h.feed(job(4715, "echo begun > out4715.txt; sleep 120"))
+    h.start()
+    proc = start_pilot(h.access_point, "--harvester-wait", "1")
+    wait_until(lambda: any(a.get("jobStatus") == "running" for a in h.attributes), 60, "the payload running")
+    proc.send_signal(signal.SIGTERM)
+    code, err = finish(proc)
+    h.stop()
+    assert code == 128 + signal.SIGTERM, err[-3000:]
+    final = h.final_attributes(4715)
+    assert final["jobStatus"] == "failed" and final["pilotErrorCode"] == 1201, final  # SIGTERM
+    assert "log" in h.check_declared(4715)
+    assert (h.access_point / "kill_worker.json").exists()
+
+
+def test_no_connection_to_a_server_is_attempted(tmp_path):
+    """A listener where the server would be (and as every proxy): it is never connected to."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    listener.settimeout(0.2)
+    accepted: list[object] = []
+    done = threading.Event()
+
+    def accept() -> None:
+        while not done.is_set():
+            try:
+                accepted.append(listener.accept()[1])
+            except TimeoutError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    h = harvester(tmp_path)
+    h.feed(job(4716, "echo x > out4716.txt"))
+    proxy = f"http://127.0.0.1:{port}"
+    env = {"HTTP_PROXY": proxy, "HTTPS_PROXY": proxy, "ALL_PROXY": proxy, "NO_PROXY": "",
+           "HARVESTER_ID": "harvester-1", "HARVESTER_WORKER_ID": "77"}
+    h.start()
+    code, err = finish(start_pilot(h.access_point, "--url", "127.0.0.1", "-p", str(port), "--harvester-wait", "1",
+                                   env=env))
+    h.stop()
+    done.set()
+    thread.join(5)
+    listener.close()
+    assert code == 0, err[-3000:]
+    assert h.final_attributes(4716)["jobStatus"] == "finished"
+    assert accepted == []
