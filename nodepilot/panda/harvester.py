@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -209,8 +210,10 @@ def _path_of(surl: Any, lfn: str, access_point: Path) -> str:
 def _dump_entry(update: dict[str, Any], zip_file: dict[str, Any], zipped: bool,
                 files: HarvesterFiles) -> dict[str, Any]:
     checksum = str(zip_file.get("adler32") or "")
+    path = str(files.access_point / str(zip_file["lfn"]))
+    # a range report names no GUID: one of the file's own (every range of a zip gets the same)
+    guid = zip_file.get("guid") or str(uuid.uuid5(uuid.NAMESPACE_URL, f"file://{path}#{checksum}"))
     return {"type": "zip_output" if zipped else "es_output", "eventRangeID": update.get("eventRangeID"),
             "eventStatus": update.get("eventStatus", "finished"),
-            "path": str(files.access_point / str(zip_file["lfn"])), "fsize": zip_file.get("fsize"),
-            "chksum": checksum.split(":", 1)[-1], "guid": zip_file.get("guid"),
+            "path": path, "fsize": zip_file.get("fsize"), "chksum": checksum.split(":", 1)[-1], "guid": guid,
             **({"isZip": 1} if zipped else {})}

@@ -10,7 +10,7 @@ import threading
 import time
 from pathlib import Path
 
-from tests.harvester.harness import Harvester, finish, job, start_pilot
+from tests.harvester.harness import EXAMPLES, Harvester, finish, job, start_pilot
 from tests.waiting import wait_until
 
 
@@ -146,3 +146,59 @@ def test_no_connection_to_a_server_is_attempted(tmp_path):
     assert code == 0, err[-3000:]
     assert h.final_attributes(4716)["jobStatus"] == "finished"
     assert accepted == []
+
+
+def es_job(panda_id: int, payload_args: str) -> dict:
+    return {**job(panda_id, ""), "eventService": "True", "transformation": "python3",
+            "jobPars": f"{EXAMPLES / 'es_payload.py'} {payload_args}", "outFiles": f"log{panda_id}.tgz"}
+
+
+def es_ranges(n: int) -> list[dict]:
+    return [{"eventRangeID": f"70-{i}-1-{i}-1", "startEvent": i * 10 + 1, "lastEvent": (i + 1) * 10,
+             "LFN": "EVNT.pool.root", "GUID": "g", "scope": "demo"} for i in range(n)]
+
+
+def reported_once(h: Harvester, panda_id: int) -> dict[str, str]:
+    """Every range handed out reported exactly once: as an output in the status dump, or an event update."""
+    statuses: dict[str, str] = {}
+    for entry in [*h.declared.get(panda_id, []), *h.event_updates.get(panda_id, [])]:
+        if entry.get("type") in ("log", "output"):
+            continue
+        rid = entry["eventRangeID"]
+        assert rid not in statuses, f"{rid} reported twice"
+        statuses[rid] = entry["eventStatus"]
+    assert sorted(statuses) == sorted(h.handed_out), (sorted(statuses), sorted(h.handed_out))
+    return statuses
+
+
+def test_an_event_service_job_through_the_files(tmp_path):
+    h = harvester(tmp_path)
+    h.ranges[4720] = es_ranges(20)
+    h.feed(es_job(4720, "--fail-every 5"))
+    h.start()
+    code, err = finish(start_pilot(h.access_point, "--harvester-wait", "5"), timeout=180)
+    h.stop()
+    assert code == 0, err[-3000:]
+    assert h.final_attributes(4720)["jobStatus"] == "finished"
+    statuses = reported_once(h, 4720)
+    assert len(statuses) == 20
+    assert sum(s == "finished" for s in statuses.values()) == 16
+    assert sum(s == "failed" for s in statuses.values()) == 4
+    assert len(h.check_declared(4720)["es_output"]) == 16  # each with its file, size and adler32 checked
+
+
+def test_sigterm_mid_event_service_job(tmp_path):
+    h = harvester(tmp_path)
+    h.ranges[4721] = es_ranges(20)
+    h.feed(es_job(4721, "--sleep 1"))
+    h.start()
+    proc = start_pilot(h.access_point, "--harvester-wait", "5")
+    wait_until(lambda: len(h.declared.get(4721, [])) >= 2, 90, "two ranges done")
+    proc.send_signal(signal.SIGTERM)
+    code, err = finish(proc, timeout=180)
+    h.stop()
+    assert code == 128 + signal.SIGTERM, err[-3000:]
+    statuses = reported_once(h, 4721)  # the ranges in hand when the signal came too
+    finished = sum(s == "finished" for s in statuses.values())
+    assert 2 <= finished < len(statuses), statuses
+    assert h.final_attributes(4721)["jobStatus"] == "failed"
