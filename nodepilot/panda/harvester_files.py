@@ -82,31 +82,49 @@ def _locked(lock: Path) -> Iterator[None]:
 def merge_into(path: Path, add: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
     """``path`` rewritten whole as ``add(<what is pending there unread>)``."""
     with _locked(path.with_name(f".{path.name}.lock")):
-        stolen = path.with_name(f".{path.name}.merging")
-        pending: dict[str, Any] = {}
-        try:
-            os.rename(path, stolen)
-        except FileNotFoundError:
-            pass
-        else:
-            with contextlib.suppress(OSError, ValueError):
-                read = json.loads(stolen.read_text())
-                pending = read if isinstance(read, dict) else {}
-        write_whole(path, add(pending))
-        stolen.unlink(missing_ok=True)
+        _merge(path, add)
 
 
-def append_entries(path: Path, panda_id: int, entries: list[dict[str, Any]]) -> None:
-    """``{"<PandaID>": [entry, ...]}`` files (the event status dump, the event updates): entries added."""
-    if not entries:
-        return
+def _merge(path: Path, add: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
+    stolen = path.with_name(f".{path.name}.merging")
+    pending: dict[str, Any] = {}
+    try:
+        os.rename(path, stolen)
+    except FileNotFoundError:
+        pass
+    else:
+        with contextlib.suppress(OSError, ValueError):
+            read = json.loads(stolen.read_text())
+            pending = read if isinstance(read, dict) else {}
+    write_whole(path, add(pending))
+    stolen.unlink(missing_ok=True)
 
-    def add(pending: dict[str, Any]) -> dict[str, Any]:
-        listed = pending.get(str(panda_id))
-        pending[str(panda_id)] = [*(listed if isinstance(listed, list) else []), *entries]
-        return pending
 
-    merge_into(path, add)
+def _entry_key(panda_id: int, entry: dict[str, Any]) -> str:
+    what = entry.get("eventRangeID") or entry.get("path")
+    return f"{panda_id}|{entry.get('type', '')}|{what}"
+
+
+def append_entries(path: Path, panda_id: int, entries: list[dict[str, Any]]) -> int:
+    """``{"<PandaID>": [entry, ...]}`` files (the event status dump, the event updates): the entries added
+    that were never added before (a report repeated after a crash is not declared twice; the keys declared
+    are kept beside the file). Returns how many were added."""
+    with _locked(path.with_name(f".{path.name}.lock")):
+        ledger = path.with_name(f".{path.name}.declared")
+        known = read_json(ledger)
+        seen = set(known) if isinstance(known, list) else set()
+        fresh = [e for e in entries if _entry_key(panda_id, e) not in seen]
+        if not fresh:
+            return 0
+
+        def add(pending: dict[str, Any]) -> dict[str, Any]:
+            listed = pending.get(str(panda_id))
+            pending[str(panda_id)] = [*(listed if isinstance(listed, list) else []), *fresh]
+            return pending
+
+        _merge(path, add)
+        write_whole(ledger, sorted(seen | {_entry_key(panda_id, e) for e in fresh}))
+        return len(fresh)
 
 
 def _int_id(key: Any) -> int | None:
@@ -130,10 +148,10 @@ def parse_job_spec(text: str) -> tuple[int | None, dict[str, Any]]:
             raise JobSpecError("the job spec file holds no job (expected {\"<PandaID>\": {...}})")
         key, job = next(iter(doc.items()))
         panda_id = _int_id(key)
+        if panda_id is None and "PandaID" in doc:  # a bare job dict, not keyed by its id
+            return _int_id(doc["PandaID"]), doc
         if not isinstance(job, dict):
             raise JobSpecError(f"the job spec of {key!r} is not a JSON object", panda_id)
-        if panda_id is None and "PandaID" in job:  # a bare job dict, not keyed by its id
-            return _int_id(job["PandaID"]), job
         if panda_id is None:
             raise JobSpecError(f"the job spec file's key {key!r} is not a PandaID")
         return panda_id, {"PandaID": panda_id, **job}

@@ -4,13 +4,18 @@ by tests/harvester/harness.py. No server runs; one test listens where a server w
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
+import subprocess
 import threading
 import time
 from pathlib import Path
 
-from tests.harvester.harness import EXAMPLES, Harvester, finish, job, start_pilot
+import pytest
+
+from tests.harvester.harness import EXAMPLES, NODEPILOT, Harvester, finish, job, start_pilot
+from tests.hpc.test_slurm import slurm_answers
 from tests.waiting import wait_until
 
 
@@ -202,3 +207,63 @@ def test_sigterm_mid_event_service_job(tmp_path):
     finished = sum(s == "finished" for s in statuses.values())
     assert 2 <= finished < len(statuses), statuses
     assert h.final_attributes(4721)["jobStatus"] == "failed"
+
+
+def test_push_mode_from_the_environment_with_pilot3s_kill_file_name_and_a_heartbeat(tmp_path):
+    """HARVESTER_ID with --harvester-submit-mode PUSH (the access point is the cwd, as sbatch -D sets it); the
+    kill file under the reference pilot's own name; the heartbeat file the queue asks for kept fresh."""
+    h = harvester(tmp_path)
+    h.feed(job(4730, "sleep 3; echo x > out4730.txt"))
+    h.start()
+    proc = subprocess.Popen([*NODEPILOT, "start", "--harvester-submit-mode", "PUSH", "--harvester-kill-file",
+                             "kill_worker", "--harvester-heartbeat", "0.01", "--harvester-wait", "1"],
+                            cwd=h.access_point, env={**os.environ, "HARVESTER_ID": "h1", "HARVESTER_WORKER_ID": "9"},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    beat = h.access_point / "worker_heartbeat.json"
+    first = wait_until(lambda: beat.exists() and beat.stat().st_mtime, 60, "the heartbeat file")
+    wait_until(lambda: beat.stat().st_mtime > first, 10, "the heartbeat file refreshed")
+    code, err = finish(proc)
+    h.stop()
+    assert code == 0, err[-3000:]
+    assert h.final_attributes(4730)["jobStatus"] == "finished"
+    assert (h.access_point / "kill_worker").exists() and not (h.access_point / "kill_worker.json").exists()
+    assert "accepted and ignored" not in err  # the options acted
+
+
+def multijobs(tmp_path: Path, ids: list[int]) -> Path:
+    """Harvester's MultiJobs layout: the PandaIDs at the worker's access point, each job in its own."""
+    top = tmp_path / "ap"
+    for panda_id in ids:
+        Harvester(top / str(panda_id), tmp_path / "harvester-storage").feed(
+            job(panda_id, f"echo {panda_id} > out{panda_id}.txt"))
+    (top / "worker_pandaids.json").write_text(json.dumps(ids))
+    return top
+
+
+def check_multijobs(top: Path, ids: list[int]) -> None:
+    for panda_id in ids:
+        h = Harvester(top / str(panda_id), top.parent / "harvester-storage")
+        h.cycle()
+        assert h.final_attributes(panda_id)["jobStatus"] == "finished"
+        assert set(h.check_declared(panda_id)) == {"output", "log"}
+        assert (h.access_point / f"out{panda_id}.txt").read_text() == f"{panda_id}\n"
+
+
+def test_multijobs_one_pilot_per_rank(tmp_path):
+    top = multijobs(tmp_path, [4741, 4742])
+    pilots = [start_pilot(top, "--harvester-wait", "0", env={"SLURM_PROCID": str(rank)}) for rank in (0, 1)]
+    for proc in pilots:
+        code, err = finish(proc)
+        assert code == 0, err[-3000:]
+    check_multijobs(top, [4741, 4742])
+
+
+@pytest.mark.skipif(not slurm_answers(), reason="no Slurm controller here (tests/hpc/slurm-single-node.sh starts one)")
+def test_multijobs_with_srun_inside_an_allocation(tmp_path):
+    top = multijobs(tmp_path, [4751, 4752])
+    result = subprocess.run(["salloc", "--nodes=1", "--ntasks=2", "--overcommit", "--time=2",
+                             "--job-name=nodepilot-harvester", "srun", "--overcommit",
+                             "--ntasks=2", f"--chdir={top}", *NODEPILOT, "start", "-z", "--harvester-workdir", str(top),
+                             "--harvester-wait", "0"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    check_multijobs(top, [4751, 4752])
