@@ -268,3 +268,19 @@ def test_multijobs_with_srun_inside_an_allocation(tmp_path):
                              "--harvester-wait", "0"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
     check_multijobs(top, [4751, 4752])
+
+
+def test_sigterm_while_waiting_for_the_next_job_and_in_one_process(tmp_path):
+    h = harvester(tmp_path)
+    h.feed(job(4760, "echo x > out4760.txt"))
+    h.start()
+    proc = start_pilot(h.access_point, "--harvester-wait", "300", "--in-process")
+    wait_until(lambda: h.job_requests, 60, "the request for a second job")
+    t = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    code, err = finish(proc)
+    h.stop()
+    assert code == 128 + signal.SIGTERM, err[-3000:]
+    assert time.monotonic() - t < 30  # the wait ends with the signal, not after 300 s
+    assert h.final_attributes(4760)["jobStatus"] == "finished"
+    assert (h.access_point / "kill_worker.json").exists()
