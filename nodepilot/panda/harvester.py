@@ -64,7 +64,8 @@ class HarvesterClient(ServerClient):
             if not request.exists():
                 await asyncio.to_thread(write_whole, request, {"nJobs": 1})
             log.info("asked Harvester for another job (%s); waiting up to %.0f s", request.name, self.wait_s)
-        found = await wait_for_file(ap, self.files.job_specs, self.wait_s if self.jobs else 0.0)
+        found = await wait_for_file(ap, self.files.job_specs, self.wait_s)  # the first too: a shared file
+        # system may show it late
         if found is None:
             log.info("no job spec file in %s", ap)
             return None
