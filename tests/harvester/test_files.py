@@ -83,3 +83,22 @@ def test_multijobs_one_job_per_rank(tmp_path):
     assert job_access_point(tmp_path, {"SLURM_PROCID": "2"})[0] is None
     (tmp_path / "HPCJobs.json").write_text("{}")  # one job at the top: not MultiJobs
     assert job_access_point(tmp_path, {"SLURM_PROCID": "1"}) == (tmp_path, "")
+
+
+def test_a_file_written_in_place_is_taken_only_when_whole(tmp_path):
+    """Harvester writes the job spec in place (no rename): the wait ends when its writer closes it."""
+    def writer() -> None:
+        with (tmp_path / "HPCJobs.json").open("w") as fh:
+            fh.write('{"1": ')
+            fh.flush()
+            time.sleep(0.5)
+            fh.write('{"jobPars": "x"}}')
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    found = asyncio.run(wait_for_file(tmp_path, ("HPCJobs.json",), 30))
+    thread.join()
+    assert found is not None and json.loads(found.read_text()) == {"1": {"jobPars": "x"}}
+    t = time.monotonic()  # there whole before the wait began (older than a moment): taken at once
+    os.utime(found, (time.time() - 10, time.time() - 10))
+    assert asyncio.run(wait_for_file(tmp_path, ("HPCJobs.json",), 30)) == found and time.monotonic() - t < 1
