@@ -54,6 +54,12 @@ class HarvesterClient(ServerClient):
 
     # --- jobs ------------------------------------------------------------------------------
     async def acquire_job(self, params: dict[str, Any]) -> dict[str, Any] | None:
+        try:
+            return await self._acquire_job()
+        except OSError as exc:  # the access point gone or unreadable: no job can come
+            raise ServerError(f"Harvester's access point {self.files.access_point}: {exc}") from exc
+
+    async def _acquire_job(self) -> dict[str, Any] | None:
         if not self._owner:
             self._owner = True
             if self.heartbeat_s > 0:
@@ -128,6 +134,13 @@ class HarvesterClient(ServerClient):
     # --- event ranges ---------------------------------------------------------------------
     async def acquire_event_ranges(self, job_id: int, jobset_id: int, task_id: int | None,
                                    n_ranges: int) -> list[dict[str, Any]]:
+        try:
+            return await self._acquire_ranges(job_id, jobset_id, task_id, n_ranges)
+        except OSError as exc:
+            raise ServerError(f"event ranges through {self.files.access_point}: {exc}", retryable=True) from exc
+
+    async def _acquire_ranges(self, job_id: int, jobset_id: int, task_id: int | None,
+                              n_ranges: int) -> list[dict[str, Any]]:
         ranges_file = self.files.path(self.files.event_ranges)
         request = {"pandaID": job_id, "taskID": task_id, "jobsetID": jobset_id, "nRanges": n_ranges}
         await asyncio.to_thread(merge_into, self.files.path(self.files.event_request),
@@ -138,7 +151,10 @@ class HarvesterClient(ServerClient):
             return []
         read = found.with_name(found.name + ".read")
         os.replace(found, read)
-        doc = read_json(read)
+        try:
+            doc = read_json(read)
+        except ValueError as exc:
+            raise ServerError(f"{ranges_file.name} is not valid JSON: {exc}") from None
         ranges = doc.get(str(job_id), []) if isinstance(doc, dict) else None
         if not isinstance(ranges, list) or not all(isinstance(r, dict) for r in ranges):
             raise ServerError(f"{ranges_file.name}: the ranges of job {job_id} are not a list of objects")
@@ -169,10 +185,14 @@ class HarvesterClient(ServerClient):
                     by_job_events.setdefault(self._job_of(r), []).append(
                         {k: r[k] for k in ("eventRangeID", "eventStatus", "coreCount", "cpuConsumptionTime",
                                            "loss") if k in r})
-        for job_id, entries in by_job_dump.items():
-            await asyncio.to_thread(append_entries, self.files.path(self.files.event_status), job_id, entries)
-        for job_id, entries in by_job_events.items():
-            await asyncio.to_thread(append_entries, self.files.path(self.files.update_events), job_id, entries)
+        try:
+            for job_id, entries in by_job_dump.items():
+                await asyncio.to_thread(append_entries, self.files.path(self.files.event_status), job_id, entries)
+            for job_id, entries in by_job_events.items():
+                await asyncio.to_thread(append_entries, self.files.path(self.files.update_events), job_id, entries)
+        except OSError as exc:
+            raise ServerError(f"cannot report event ranges in {self.files.access_point}: {exc}",
+                              retryable=True) from exc
         return {"Returns": [True] * len(flatten_updates(ranges, version)), "Commands": None}
 
     # --- the worker -------------------------------------------------------------------------
