@@ -14,7 +14,7 @@ import typer
 from nodepilot import exitcodes
 from nodepilot.config import PilotConfig
 from nodepilot.jobserver.command import serve
-from nodepilot.panda.harvester_mode import access_point_storage, enter_push_mode
+from nodepilot.panda.harvester_mode import PushModeError, access_point_storage, enter_push_mode
 from nodepilot.refargs import REFERENCE_PORT, bool_option, check_resource_type, reference_url
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -210,9 +210,9 @@ def start(
         server, api, se_dir = "", "harvester", se_dir or harvester_access_point  # the storage is Harvester's
         try:
             harvester_access_point = enter_push_mode(harvester_access_point)
-        except ValueError as exc:
+        except PushModeError as exc:
             typer.echo(f"nodepilot start: {exc}", err=True)
-            raise typer.Exit(exc.args[1] if len(exc.args) > 1 else exitcodes.USAGE) from None
+            raise typer.Exit(exc.code) from None
     elif not server and not relay:
         typer.echo("nodepilot start: --server (or --url) is required", err=True)
         raise typer.Exit(exitcodes.USAGE)

@@ -54,38 +54,45 @@ def push_access_point(ignored: list[str], env: Mapping[str, str] | None = None,
     return str(Path(where).resolve()), still
 
 
-def job_access_point(access_point: Path, env: Mapping[str, str] | None = None) -> tuple[Path | None, str]:
+class PushModeError(ValueError):
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def job_access_point(access_point: Path, env: Mapping[str, str] | None = None) -> Path:
     """This pilot's own access point. With Harvester's MultiJobs layout (``worker_pandaids.json`` at the
     worker's access point, one sub-directory per PandaID) each pilot, one per node, takes the job of its
-    rank (``SLURM_PROCID`` under srun). (None, why) when there is no job for this rank."""
+    rank (``SLURM_PROCID`` under srun). PushModeError when there is no job for this rank (exit code 0) or
+    the list is broken (2)."""
     env = os.environ if env is None else env
     files = HarvesterFiles(access_point)
     if any(files.path(name).exists() for name in files.job_specs):
-        return access_point, ""
-    ids = read_json(files.path(files.pandaids))
+        return access_point
+    try:
+        ids = read_json(files.path(files.pandaids))
+    except ValueError:
+        ids = False
     if ids is None:
-        return access_point, ""
+        return access_point
     if not isinstance(ids, list) or not all(isinstance(i, int | str) for i in ids):
-        return None, f"{files.pandaids}: expected a JSON list of PandaIDs"
+        raise PushModeError(f"{files.path(files.pandaids)}: expected a JSON list of PandaIDs", exitcodes.USAGE)
     rank_text = next((env[v] for v in RANK_VARIABLES if env.get(v)), "0")
     if not rank_text.isdigit():
-        return None, f"rank {rank_text!r} is not a number"
-    rank = int(rank_text)
-    if rank >= len(ids):
-        return None, f"{files.pandaids} lists {len(ids)} job(s): none for rank {rank}"
-    return access_point / str(ids[rank]), ""
+        raise PushModeError(f"rank {rank_text!r} is not a number", exitcodes.USAGE)
+    if int(rank_text) >= len(ids):
+        raise PushModeError(f"no job for this pilot: {files.path(files.pandaids)} lists {len(ids)} job(s), "
+                            f"none for rank {rank_text}", exitcodes.OK)
+    return access_point / str(ids[int(rank_text)])
 
 
 def enter_push_mode(access_point: str) -> str:
-    """This pilot's access point, checked; inputs will be used where Harvester placed them. ValueError(why,
-    exit code) when there is nothing this pilot can do there."""
+    """This pilot's access point, checked; inputs will be used where Harvester placed them. PushModeError
+    (with the exit code) when there is nothing this pilot can do there."""
     where = Path(access_point)
     if not where.is_dir():
-        raise ValueError(f"Harvester's access point {where} is not a directory", exitcodes.USAGE)
-    mine, why = job_access_point(where)
-    if mine is None:
-        raise ValueError(f"no job for this pilot in {where}: {why}",
-                         exitcodes.OK if "none for rank" in why else exitcodes.USAGE)
+        raise PushModeError(f"Harvester's access point {where} is not a directory", exitcodes.USAGE)
+    mine = job_access_point(where)
     os.environ.setdefault(COPY_MODE_ENV, "link")  # the stager's: inputs hard-linked, not copied
     return str(mine)
 

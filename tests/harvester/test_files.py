@@ -12,7 +12,7 @@ import time
 import pytest
 
 from nodepilot.panda.harvester_files import JobSpecError, append_entries, parse_job_spec, write_whole
-from nodepilot.panda.harvester_mode import job_access_point, push_access_point
+from nodepilot.panda.harvester_mode import PushModeError, job_access_point, push_access_point
 from nodepilot.panda.harvester_wait import wait_for_file
 
 
@@ -76,13 +76,19 @@ def test_entering_push_mode_as_the_reference_pilot_decides(tmp_path):
 
 
 def test_multijobs_one_job_per_rank(tmp_path):
-    assert job_access_point(tmp_path, {}) == (tmp_path, "")
+    assert job_access_point(tmp_path, {}) == tmp_path
     (tmp_path / "worker_pandaids.json").write_text("[11, 12]")
-    assert job_access_point(tmp_path, {"SLURM_PROCID": "1"}) == (tmp_path / "12", "")
-    assert job_access_point(tmp_path, {})[0] == tmp_path / "11"
-    assert job_access_point(tmp_path, {"SLURM_PROCID": "2"})[0] is None
+    assert job_access_point(tmp_path, {"SLURM_PROCID": "1"}) == tmp_path / "12"
+    assert job_access_point(tmp_path, {}) == tmp_path / "11"
+    with pytest.raises(PushModeError, match="none for rank 2") as caught:
+        job_access_point(tmp_path, {"SLURM_PROCID": "2"})
+    assert caught.value.code == 0
+    (tmp_path / "worker_pandaids.json").write_text("[11")
+    with pytest.raises(PushModeError, match="expected a JSON list") as caught:
+        job_access_point(tmp_path, {})
+    assert caught.value.code == 2
     (tmp_path / "HPCJobs.json").write_text("{}")  # one job at the top: not MultiJobs
-    assert job_access_point(tmp_path, {"SLURM_PROCID": "1"}) == (tmp_path, "")
+    assert job_access_point(tmp_path, {"SLURM_PROCID": "1"}) == tmp_path
 
 
 def test_a_file_written_in_place_is_taken_only_when_whole(tmp_path):
