@@ -198,7 +198,10 @@ class HarvesterClient(ServerClient):
     # --- the worker -------------------------------------------------------------------------
     async def _keep_alive(self) -> None:
         while True:
-            await asyncio.to_thread(touch, self.files.path(self.files.heartbeat))
+            try:
+                await asyncio.to_thread(touch, self.files.path(self.files.heartbeat))
+            except OSError as exc:  # said, and tried again: the worker is alive, its file system hiccupped
+                log.warning("cannot refresh %s: %s", self.files.heartbeat, exc)
             await asyncio.sleep(self.heartbeat_s)  # a timer: the file's age is what Harvester checks
 
     async def aclose(self) -> None:
