@@ -14,6 +14,7 @@ import typer
 from nodepilot import exitcodes
 from nodepilot.config import PilotConfig
 from nodepilot.jobserver.command import serve
+from nodepilot.panda.harvester_mode import PushModeError, access_point_storage, enter_push_mode
 from nodepilot.refargs import REFERENCE_PORT, bool_option, check_resource_type, reference_url
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -41,6 +42,8 @@ def _prepare(config: PilotConfig, preflight: bool, logger: logging.Logger) -> in
 
     try:
         config.queuedata = load_queue(config)
+        if config.harvester_dir:  # push mode: Harvester's stager takes the files from the access point
+            access_point_storage(config.queuedata, Path(config.harvester_dir))
         if config.stageout_attempts:
             config.queuedata.stager["attempts"] = config.stageout_attempts
         experiments.load(experiments.name_for(config.pilot_user, config.queuedata.pilot_user))
@@ -182,6 +185,11 @@ def start(
                                              "(HPC compute nodes)")] = False,
     worker_id: Annotated[str, typer.Option("--worker-id", envvar="NODEPILOT_WORKER_ID",
                                            help="--api relay: this worker's name (default <node>-<pid>)")] = "",
+    harvester_kill_file: Annotated[str, typer.Option(help="push mode: left in the access point at the end")
+                                   ] = "kill_worker.json",
+    harvester_wait: Annotated[float, typer.Option(help="push mode: longest wait for a job or ranges, s")] = 600.0,
+    harvester_heartbeat: Annotated[float, typer.Option(help="push mode: worker_heartbeat.json every N min")] = 0.0,
+    harvester_access_point: Annotated[str, typer.Option("--harvester-access-point", hidden=True)] = "",
     ignored: Annotated[list[str] | None, typer.Option("--ignored-reference-option", hidden=True)] = None,
 ) -> None:
     """Run jobs from a PanDA server until it has none or the slot's time is up."""
@@ -198,7 +206,14 @@ def start(
     if relay and not redis_url:
         typer.echo("nodepilot start: --api relay needs the front-end's Redis (--redis-url)", err=True)
         raise typer.Exit(exitcodes.USAGE)
-    if not server and not relay:
+    if harvester_access_point:  # Harvester push mode (docs/hpc.md): no server at all
+        server, api, se_dir = "", "harvester", se_dir or harvester_access_point  # the storage is Harvester's
+        try:
+            harvester_access_point = enter_push_mode(harvester_access_point)
+        except PushModeError as exc:
+            typer.echo(f"nodepilot start: {exc}", err=True)
+            raise typer.Exit(exc.code) from None
+    elif not server and not relay:
         typer.echo("nodepilot start: --server (or --url) is required", err=True)
         raise typer.Exit(exitcodes.USAGE)
     _check_slots(slots)
@@ -218,7 +233,9 @@ def start(
                          working_group=working_group, job_type=job_type, country_group=country_group,
                          allow_other_country=flags["--allow-other-country"],
                          allow_same_user=flags["--allow-same-user"], send_remaining_time=send_remaining_time,
-                         stageout_attempts=stageout_attempts, worker_status_update=not no_worker_status)
+                         stageout_attempts=stageout_attempts, worker_status_update=not no_worker_status,
+                         harvester_dir=harvester_access_point, harvester_kill_file=harvester_kill_file,
+                         harvester_wait_s=harvester_wait, harvester_heartbeat_s=harvester_heartbeat * 60)
     if relay:  # --redis-url is the front-end's; the bus gets a Redis (or a database there) of its own
         from nodepilot.panda.relay import default_worker_id
 
@@ -368,13 +385,15 @@ def summary(path: Annotated[Path, typer.Argument(help="a run directory's summary
 def main() -> None:
     args = sys.argv[1:]
     if args[:1] == ["start"]:  # the reference pilot's options without a use here: accepted, said once
+        from nodepilot.panda.harvester_mode import push_access_point
         from nodepilot.refargs import split_ignored
 
         kept, ignored = split_ignored(args[1:])
+        access_point, ignored = push_access_point(ignored)  # -z and --harvester-*: push mode when they say so
+        if access_point:
+            kept = ["--harvester-access-point", access_point, *kept]
         args = ["start", *kept, *(x for option in ignored for x in ("--ignored-reference-option", option))]
     sys.exit(app(args))
-
-
 
 
 if __name__ == "__main__":

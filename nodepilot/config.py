@@ -56,6 +56,10 @@ class PilotConfig:
     slots: str = "1"  # jobs at once: a number, or "auto" (one per core); nodepilot/slots.py
     relay_url: str = ""  # --api relay: the front-end's Redis (redis_url is then this worker's database there)
     worker_id: str = ""  # --api relay: this worker's name at the front-end (default <node>-<pid>)
+    harvester_dir: str = ""  # Harvester push mode: this pilot's access point (nodepilot/panda/harvester.py)
+    harvester_kill_file: str = "kill_worker.json"  # push mode: left in the access point at the end
+    harvester_wait_s: float = 600.0  # push mode: the longest wait for a later job's spec or for event ranges
+    harvester_heartbeat_s: float = 0.0  # push mode: worker_heartbeat.json refreshed this often (0: not)
     node: str = field(default_factory=socket.gethostname)
     queuedata: QueueData = field(default_factory=QueueData)
 

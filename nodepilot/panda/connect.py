@@ -1,5 +1,5 @@
 """The one place that picks the server client for a configuration: API v1, legacy, the relay
-(a compute node behind a front-end) or a job file (standalone mode)."""
+(a compute node behind a front-end), Harvester's shared files (push mode) or a job file (standalone mode)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,12 @@ if TYPE_CHECKING:
 
 
 def make_client(config: PilotConfig) -> ServerClient:
+    if config.harvester_dir:  # no server at all: Harvester's files in the access point
+        from nodepilot.panda.harvester import HarvesterClient
+        from nodepilot.panda.harvester_files import HarvesterFiles
+
+        files = HarvesterFiles(Path(config.harvester_dir), kill_worker=config.harvester_kill_file)
+        return HarvesterClient(files, config.harvester_wait_s, config.harvester_heartbeat_s)
     if config.job_file:
         from nodepilot.panda.standalone import StandaloneClient
 

@@ -155,7 +155,9 @@ class StagerService(Service):
         endpoints = request.endpoints
         if request.direction == "out":
             endpoints = order_for_job(endpoints, spec.ddm_endpoint, self.settings.storage)
-        work = FileWork(request, spec, size, endpoints, deterministic_path(spec.scope, spec.lfn))
+        # Harvester push mode: the access point is the storage, the files in it by their names
+        relative = spec.lfn if self.config.harvester_dir else deterministic_path(spec.scope, spec.lfn)
+        work = FileWork(request, spec, size, endpoints, relative)
         if request.direction == "out":
             work.alternatives, work.why_no_alternatives = self._alternatives_allowed(request)
         return work

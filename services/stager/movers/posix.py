@@ -65,8 +65,8 @@ class PosixMover(StreamMover):
             try:
                 if mode == "symlink":
                     os.symlink(src.resolve(), tmp)
-                else:
-                    os.link(src, tmp)
+                else:  # to the file itself, also when the SE's entry is a symlink (Harvester's inputs)
+                    os.link(src.resolve(), tmp)
             except OSError as exc:
                 if exc.errno not in CANNOT_LINK:
                     raise io_error(exc, f"linking {src} to {dst}") from None
