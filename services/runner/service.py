@@ -26,20 +26,8 @@ from nodepilot import bus, experiments
 from nodepilot.config import PilotConfig
 from nodepilot.errors import ErrorCode, clip_diag
 from nodepilot.service import Service
-from services.runner.execute import (
-    Ended,
-    Payload,
-    adopt,
-    ended_from_status,
-    find_shim,
-    host_tag,
-    kill_orphaned,
-    payload_env,
-    process_identity,
-    read_status,
-    start,
-    status_file,
-)
+from services.runner.adoption import adopt, find_shim, host_tag, kill_orphaned, process_identity
+from services.runner.execute import Ended, Payload, ended_from_status, payload_env, read_status, start, status_file
 from services.runner.isolation import Isolation, write_note
 from services.runner.metrics import collector as metrics_collector
 from services.runner.metrics import exit_label
