@@ -1,8 +1,8 @@
 """A throwaway PostgreSQL 15 cluster holding the PanDA schema of a panda-database checkout.
 
-The cluster lives in a temporary directory, listens on 127.0.0.1 only (a free port) and on a
-Unix socket in its own directory, and is stopped at the end of the session. The schema is loaded
-once, in the order the schema repository's own init script uses, then copied to a template
+The cluster lives in a temporary directory (kept when a test failed, for its log), listens on
+127.0.0.1 only (a free port) and on a Unix socket in its own directory, and is stopped at the end
+of the session. The schema is loaded once, in the order the schema repository's own init script uses, then copied to a template
 database: ``reset()`` drops ``panda_db`` and recreates it from that template (a clean server in
 a few seconds).
 """
@@ -15,6 +15,7 @@ import os
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,10 +75,12 @@ class Cluster:
         return done.stdout
 
     @classmethod
-    def create(cls, base: Path) -> Cluster:
+    def create(cls) -> Cluster:
+        """A new cluster in a temporary directory of its own (the ``postgres`` user must reach it:
+        a pytest temporary directory is private to root)."""
+        base = Path(tempfile.mkdtemp(prefix="nodepilot-realserver-pg-"))
         cluster = cls(base, free_port())
-        base.mkdir(parents=True, exist_ok=True)
-        cluster.socket_dir.mkdir(exist_ok=True)
+        cluster.socket_dir.mkdir()
         if os.geteuid() == 0:
             shutil.chown(base, "postgres")
             shutil.chown(cluster.socket_dir, "postgres")
@@ -99,31 +102,28 @@ class Cluster:
         self._run(str(PG_BIN / "pg_ctl"), "-D", str(self.data_dir), "-m", "fast", "-w", "-t", "30", "stop",
                   timeout=40)
 
-    def psql(self, sql: str = "", *, db: str = DB, file: Path | None = None, strict: bool = True) -> str:
-        """Run SQL (text or a file) as the superuser; rows come back unaligned, ``|``-separated."""
+    def remove(self) -> None:
+        shutil.rmtree(self.base, ignore_errors=True)
+
+    def psql(self, sql: str, *, db: str = DB, strict: bool = True) -> str:
+        """Run SQL as the superuser (on stdin: the postgres user need not read our files); rows come
+        back unaligned, ``|``-separated. Not ``strict``: a failing statement does not stop the rest."""
         args = [str(PG_BIN / "psql"), "-X", "-q", "-A", "-t", "-h", str(self.socket_dir), "-p", str(self.port),
                 "-U", "postgres", "-d", db]
         if strict:
             args += ["-v", "ON_ERROR_STOP=1"]
-        if file is not None:
-            args += ["-f", str(file)]
-        return self._run(*args, stdin=sql if file is None else None)
+        return self._run(*args, stdin=sql)
 
     def rows(self, sql: str) -> list[dict[str, str]]:
         """The rows of one query as dicts (column names lower case, values as text, NULL as '')."""
         out = self.psql(f"COPY ({sql.rstrip().rstrip(';')}) TO STDOUT WITH (FORMAT csv, HEADER)")
         return [{k.lower(): v for k, v in row.items()} for row in csv.DictReader(io.StringIO(out))]
 
-    def load_schema(self, checkout: Path, work: Path) -> None:
+    def load_schema(self, checkout: Path) -> None:
         """The schema of a panda-database checkout, as its init script loads it (with two repairs)."""
         sqls = checkout / "schema" / "postgres" / "sqls"
         version = (checkout / "schema" / "postgres" / "version").read_text().strip()
-        work.mkdir(parents=True, exist_ok=True)
-        if os.geteuid() == 0:
-            shutil.chown(work, "postgres")
-        init = work / "init_step.sql"
-        init.write_text((sqls / "init_step.sql").read_text().replace("${PANDA_DB_PASSWORD}", PASSWORD))
-        self.psql(file=init, db="postgres")
+        self.psql((sqls / "init_step.sql").read_text().replace("${PANDA_DB_PASSWORD}", PASSWORD), db="postgres")
         for comp in COMPONENTS:
             for name in [f"pg_{comp}.sql"] + [f"pg_{comp}_{part}.sql" for part in PARTS]:
                 source = sqls / name
@@ -132,17 +132,14 @@ class Cluster:
                 text = source.read_text()
                 if comp == "PARTITION" and self._partman_major() < 5:
                     text = text.replace("p_type => 'range'", "p_type => 'native'")
-                target = work / name
-                target.write_text(text)
-                # as the init script does: a statement that fails does not stop the file
-                self.psql(file=target, strict=False)
+                self.psql(text, strict=False)  # as the init script: a failing statement does not stop the file
                 if name == "pg_PANDA_TABLE.sql":
                     self.psql(WORKER_NODE_QUEUE)
         major, minor, patch = version.split(".")
         self.psql("INSERT INTO doma_panda.pandadb_version (component, major, minor, patch) "
                   f"VALUES ('PanDA', '{major}', '{minor}', '{patch}')")
-        self.psql(file=sqls / "post_step_panda.sql", strict=False)
-        self.psql(file=sqls / "post_step_cron.sql", db="postgres", strict=False)
+        self.psql((sqls / "post_step_panda.sql").read_text(), strict=False)
+        self.psql((sqls / "post_step_cron.sql").read_text(), db="postgres", strict=False)
 
     def _partman_major(self) -> int:
         out = self.psql("SELECT extversion FROM pg_extension WHERE extname = 'pg_partman'").strip()
