@@ -2,9 +2,9 @@
 
 The cluster lives in a temporary directory (kept when a test failed, for its log), listens on
 127.0.0.1 only (a free port) and on a Unix socket in its own directory, and is stopped at the end
-of the session. The schema is loaded once, in the order the schema repository's own init script uses, then copied to a template
-database: ``reset()`` drops ``panda_db`` and recreates it from that template (a clean server in
-a few seconds).
+of the session. The schema is loaded once, in the order the schema repository's own init script
+uses, then copied to a template database: ``reset()`` drops ``panda_db`` and recreates it from
+that template (a clean server in a few seconds).
 """
 
 from __future__ import annotations

@@ -91,7 +91,7 @@ class RealServer:
     def submit(self, *specs: dict) -> list[int]:
         """Jobs through the server's own client; returns their PandaIDs once all are ``activated``."""
         self.dirty = True
-        ids = json.loads(self.home.run("sv_submit.py", stdin=json.dumps(list(specs))).stdout.strip().splitlines()[-1])
+        ids = json.loads(self.home.run("sv_submit.py", stdin=json.dumps(list(specs))).strip().splitlines()[-1])
         wait_for(f"jobs {ids} activated", lambda: all(self.job(i).get("jobstatus") == "activated" for i in ids), 30)
         return ids
 

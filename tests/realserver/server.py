@@ -7,6 +7,7 @@ need no data management system, logs under the session's directory, no token aut
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -83,6 +84,8 @@ class PandaHome:
             "logdir": str(self.log_dir), "cache_dir": str(self.root / "cache"), "home_dir_cwd": str(self.root),
             "backend": "postgres", "dbhost": "127.0.0.1", "dbport": str(db.port), "dbuser": USER,
             "dbpasswd": PASSWORD, "dbname": DB, "nDBConnection": "1", "token_authType": "None",
+            # no database bridge processes: their clean-up sleeps up to 17 s per connection at exit
+            "usedbtimeout": "False",
             "pserverhost": "127.0.0.1", "pserverhosthttp": "127.0.0.1", "pserverport": str(self.http_port),
             "pserverporthttp": str(self.http_port), "pserveralias": "127.0.0.1", "keyDir": str(self.root / "keys"),
             "certdir": str(self.root / "keys"), "production_dns": DN,
@@ -111,14 +114,32 @@ class PandaHome:
         })
         return env
 
-    def run(self, script: str, *args: str, stdin: str | None = None, timeout: float = 300
-            ) -> subprocess.CompletedProcess:
-        """One of this directory's server-side scripts, in the server's venv."""
-        done = subprocess.run([str(self.python), str(HERE / script), *args], input=stdin, capture_output=True,
-                              text=True, env=self.env(), cwd=self.root, timeout=timeout)
-        if done.returncode != 0:
-            raise RuntimeError(f"{script} {' '.join(args)}: exit {done.returncode}\n{done.stderr[-4000:]}")
-        return done
+    def run(self, script: str, *args: str, stdin: str | None = None, timeout: float = 300) -> str:
+        """One of this directory's server-side scripts, in the server's venv; returns its stdout.
+
+        The server's code forks helpers (database bridges, a multiprocessing manager) that outlive
+        the script by a minute: the script runs in a process group of its own, its output goes to
+        files (a pipe would stay open as long as any helper lives), and the group is ended after it.
+        """
+        out, err = (self.log_dir / f"{Path(script).stem}.{kind}" for kind in ("stdout", "stderr"))
+        with out.open("w") as stdout, err.open("w") as stderr:
+            proc = subprocess.Popen([str(self.python), str(HERE / script), *args], stdin=subprocess.PIPE,
+                                    stdout=stdout, stderr=stderr, text=True, env=self.env(), cwd=self.root,
+                                    start_new_session=True)
+            try:
+                proc.communicate(stdin, timeout=timeout)
+            finally:
+                _end_group(proc)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{script} {' '.join(args)}: exit {proc.returncode}\n{err.read_text()[-4000:]}")
+        return out.read_text()
+
+
+def _end_group(proc: subprocess.Popen) -> None:
+    """Kill what is left of a process group we started (its leader may have exited already)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(10)
 
 
 @dataclass

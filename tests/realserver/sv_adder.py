@@ -4,12 +4,12 @@ minutes, once.
 ``add_main.main`` loops 50 times with sleeps in between. Two of its module-level names are
 narrowed so that the loop runs once with no pause after it: ``range`` (the loop count) and
 ``time`` (its sleeps). Everything else is the daemon's own code: it lists the job output reports,
-locks each and runs AdderGen on it. The daemon leaves non-daemon threads behind (about a minute
-at exit): the process ends with ``os._exit`` once ``main`` has returned.
+locks each and runs AdderGen on it. The daemon leaves helper processes and threads behind (they
+linger about a minute): once ``main`` has returned they are ended and the process exits at once.
 """
 
 import builtins
-import logging
+import multiprocessing
 import os
 import sys
 import time
@@ -19,10 +19,13 @@ from pandaserver.daemons.scripts import add_main
 
 add_main.range = lambda count: builtins.range(min(count, 1))  # its loops: range(nLoop), range(nThr)
 add_main.time = types.SimpleNamespace(sleep=lambda seconds: time.sleep(min(seconds, 0.25)))
+status = 1
 try:
     add_main.main(argv=["add_main", "0", "1"])
+    status = 0
 finally:
-    logging.shutdown()
+    for child in multiprocessing.active_children():
+        child.kill()
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(0)
+    os._exit(status)
