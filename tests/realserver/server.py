@@ -11,6 +11,7 @@ import contextlib
 import os
 import re
 import signal
+import ssl
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -144,9 +145,13 @@ def _end_group(proc: subprocess.Popen) -> None:
 
 @dataclass
 class Tls:
+    """The server's certificate and key, the CA it trusts for clients, and a client's (to probe it)."""
+
     cert: Path
     key: Path
     ca: Path
+    client_cert: Path
+    client_key: Path
 
 
 @dataclass
@@ -178,18 +183,17 @@ class Gunicorn:
         self._wait_ready()
 
     def _wait_ready(self) -> None:
-        """The plain server answers is_alive; a TLS one is taken as up once its port accepts."""
+        """Until the server answers is_alive (over TLS: with the client certificate)."""
+        verify: ssl.SSLContext | bool = True
+        if self.tls:
+            verify = ssl.create_default_context(cafile=str(self.tls.ca))
+            verify.load_cert_chain(str(self.tls.client_cert), str(self.tls.client_key))
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"gunicorn exited {self.process.returncode}: see {self.home.log_dir}")
             try:
-                if self.tls:
-                    import socket
-                    socket.create_connection(("127.0.0.1", self.port), timeout=2).close()
-                    time.sleep(1)  # the workers import the server after the port opens
-                    return
-                if httpx.get(f"{self.url}/api/v1/system/is_alive", timeout=30).status_code == 200:
+                if httpx.get(f"{self.url}/api/v1/system/is_alive", timeout=30, verify=verify).status_code == 200:
                     return
             except (httpx.HTTPError, OSError):
                 pass
