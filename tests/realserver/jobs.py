@@ -44,7 +44,7 @@ def job(name: str, transformation: str, parameters: str, outputs: tuple[str, ...
     spec = {"jobName": name, "jobDefinitionID": 1, "prodSourceLabel": "managed", "computingSite": QUEUE,
             "VO": VO, "cloud": "WORLD", "transformation": transformation, "jobParameters": parameters,
             "currentPriority": 1000, "coreCount": 1, "maxCpuCount": 600, "maxWalltime": 600,
-            "maxDiskCount": 1000, "minRamCount": 500, "attemptNr": 1, "destinationSE": QUEUE,
+            "maxDiskCount": 1000, "minRamCount": 500, "attemptNr": 1, "maxAttempt": 3, "destinationSE": QUEUE,
             "destinationDBlock": f"{SCOPE}.output.ds", **extra}
     return {"job": spec, "files": files}
 
@@ -56,9 +56,9 @@ def es_task_sql(n_events: int) -> str:
         f"({t}, {i}, 'nodepilot.es.{kind}', '{kind}', 'ready', now(), now())" for kind, i in ds.items())
     return (
         "INSERT INTO doma_panda.jedi_tasks (jeditaskid, taskname, status, username, creationdate, modificationtime,"
-        " vo, prodsourcelabel, eventservice, tasktype, workqueue_id, corecount, gshare)"
+        " vo, prodsourcelabel, eventservice, tasktype, workqueue_id, corecount, gshare, splitrule)"
         f" VALUES ({t}, 'nodepilot.es', 'running', 'nodepilot', now(), now(), '{VO}', 'managed', 1, 'prod', 2, 1,"
-        " 'Express');\n"
+        " 'Express', 'ES=1');\n"
         "INSERT INTO doma_panda.jedi_datasets (jeditaskid, datasetid, datasetname, type, status, creationtime,"
         f" modificationtime) VALUES {datasets};\n"
         "INSERT INTO doma_panda.jedi_dataset_contents (jeditaskid, datasetid, fileid, creationdate, lfn, guid, type,"
