@@ -71,7 +71,7 @@ def test_three_jobs_in_one_pilot(server, site, record):
     run = pilot.run(site, server.http.url)  # no --max-jobs: it runs until the server has no job left
     server.adder_pass()
     rows = [server.job(i) for i in ids]
-    record(", ".join(f"{r.get('jobstatus')}" for r in rows) + " (archived)", run)
+    record(", ".join(f"{r.get('table')} {r.get('jobstatus')}" for r in rows), run)
 
     assert run.exit_code == 0, run.output[-3000:]
     assert [(r["table"], r["jobstatus"]) for r in rows] == [("jobsarchived4", "finished")] * 3, rows

@@ -18,7 +18,9 @@ def test_kill_command_stops_the_payload(server, site, record):
     started = time.monotonic()
     proc = pilot.start(site, server.http.url, "--max-jobs", "1", "--heartbeat", str(HEARTBEAT_S))
     try:
-        wait_for("job running on the server", lambda: server.job(panda_id).get("jobstatus") == "running", 60)
+        wait_for("job running on the server (or the pilot gone)",
+                 lambda: server.job(panda_id).get("jobstatus") == "running" or proc.poll() is not None, 60)
+        assert server.job(panda_id).get("jobstatus") == "running", f"the pilot ended (exit {proc.poll()}) first"
         server.kill(panda_id)
         commanded = server.job(panda_id).get("commandtopilot")
     finally:
