@@ -7,6 +7,7 @@ test here is skipped at collection, before anything is installed or started.
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,13 +57,24 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
 
 
 @pytest.fixture(scope="session")
-def realserver(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[RealServer]:
+def last_run() -> Path:
+    """Where this session's server home and sites go, kept until the next session for their logs
+    (``$NODEPILOT_REALSERVER_HOME/last-run``: pytest's own temporary directories are pruned as
+    other sessions start)."""
+    base = install.home() / "last-run"
+    shutil.rmtree(base, ignore_errors=True)
+    base.mkdir(parents=True)
+    return base
+
+
+@pytest.fixture(scope="session")
+def realserver(last_run: Path, request: pytest.FixtureRequest) -> Iterator[RealServer]:
     """PostgreSQL with the schema, the server configured with the suite's queue and up (plain HTTP)."""
     schema = Path(os.environ["PANDA_DATABASE_DIR"]).expanduser()
     if not (schema / "schema" / "postgres" / "sqls" / "init_step.sql").is_file():
         pytest.fail(f"PANDA_DATABASE_DIR={schema} is not a panda-database checkout (no schema/postgres/sqls)")
     install.ensure_system_packages()
-    server = RealServer.build(tmp_path_factory.mktemp("realserver"), install.ensure_venv(), schema)
+    server = RealServer.build(last_run / "server", install.ensure_venv(), schema)
     yield server
     server.close(keep_files=request.session.testsfailed > 0)
 
@@ -76,8 +88,10 @@ def server(realserver: RealServer) -> RealServer:
 
 
 @pytest.fixture
-def site(tmp_path: Path) -> Site:
-    return Site.create(tmp_path / "site")
+def site(last_run: Path, request: pytest.FixtureRequest) -> Iterator[Site]:
+    site = Site.create(last_run / request.node.name / "site")
+    yield site
+    site.close()
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,10 +26,11 @@ class Site:
     event-service store, a work directory and the queue data naming both endpoints."""
 
     root: Path
+    run_dir: Path  # the pilot's sockets: a short path (a Unix socket's path has at most 107 bytes)
 
     @classmethod
     def create(cls, root: Path) -> Site:
-        site = cls(root)
+        site = cls(root, Path(tempfile.mkdtemp(prefix="nodepilot-rs-")))
         shutil.copytree(EXAMPLES / "se", site.se)
         es_input = site.se / deterministic_path(jobs.SCOPE, jobs.ES_INPUT)
         es_input.parent.mkdir(parents=True, exist_ok=True)
@@ -57,6 +59,13 @@ class Site:
     def stored(self, scope: str, lfn: str, endpoint: Path | None = None) -> Path:
         return (endpoint or self.se) / deterministic_path(scope, lfn)
 
+    def close(self) -> None:
+        """The pilot's summary.json kept with the site, its run directory removed."""
+        summary = self.run_dir / "summary.json"
+        if summary.exists():
+            shutil.copy(summary, self.root / "summary.json")
+        shutil.rmtree(self.run_dir, ignore_errors=True)
+
 
 @dataclass
 class PilotRun:
@@ -67,7 +76,7 @@ class PilotRun:
 
 def _command(site: Site, server_url: str, *extra: str) -> list[str]:
     return [sys.executable, "-m", "nodepilot", "start", "--queue", cric.QUEUE, "--server", server_url,
-            "--queuedata", str(site.queuedata), "--workdir", str(site.work), "--run-dir", str(site.root / "run"),
+            "--queuedata", str(site.queuedata), "--workdir", str(site.work), "--run-dir", str(site.run_dir),
             *extra]
 
 

@@ -76,7 +76,7 @@ def test_three_jobs_in_one_pilot(server, site, record):
 
     assert run.exit_code == 0, run.output[-3000:]
     assert [(r["table"], r["jobstatus"]) for r in rows] == [("jobsarchived4", "finished")] * 3, rows
-    summary = json.loads((site.root / "run" / "summary.json").read_text())  # this one pilot ran them all
+    summary = json.loads((site.run_dir / "summary.json").read_text())  # this one pilot ran them all
     assert sorted(int(j["panda_id"]) for j in summary if j.get("panda_id")) == sorted(ids), summary
     for panda_id in ids:
         check_file_rows(server, site, panda_id)
