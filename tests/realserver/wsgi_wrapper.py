@@ -16,10 +16,16 @@ FQAN = os.environ.get("REALSERVER_FQAN", "VOMS /wlcg/Role=production")
 TLS = os.environ.get("REALSERVER_TLS") == "1"
 
 
+def _client_certified(environ) -> bool:
+    if not TLS:
+        return True  # plain HTTP: every client is the test pilot
+    sock = environ.get("gunicorn.socket")
+    return bool(sock is not None and sock.getpeercert())
+
+
 def application(environ, start_response):
     environ["SCRIPT_NAME"] = environ.get("PATH_INFO", "")
-    peer_cert = environ.get("gunicorn.socket") and environ["gunicorn.socket"].getpeercert() if TLS else True
-    if peer_cert:
+    if _client_certified(environ):
         environ["SSL_CLIENT_S_DN"] = DN
         environ["GRST_CRED_0"] = FQAN
     return panda_application(environ, start_response)
