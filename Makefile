@@ -6,7 +6,7 @@ RUN_STAMP := $(VENV)/.installed-run
 TEST_STAMP := $(VENV)/.installed-test
 DEMO := .demo
 
-.PHONY: run test lint bench clean system-deps
+.PHONY: run test test-realserver lint bench clean system-deps
 
 # what running needs (make run); the test servers, browser driver and linters come with make test
 $(RUN_STAMP): pyproject.toml
@@ -29,6 +29,14 @@ system-deps:
 # scripts/test.sh: system packages, a private Slurm, ruff, pytest; stops every daemon it started
 test: $(TEST_STAMP)
 	BIN=$(BIN) bash scripts/test.sh
+
+# the integration suite against the real PanDA server (tests/realserver/README.md): needs a checkout of the
+# public PanDAWMS/panda-database repository named by PANDA_DATABASE_DIR; installs panda-server 1.0.4 and
+# PostgreSQL 15 (cached under NODEPILOT_REALSERVER_HOME, default ~/.cache/nodepilot-realserver)
+test-realserver: $(TEST_STAMP)
+	@test -n "$$PANDA_DATABASE_DIR" || { echo "test-realserver: set PANDA_DATABASE_DIR to a checkout of the PanDAWMS/panda-database repository"; exit 2; }
+	$(BIN)/python -m tests.realserver.install
+	$(BIN)/pytest -q -rs tests/realserver
 
 lint: $(TEST_STAMP)
 	$(BIN)/ruff check .
