@@ -9,12 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from nodepilot import exitcodes
 from tests.panda.pki import Pki, make_pki
 from tests.realserver import jobs, pilot
 from tests.realserver.harness import RealServer
 from tests.realserver.server import Gunicorn, Tls
-
-SERVER_UNREACHABLE = 3  # nodepilot's exit code when no job could be asked for
 
 
 @pytest.fixture
@@ -48,7 +47,7 @@ def test_without_client_certificate(server, tls_server, pki, site, record):
     job = server.job(panda_id)
     record(f"{job.get('table')} {job.get('jobstatus')} (untouched)", run)
 
-    assert run.exit_code == SERVER_UNREACHABLE, run.output[-3000:]
+    assert run.exit_code == exitcodes.REFUSED, run.output[-3000:]  # the server refused, not unreachable
     assert "certificate required" in run.output.lower(), run.output[-3000:]
     assert "Traceback" not in run.output, run.output[-3000:]
     assert (job["table"], job["jobstatus"]) == ("jobsactive4", "activated"), job
