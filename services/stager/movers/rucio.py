@@ -23,6 +23,7 @@ Settings: the queue data's ``stager.rucio`` object (docs/movers.md) and the Ruci
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -41,6 +42,7 @@ log = logging.getLogger(__name__)
 SCHEME = "rucio"
 DEFAULT_SCHEMES = ("root", "davs", "https", "file")  # preference order among the schemes we have movers for
 REGISTER_VALUES = ("pilot", "server")
+FIRST_BATCH = 4  # inputs in the first list_replicas call of a request (the stager's default files at once)
 
 
 @dataclass(frozen=True)
@@ -97,6 +99,8 @@ class RucioMover(Mover):
         self.settings = RucioSettings.from_queue(queue)
         self.config = RucioConfig.load((queue.stager or {}).get("rucio") if queue is not None else None, environ)
         self._client: RucioClient | None = None
+        # request id -> (the list_replicas call answering each of its inputs, lookups left)
+        self._listings: dict[str, tuple[dict[tuple[str, str], asyncio.Future[list[dict[str, Any]]]], int]] = {}
 
     @property
     def client(self) -> RucioClient:
@@ -150,8 +154,8 @@ class RucioMover(Mover):
     async def _replicas(self, work: FileWork) -> FileResult | None:
         spec = work.spec
         lan = {rse_of(e) for e in work.endpoints}
-        items = await self.client.list_replicas(spec.scope, spec.lfn, list(self.settings.schemes), self.settings.site)
-        item = next((i for i in items if i.get("name") == spec.lfn), None)
+        items = await self._listing(work)
+        item = next((i for i in items if i.get("scope") == spec.scope and i.get("name") == spec.lfn), None)
         if item is None:
             return _failure(work, ErrorCode.REPLICA_NOT_FOUND, f"Rucio lists no replica of {spec.scope}:{spec.lfn}")
         work.endpoints, skipped = self._choose(item, lan, spec.lfn)
@@ -167,6 +171,28 @@ class RucioMover(Mover):
         log.info("job %s: %s:%s replicas, in order: %s", work.request.job_id, spec.scope, spec.lfn,
                  ", ".join(f"{e.name} {e.url}" for e in work.endpoints))
         return None
+
+    async def _listing(self, work: FileWork) -> list[dict[str, Any]]:
+        """The replicas of the file, from the calls made for the whole request by its first file: one for
+        the first ``FIRST_BATCH`` inputs (copying starts after it), one for the rest (answered while those
+        copy). Calls are what costs here, more than the DIDs in them."""
+        request, spec = work.request, work.spec
+        key = request.request_id or f"{request.job_id}:{id(request)}"
+        if key not in self._listings:
+            dids = list(dict.fromkeys((f.scope, f.lfn) for f in request.files))
+            batches: dict[tuple[str, str], asyncio.Future[list[dict[str, Any]]]] = {}
+            for batch in (dids[:FIRST_BATCH], dids[FIRST_BATCH:]):
+                if batch:
+                    task = asyncio.ensure_future(self.client.list_replicas(batch, list(self.settings.schemes),
+                                                                           self.settings.site))
+                    batches |= dict.fromkeys(batch, task)
+            self._listings[key] = (batches, len(request.files))
+        batches, left = self._listings[key]
+        if left <= 1:
+            del self._listings[key]
+        else:
+            self._listings[key] = (batches, left - 1)
+        return await asyncio.shield(batches[(spec.scope, spec.lfn)])
 
     def _choose(self, item: dict[str, Any], lan: set[str], lfn: str) -> tuple[list[Endpoint], list[str]]:
         """One URL per RSE, LAN first, then by scheme preference and Rucio's priority."""

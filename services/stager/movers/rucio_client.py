@@ -185,8 +185,8 @@ class RucioClient:
         return reply
 
     # --- the calls ----------------------------------------------------------------------------------
-    async def list_replicas(self, scope: str, name: str, schemes: list[str], site: str) -> list[dict[str, Any]]:
-        body: dict[str, Any] = {"dids": [{"scope": scope, "name": name}], "schemes": schemes or None,
+    async def list_replicas(self, dids: list[tuple[str, str]], schemes: list[str], site: str) -> list[dict[str, Any]]:
+        body: dict[str, Any] = {"dids": [{"scope": s, "name": n} for s, n in dids], "schemes": schemes or None,
                                 "unavailable": False, "all_states": False, "resolve_archives": False}
         if site:
             body["client_location"] = {"site": site}
