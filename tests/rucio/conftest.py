@@ -6,6 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.e2e.conftest import job_server, site  # noqa: F401 - the whole pilot's fixtures
 from tests.rucio.server import RucioServer, rucio_running
 
 

@@ -124,11 +124,11 @@ def test_direct_access_gives_rucios_turl(rds, pilot_config, rucio_server, monkey
     assert list(workdir(pilot_config, 403).iterdir()) == []
 
 
-@pytest.mark.parametrize("register", ["pilot", "server"])
-def test_stage_out_and_log_registered(rds, pilot_config, rucio_server, monkeypatch, register):
+@pytest.mark.parametrize("registration", ["pilot", "server"])
+def test_stage_out_and_log_registered(rds, pilot_config, rucio_server, monkeypatch, registration):
     out, logname = name("out"), name("log").replace(".dat", ".tgz")
     payload = b"payload output " * 20000
-    configure(pilot_config, rucio_server, monkeypatch, register=register)
+    configure(pilot_config, rucio_server, monkeypatch, registration=registration)
     wd = workdir(pilot_config, 404)
     (wd / out).write_bytes(payload)
     with running_service("stager", pilot_config):
@@ -147,7 +147,7 @@ def test_stage_out_and_log_registered(rds, pilot_config, rucio_server, monkeypat
     assert (rucio_server.posix_dir / deterministic_path(SCOPE, logname)).stat().st_size == lg["fsize"]
     listed = {r["name"]: r for r in rucio_server.tool("list", {"dids": [{"scope": SCOPE, "name": out},
                                                                         {"scope": SCOPE, "name": logname}]})}
-    if register == "server":  # stored, left for the server side to register
+    if registration == "server":  # stored, left for the server side to register
         assert listed == {}
         return
     assert listed[out]["adler32"] == adler32(payload) and listed[out]["bytes"] == len(payload)

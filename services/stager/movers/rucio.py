@@ -14,8 +14,8 @@ URL per RSE. The size and adler32 the copies are checked against are Rucio's. No
 
 Stage-out: for each RSE of the activity (primary first), the write URL Rucio gives for the first
 allowed scheme the RSE writes with; after the copy (checked on the storage by the copying mover) the
-replica is registered with its size and adler32 (``register = "pilot"``, the default) or left for the
-server side to register (``register = "server"``, as PanDA production does through its Adder).
+replica is registered with its size and adler32 (``registration = "pilot"``, the default) or left for the
+server side to register (``registration = "server"``, as PanDA production does through its Adder).
 
 Settings: the queue data's ``stager.rucio`` object (docs/movers.md) and the Rucio client configuration
 (services/stager/movers/rucio_client.py).
@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 
 SCHEME = "rucio"
 DEFAULT_SCHEMES = ("root", "davs", "https", "file")  # preference order among the schemes we have movers for
-REGISTER_VALUES = ("pilot", "server")
+REGISTRATION_VALUES = ("pilot", "server")
 FIRST_BATCH = 4  # inputs in the first list_replicas call of a request (the stager's default files at once)
 
 
@@ -50,7 +50,7 @@ class RucioSettings:
     allow_lan: bool = True
     allow_wan: bool = False
     schemes: tuple[str, ...] = DEFAULT_SCHEMES
-    register: str = "pilot"
+    registration: str = "pilot"
     site: str = ""  # client location for Rucio's replica sorting (default: the queue's site)
     trace_url: str = ""  # default: <rucio_host>/traces/
 
@@ -65,11 +65,11 @@ class RucioSettings:
         schemes = raw.get("schemes")
         if isinstance(schemes, list) and schemes and all(isinstance(s, str) for s in schemes):
             values["schemes"] = tuple(s.lower() for s in schemes)
-        if raw.get("register") in REGISTER_VALUES:
-            values["register"] = raw["register"]
-        elif "register" in raw:
-            log.warning("queue data: stager.rucio.register=%r is not pilot or server: the pilot registers",
-                        raw["register"])
+        if raw.get("registration") in REGISTRATION_VALUES:
+            values["registration"] = raw["registration"]
+        elif "registration" in raw:
+            log.warning("queue data: stager.rucio.registration=%r is not pilot or server: the pilot registers",
+                        raw["registration"])
         for name in ("site", "trace_url"):
             if isinstance(raw.get(name), str) and raw[name]:
                 values[name] = raw[name]
@@ -138,7 +138,7 @@ class RucioMover(Mover):
 
     async def finish(self, work: FileWork, result: FileResult) -> FileResult:
         """After a stage-out: register the stored replica (unless the server side does)."""
-        if work.direction != "out" or result.status != "done" or self.settings.register != "pilot":
+        if work.direction != "out" or result.status != "done" or self.settings.registration != "pilot":
             return result
         spec = work.spec
         adler32 = result.checksum.removeprefix("ad:")
