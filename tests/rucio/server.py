@@ -42,10 +42,18 @@ ALEMBIC_LOGGING = ("[loggers]\nkeys = root\n[handlers]\nkeys = console\n[formatt
                    "args = (sys.stderr,)\nformatter = generic\n[formatter_generic]\nformat = %%(message)s\n")
 
 
+def venv_path() -> Path:
+    return Path(os.environ.get("NODEPILOT_RUCIO_VENV") or Path.home() / ".cache" / "nodepilot" /
+                f"rucio-{RUCIO_VERSION}")
+
+
+def venv_ready() -> bool:
+    return (venv_path() / ".installed").exists()
+
+
 def rucio_venv() -> Path:
     """The venv with Rucio and gunicorn, made once (a lock keeps parallel sessions from racing)."""
-    venv = Path(os.environ.get("NODEPILOT_RUCIO_VENV") or Path.home() / ".cache" / "nodepilot" /
-                f"rucio-{RUCIO_VERSION}")
+    venv = venv_path()
     stamp = venv / ".installed"
     if stamp.exists():
         return venv

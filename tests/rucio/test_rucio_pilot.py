@@ -8,16 +8,12 @@ import json
 import time
 import uuid
 
-import pytest
-
 from services.stager.paths import deterministic_path
 from tests.e2e.conftest import add_jobs, final_update, run_pilot
 from tests.queue.cric import ddm_endpoint, queue_record, write
 from tests.rucio.server import SCOPE
 from tests.rucio.test_rucio_stager import LAN, WAN, seed
 from tests.stager.test_stager_service import adler32
-
-pytestmark = pytest.mark.timeout(300)
 
 PAYLOAD = ("import json; d=open('{a}').read()+open('{b}').read(); open('{out}','w').write(d); "
            "json.dump({{'exitCode': 0, 'exitMsg': 'OK'}}, open('jobReport.json','w'))")
