@@ -9,7 +9,10 @@ import asyncio
 from nodepilot.queue.model import QueueData
 from services.stager.movers.rucio import RucioMover
 from services.stager.movers.rucio_client import RucioClient, RucioConfig, RucioError
+from tests.conftest import running_service
 from tests.rucio.server import PASSWORD, SCOPE
+from tests.stager.servers import free_ports
+from tests.stager.test_stager_service import answer, send
 
 
 def run(coro):
@@ -92,3 +95,18 @@ def test_wrong_password_is_one_clear_line_without_the_secret(rucio_server, tmp_p
     exc = run(attempt())
     assert exc.status == 401 and "authentication" in str(exc)
     assert "wrong-secret-xyz" not in str(exc)
+
+
+def test_rucio_not_answering_fails_the_file_with_one_line(tmp_path, rds, pilot_config, monkeypatch):
+    (port,) = free_ports(1)
+    cfg_file = tmp_path / "rucio.cfg"
+    cfg_file.write_text(f"[client]\nrucio_host = http://127.0.0.1:{port}\nauth_type = userpass\naccount = root\n"
+                        f"username = u\npassword = {PASSWORD}\n")
+    monkeypatch.setenv("RUCIO_CONFIG", str(cfg_file))
+    pilot_config.queuedata.stager = {"rucio": {}}
+    pilot_config.save()
+    with running_service("stager", pilot_config):
+        send(rds, pilot_config, "stagein", 501, "501:1:stagein", endpoints=[{"name": "X", "url": "rucio:///X"}],
+             files=[{"lfn": "a.dat", "scope": SCOPE}])
+        event = answer(rds, 501, "stagein")
+    assert event["error_code"] == 1099 and "ConnectError" in event["diag"] and PASSWORD not in event["diag"]

@@ -25,8 +25,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 from urllib.parse import quote, urlsplit
 
 from nodepilot.errors import ErrorCode, clip_diag
@@ -36,12 +37,15 @@ from services.stager.attempts import FileWork
 from services.stager.movers.base import Mover, Reason, TransferError, mover_classes
 from services.stager.movers.rucio_client import RucioClient, RucioConfig, RucioError
 from services.stager.request import FileResult
+from services.stager.retry import backoff_delay
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 SCHEME = "rucio"
 DEFAULT_SCHEMES = ("root", "davs", "https", "file")  # preference order among the schemes we have movers for
 REGISTRATION_VALUES = ("pilot", "server")
+RUCIO_TRIES, RUCIO_BACKOFF_S, RUCIO_BACKOFF_CAP_S = 3, 0.5, 5.0  # per Rucio call, on transient errors
 FIRST_BATCH = 4  # inputs in the first list_replicas call of a request (the stager's default files at once)
 
 
@@ -99,8 +103,9 @@ class RucioMover(Mover):
         self.settings = RucioSettings.from_queue(queue)
         self.config = RucioConfig.load((queue.stager or {}).get("rucio") if queue is not None else None, environ)
         self._client: RucioClient | None = None
-        # request id -> (the list_replicas call answering each of its inputs, lookups left)
-        self._listings: dict[str, tuple[dict[tuple[str, str], asyncio.Future[list[dict[str, Any]]]], int]] = {}
+        # request id -> (the list_replicas call answering each of its inputs, the inputs yet to look)
+        self._listings: dict[str, tuple[dict[tuple[str, str], asyncio.Future[list[dict[str, Any]]]],
+                                        set[tuple[str, str]]]] = {}
 
     @property
     def client(self) -> RucioClient:
@@ -126,15 +131,16 @@ class RucioMover(Mover):
         problem = self.config.problem()
         if problem:
             return _failure(work, failed, problem)
+        resolve = self._replicas if work.direction == "in" else self._destinations
         try:
-            if work.direction == "in":
-                return await self._replicas(work)
-            return await self._destinations(work)
+            return await _retried(lambda: resolve(work))
         except RucioError as exc:
             if exc.kind == "DataIdentifierNotFound":
                 return _failure(work, ErrorCode.REPLICA_NOT_FOUND, f"{work.spec.scope}:{work.spec.lfn} is not "
                                                                    "known to Rucio")
             return _failure(work, failed, str(exc))
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            return _failure(work, failed, f"unexpected answer from Rucio: {exc!r}")
 
     async def finish(self, work: FileWork, result: FileResult) -> FileResult:
         """After a stage-out: register the stored replica (unless the server side does)."""
@@ -143,7 +149,8 @@ class RucioMover(Mover):
         spec = work.spec
         adler32 = result.checksum.removeprefix("ad:")
         try:
-            await self.client.add_replica(result.endpoint, spec.scope, spec.lfn, int(result.fsize or 0), adler32)
+            await _retried(lambda: self.client.add_replica(result.endpoint, spec.scope, spec.lfn,
+                                                           int(result.fsize or 0), adler32))
         except RucioError as exc:
             result.status, result.error_code = "failed", int(ErrorCode.STAGEOUT_FAILED)
             result.diag = clip_diag(f"stored at {result.surl} but not registered in Rucio: {exc}")
@@ -175,24 +182,30 @@ class RucioMover(Mover):
     async def _listing(self, work: FileWork) -> list[dict[str, Any]]:
         """The replicas of the file, from the calls made for the whole request by its first file: one for
         the first ``FIRST_BATCH`` inputs (copying starts after it), one for the rest (answered while those
-        copy). Calls are what costs here, more than the DIDs in them."""
+        copy). Calls are what costs here, more than the DIDs in them. A file whose batch failed (a retry)
+        asks for itself."""
         request, spec = work.request, work.spec
+        did = (spec.scope, spec.lfn)
         key = request.request_id or f"{request.job_id}:{id(request)}"
         if key not in self._listings:
             dids = list(dict.fromkeys((f.scope, f.lfn) for f in request.files))
             batches: dict[tuple[str, str], asyncio.Future[list[dict[str, Any]]]] = {}
             for batch in (dids[:FIRST_BATCH], dids[FIRST_BATCH:]):
                 if batch:
-                    task = asyncio.ensure_future(self.client.list_replicas(batch, list(self.settings.schemes),
-                                                                           self.settings.site))
+                    task = asyncio.ensure_future(self._list(batch))
                     batches |= dict.fromkeys(batch, task)
-            self._listings[key] = (batches, len(request.files))
-        batches, left = self._listings[key]
-        if left <= 1:
+            self._listings[key] = (batches, set(dids))
+        batches, waiting = self._listings[key]
+        waiting.discard(did)
+        if not waiting:
             del self._listings[key]
-        else:
-            self._listings[key] = (batches, left - 1)
-        return await asyncio.shield(batches[(spec.scope, spec.lfn)])
+        task = batches[did]
+        if task.done() and task.exception() is not None:
+            return await self._list([did])
+        return await asyncio.shield(task)
+
+    def _list(self, dids: list[tuple[str, str]]) -> Awaitable[list[dict[str, Any]]]:
+        return self.client.list_replicas(dids, list(self.settings.schemes), self.settings.site)
 
     def _choose(self, item: dict[str, Any], lan: set[str], lfn: str) -> tuple[list[Endpoint], list[str]]:
         """One URL per RSE, LAN first, then by scheme preference and Rucio's priority."""
@@ -249,6 +262,19 @@ class RucioMover(Mover):
                 if scheme in known and any(p.get("scheme") == scheme and _writes(p, domain) for p in protocols):
                     return await self.client.lfn2pfn(rse, scope, lfn, scheme, domain)
         return ""
+
+
+async def _retried(call: Callable[[], Awaitable[T]]) -> T:
+    """``call()``, again after a pause while Rucio's answer is transient (no answer, HTTP 5xx/429)."""
+    for n in range(1, RUCIO_TRIES + 1):
+        try:
+            return await call()
+        except RucioError as exc:
+            if not exc.transient or n == RUCIO_TRIES:
+                raise
+            log.info("Rucio: %s; trying again", exc)
+            await asyncio.sleep(backoff_delay(n, RUCIO_BACKOFF_S, RUCIO_BACKOFF_CAP_S))
+    raise AssertionError("unreachable")
 
 
 def _writes(protocol: dict[str, Any], domain: str) -> bool:
