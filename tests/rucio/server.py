@@ -20,15 +20,13 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from tests.stager.servers import XRootDServer, free_ports, running
+from tests.stager.servers import StorageServer, XRootDServer, free_ports, running
 
 RUCIO_VERSION = "41.5.1"
 PACKAGES = [f"rucio=={RUCIO_VERSION}", "gunicorn"]
@@ -69,16 +67,17 @@ def rucio_venv() -> Path:
     return venv
 
 
-class RucioServer:
-    """Rucio with its two RSEs; ``client_config`` is a Rucio client configuration file for the pilot."""
+class RucioServer(StorageServer):
+    """Rucio with its two RSEs; ``client_config`` is a Rucio client configuration file for the pilot.
+    ``start()`` makes the schema and root account, starts gunicorn, then adds the RSEs (once only)."""
 
+    name = "rucio"
     start_timeout = 60.0
 
     def __init__(self, xrootd: XRootDServer) -> None:
+        super().__init__()
         self.venv = rucio_venv()
         self.python = self.venv / "bin" / "python"
-        self.base = Path(tempfile.mkdtemp(prefix="np-rucio-"))
-        self.base.chmod(0o755)
         (self.port,) = free_ports(1)
         self.url = f"http://127.0.0.1:{self.port}"
         self.xrootd = xrootd
@@ -87,10 +86,9 @@ class RucioServer:
         self.trace_dir = self.base / "traces"
         self.trace_dir.mkdir()
         self.trace_file = self.trace_dir / "trace"
-        self.log_path = self.base / "gunicorn.log"
         self.server_config = self.base / "rucio-server.cfg"
         self.client_config = self.base / "rucio.cfg"
-        self.process: subprocess.Popen[bytes] | None = None
+        self._set_up = False
         self._write_configs()
 
     # -- configuration ---------------------------------------------------------------------------
@@ -125,48 +123,30 @@ class RucioServer:
         return json.loads(done.stdout)
 
     # -- life cycle --------------------------------------------------------------------------------
+    def command(self) -> list[str]:
+        # env: the server's configuration, and none of the pilot's modules in its Python path
+        return ["env", "-u", "PYTHONPATH", f"RUCIO_CONFIG={self.server_config}", str(self.venv / "bin" / "gunicorn"),
+                "-b", f"127.0.0.1:{self.port}", "-w", "1", "--threads", "1", "--no-control-socket",
+                "rucio.web.rest.flaskapi.v1.main:application"]
+
+    def ready(self) -> bool:
+        with contextlib.suppress(httpx.HTTPError):
+            return httpx.get(f"{self.url}/ping", timeout=2).status_code == 200
+        return False
+
     def start(self) -> None:
+        if self._set_up:
+            super().start()
+            return
         self.tool("bootstrap", server=True)
-        env = {**os.environ, "RUCIO_CONFIG": str(self.server_config)}
-        env.pop("PYTHONPATH", None)
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(
-                [str(self.venv / "bin" / "gunicorn"), "-b", f"127.0.0.1:{self.port}", "-w", "1", "--threads", "1",
-                 "--no-control-socket", "rucio.web.rest.flaskapi.v1.main:application"],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, cwd=self.base)
-        deadline = time.monotonic() + self.start_timeout
-        while not self._pings():
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                tail = self.log_path.read_text(errors="replace")[-3000:]
-                self.stop()
-                raise RuntimeError(f"Rucio did not start within {self.start_timeout} s:\n{tail}")
-            time.sleep(0.1)
+        super().start()
         xrd_path = "/" + self.xrootd.url.split("//", 2)[2].strip("/") + "/"
         self.tool("setup", {"scope": SCOPE, "rses": [
             {"name": "XRD_RSE", "scheme": "root", "hostname": "127.0.0.1", "port": self.xrootd.port,
              "prefix": f"/{xrd_path}", "impl": "rucio.rse.protocols.xrootd.Default"},
             {"name": "POSIX_RSE", "scheme": "file", "hostname": "localhost", "port": 0,
              "prefix": f"{self.posix_dir}/", "impl": "rucio.rse.protocols.posix.Default"}]})
-
-    def _pings(self) -> bool:
-        with contextlib.suppress(httpx.HTTPError):
-            return httpx.get(f"{self.url}/ping", timeout=2).status_code == 200
-        return False
-
-    def stop(self) -> None:
-        proc, self.process = self.process, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
-
-    def close(self) -> None:
-        self.stop()
-        shutil.rmtree(self.base, ignore_errors=True)
+        self._set_up = True
 
     # -- catalogue and storage ---------------------------------------------------------------------
     def traces(self) -> list[dict[str, Any]]:
