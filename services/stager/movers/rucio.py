@@ -171,10 +171,14 @@ class RucioMover(Mover):
             why = f" ({'; '.join(skipped)})" if skipped else ""
             return _failure(work, ErrorCode.REPLICA_NOT_FOUND,
                             f"no usable replica of {spec.scope}:{spec.lfn} among {len(item.get('pfns') or {})}{why}")
-        if isinstance(item.get("bytes"), int):
-            spec.fsize = work.size = item["bytes"]
-        if item.get("adler32"):
-            spec.checksum = Checksum("adler32", str(item["adler32"]).lower().zfill(8))
+        catalogue = (item.get("bytes") if isinstance(item.get("bytes"), int) else spec.fsize,
+                     Checksum("adler32", str(item["adler32"]).lower().zfill(8)) if item.get("adler32")
+                     else spec.checksum)
+        if (spec.fsize, spec.checksum) != catalogue and spec.fsize is not None:
+            log.warning("job %s: %s:%s: the job says %s bytes %s, Rucio %s bytes %s: checking against Rucio's",
+                        work.request.job_id, spec.scope, spec.lfn, spec.fsize, spec.checksum, *catalogue)
+        spec.fsize, spec.checksum = catalogue
+        work.size = spec.fsize
         log.info("job %s: %s:%s replicas, in order: %s", work.request.job_id, spec.scope, spec.lfn,
                  ", ".join(f"{e.name} {e.url}" for e in work.endpoints))
         return None
