@@ -46,6 +46,7 @@ SCHEME = "rucio"
 DEFAULT_SCHEMES = ("root", "davs", "https", "file")  # preference order among the schemes we have movers for
 REGISTRATION_VALUES = ("pilot", "server")
 RUCIO_TRIES, RUCIO_BACKOFF_S, RUCIO_BACKOFF_CAP_S = 3, 0.5, 5.0  # per Rucio call, on transient errors
+LISTINGS_KEPT = 64  # requests whose listings are kept (for their files still to start, and retries)
 FIRST_BATCH = 4  # inputs in the first list_replicas call of a request (the stager's default files at once)
 
 
@@ -103,9 +104,8 @@ class RucioMover(Mover):
         self.settings = RucioSettings.from_queue(queue)
         self.config = RucioConfig.load((queue.stager or {}).get("rucio") if queue is not None else None, environ)
         self._client: RucioClient | None = None
-        # request id -> (the list_replicas call answering each of its inputs, the inputs yet to look)
-        self._listings: dict[str, tuple[dict[tuple[str, str], asyncio.Future[list[dict[str, Any]]]],
-                                        set[tuple[str, str]]]] = {}
+        # request id -> the list_replicas call answering each of its inputs (the latest requests only)
+        self._listings: dict[str, dict[tuple[str, str], asyncio.Future[list[dict[str, Any]]]]] = {}
 
     @property
     def client(self) -> RucioClient:
@@ -191,20 +191,19 @@ class RucioMover(Mover):
         request, spec = work.request, work.spec
         did = (spec.scope, spec.lfn)
         key = request.request_id or f"{request.job_id}:{id(request)}"
-        if key not in self._listings:
+        batches = self._listings.get(key)
+        if batches is None:
             dids = list(dict.fromkeys((f.scope, f.lfn) for f in request.files))
-            batches: dict[tuple[str, str], asyncio.Future[list[dict[str, Any]]]] = {}
+            batches = {}
             for batch in (dids[:FIRST_BATCH], dids[FIRST_BATCH:]):
                 if batch:
                     task = asyncio.ensure_future(self._list(batch))
                     batches |= dict.fromkeys(batch, task)
-            self._listings[key] = (batches, set(dids))
-        batches, waiting = self._listings[key]
-        waiting.discard(did)
-        if not waiting:
-            del self._listings[key]
-        task = batches[did]
-        if task.done() and task.exception() is not None:
+            self._listings[key] = batches
+            while len(self._listings) > LISTINGS_KEPT:
+                del self._listings[next(iter(self._listings))]
+        task = batches.get(did)
+        if task is None or (task.done() and task.exception() is not None):
             return await self._list([did])
         return await asyncio.shield(task)
 
