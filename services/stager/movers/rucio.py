@@ -194,11 +194,11 @@ class RucioMover(Mover):
         batches = self._listings.get(key)
         if batches is None:
             dids = list(dict.fromkeys((f.scope, f.lfn) for f in request.files))
-            batches = {}
-            for batch in (dids[:FIRST_BATCH], dids[FIRST_BATCH:]):
-                if batch:
-                    task = asyncio.ensure_future(self._list(batch))
-                    batches |= dict.fromkeys(batch, task)
+            first = asyncio.ensure_future(self._list(dids[:FIRST_BATCH]))
+            batches = dict.fromkeys(dids[:FIRST_BATCH], first)
+            rest = dids[FIRST_BATCH:]
+            if rest:  # asked once the first is answered: Rucio, one request at a time, might take it first
+                batches |= dict.fromkeys(rest, asyncio.ensure_future(self._after(first, rest)))
             self._listings[key] = batches
             while len(self._listings) > LISTINGS_KEPT:
                 del self._listings[next(iter(self._listings))]
@@ -206,6 +206,10 @@ class RucioMover(Mover):
         if task is None or (task.done() and task.exception() is not None):
             return await self._list([did])
         return await asyncio.shield(task)
+
+    async def _after(self, first: asyncio.Future[Any], dids: list[tuple[str, str]]) -> list[dict[str, Any]]:
+        await asyncio.wait({first})
+        return await self._list(dids)
 
     def _list(self, dids: list[tuple[str, str]]) -> Awaitable[list[dict[str, Any]]]:
         return self.client.list_replicas(dids, list(self.settings.schemes), self.settings.site)
