@@ -10,6 +10,11 @@ The same for the posix mover (a local SE directory) against ``cp``, copying and 
 xrdcp also runs without page reads (``XRD_CPUSEPGWRTRD=0``), its fastest setting here; the raw tools
 verify no checksum, nodepilot does (adler32 while streaming).
 Target: nodepilot <= 1.05 x the best raw tool.
+
+Rucio (``--no-rucio`` skips it): the same files on the XRootD RSE of a real Rucio server
+(tests/rucio/server.py; its venv is made on first use), staged in through the ``rucio`` mover
+(replicas listed by Rucio, copied by the XRootD mover, a trace per file sent to Rucio) against the
+XRootD mover alone. Target: Rucio <= 1.1 x the XRootD mover alone.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ from nodepilot.queue.model import QueueData
 from nodepilot.redis_server import start_redis
 from services.stager.movers.posix import COPY_MODE_ENV
 from services.stager.paths import deterministic_path, join_url
+from services.stager.traces import SENDING_KEY, SPOOL_KEY
 from tests.conftest import read_events, running_service
 from tests.stager.servers import XRootDServer, running
 
@@ -44,16 +50,17 @@ SCOPE = "bench.in"
 # xrdcp 5.x reads with kXR_pgread (a crc32c per 4 kB page), 3x slower here; without it, xrdcp at its best
 NO_PGREAD = {"XRD_CPUSEPGWRTRD": "0"}
 TARGET = 1.05
+RUCIO_TARGET = 1.1
 
 
-def make_inputs(count: int, size: int, put: Callable[[str, bytes], None]) -> list[dict]:
+def make_inputs(count: int, size: int, put: Callable[[str, bytes], None], scope: str = SCOPE) -> list[dict]:
     """``count`` random files stored with ``put(relative path, data)``; their job-file entries."""
     files = []
     for i in range(count):
         data = os.urandom(size)
         lfn = f"in{i:03d}.dat"
-        put(deterministic_path(SCOPE, lfn), data)
-        files.append({"lfn": lfn, "scope": SCOPE, "guid": f"g-{lfn}", "fsize": size, "dataset": "bench",
+        put(deterministic_path(scope, lfn), data)
+        files.append({"lfn": lfn, "scope": scope, "guid": f"g-{lfn}", "fsize": size, "dataset": "bench",
                       "checksum": f"ad:{zlib.adler32(data) & 0xFFFFFFFF:08x}", "ddm_endpoint": "SE"})
     return files
 
@@ -65,6 +72,7 @@ class Stager:
         self.config, self.rds, self.job_id = config, rds, 1000
 
     def stage_in(self, endpoint_url: str, files: list[dict], workdir: Path) -> float:
+        self.drain_traces()
         self.job_id += 1
         message = {"kind": "stagein", "job_id": self.job_id, "request_id": f"{self.job_id}:1:stagein",
                    "workdir": str(workdir), "endpoints": [{"name": "SE", "url": endpoint_url}], "files": files}
@@ -75,6 +83,12 @@ class Stager:
         if not event.get("ok"):
             raise RuntimeError(f"stage-in failed: {event.get('error_code')} {event.get('diag')}")
         return elapsed
+
+    def drain_traces(self, timeout: float = 60.0) -> None:
+        """Wait until the previous run's traces are delivered: no run pays for another's."""
+        deadline = time.monotonic() + timeout
+        while (self.rds.llen(SPOOL_KEY) or self.rds.llen(SENDING_KEY)) and time.monotonic() < deadline:
+            time.sleep(0.05)
 
 
 def run_commands(commands: list[list[str]], parallel: int, env: dict[str, str] | None = None) -> float:
@@ -122,6 +136,8 @@ def main() -> None:
     parser.add_argument("--parallel", type=int, default=4, help="raw tool copies at once (the stager's "
                                                                   "files_per_request is set to the same)")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--no-rucio", action="store_true", help="skip the Rucio case")
+    parser.add_argument("--rucio-only", action="store_true", help="only the Rucio case")
     args = parser.parse_args()
     size, n = int(args.size_mb * 1e6), args.parallel
     total_mb = args.files * size / 1e6
@@ -141,6 +157,9 @@ def main() -> None:
         print(f"{args.files} files of {args.size_mb:g} MB ({total_mb:.0f} MB), {n} at once, "
               f"median of {args.repeat} runs, {os.cpu_count()} cores")
 
+        if args.rucio_only:
+            bench_rucio(args, config, stager, dst, size, total_mb)
+            return
         with running(XRootDServer) as xrd, running_service("stager", config):
             files = make_inputs(args.files, size, xrd.put)
             urls = [xrd.file_url(deterministic_path(SCOPE, f["lfn"])) for f in files]
@@ -154,6 +173,8 @@ def main() -> None:
                 f"xrdcp {n} at a time, no pgread": lambda: run_commands(xrdcp, n, NO_PGREAD),
             }, args.repeat, dst), total_mb)
         shutil.rmtree(xrd.base, ignore_errors=True)  # room for the next case's files
+        if not args.no_rucio:
+            bench_rucio(args, config, stager, dst, size, total_mb)
 
         def put_local(relative: str, data: bytes) -> None:
             path = local_se / relative
@@ -177,6 +198,35 @@ def main() -> None:
     finally:
         server.stop()
         shutil.rmtree(base, ignore_errors=True)
+
+
+def bench_rucio(args: argparse.Namespace, config: PilotConfig, stager: Stager, dst: Path, size: int,
+                total_mb: float) -> None:
+    """Stage-in through Rucio against the XRootD mover alone, on the same XRootD server and files."""
+    from tests.rucio.server import SCOPE as RUCIO_SCOPE
+    from tests.rucio.server import rucio_running
+
+    with rucio_running() as rucio:
+        xrd = rucio.xrootd
+        files = make_inputs(args.files, size, xrd.put, RUCIO_SCOPE)  # at Rucio's (hash) paths
+        replicas = [{"scope": RUCIO_SCOPE, "name": f["lfn"], "bytes": size, "adler32": f["checksum"][3:]}
+                    for f in files]
+        rucio.tool("register", {"replicas": {"XRD_RSE": replicas}})
+        config.queuedata.stager = {**config.queuedata.stager, "rucio": {}}
+        with mock.patch.dict(os.environ, {"RUCIO_CONFIG": str(rucio.client_config)}), \
+                running_service("stager", config):
+            through = {"nodepilot stager, rucio mover": lambda: stager.stage_in("rucio:///XRD_RSE", files, dst)}
+            measure(through, 1, dst)  # warm-up: token, connections
+            rows = measure({**through, "nodepilot stager, xrootd mover alone":
+                            lambda: stager.stage_in(xrd.url, files, dst)}, args.repeat, dst)
+        traces = len(rucio.traces())
+    rucio_wall, alone = rows["nodepilot stager, rucio mover"], rows["nodepilot stager, xrootd mover alone"]
+    print(f"\nRucio (list_replicas, then root://127.0.0.1; {traces} traces reached Rucio)")
+    for name, wall in rows.items():
+        print(f"  {name:<36} {wall:8.3f} {total_mb / wall:8.0f} MB/s")
+    ratio = rucio_wall / alone
+    print(f"  rucio / xrootd alone = {ratio:.3f} (target <= {RUCIO_TARGET}): "
+          f"{'OK' if ratio <= RUCIO_TARGET else 'SLOWER'}")
 
 
 if __name__ == "__main__":

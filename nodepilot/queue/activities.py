@@ -20,6 +20,7 @@ COPYTOOL_MOVERS = {
     "xrdcp": "xrootd", "xrootd": "xrootd",
     "gfal": "webdav", "gfalcopy": "webdav", "webdav": "webdav",
     "s3": "s3", "objectstore": "s3",
+    "rucio": "rucio",
 }
 # the URL schemes each mover serves
 MOVER_SCHEMES = {
@@ -27,6 +28,7 @@ MOVER_SCHEMES = {
     "xrootd": ("root", "xroot"),
     "webdav": ("https", "davs", "http", "dav"),
     "s3": ("s3",),
+    "rucio": ("rucio",),  # rucio:///<RSE>: replicas and destinations come from Rucio (docs/movers.md)
 }
 # the endpoint's arprotocols activities tried for a transfer in each direction, in order
 PROTOCOL_ACTIVITIES = {"in": ("read_lan", "read_wan", "r"), "out": ("write_lan", "write_wan", "w")}
@@ -94,7 +96,7 @@ def resolve(activity: str, queue: CricQueue, ddms: dict[str, DdmEndpoint], where
             raise QueueConfigError(f"{where}: {field}: endpoint {name!r} is not among the DDM endpoints read")
         if direction == "out" and not ddm.is_deterministic:
             raise QueueConfigError(f"{where}: {field}: endpoint {name!r} is not deterministic (no output path)")
-        url = protocol_url(ddm, direction, movers)
+        url = f"rucio:///{name}" if "rucio" in movers else protocol_url(ddm, direction, movers)
         if not url:
             raise QueueConfigError(
                 f"{where}: {field}: endpoint {name!r} has no {'/'.join(PROTOCOL_ACTIVITIES[direction])} protocol "

@@ -48,6 +48,8 @@ def to_queuedata(cric: CricQueue, ddms: dict[str, DdmEndpoint], where: str) -> Q
         if resolved is not None:
             queue.endpoints[activity] = resolved.endpoints
             queue.copytools[activity] = resolved.movers
+    if any("rucio" in movers for movers in queue.copytools.values()):
+        queue.stager = {"rucio": {"allow_lan": cric.allow_lan, "allow_wan": cric.allow_wan}}
     payload_container = container_types(cric.container_type).get("pilot", "")
     if payload_container in APPTAINER_NAMES:
         queue.isolation = {"mode": "apptainer"}

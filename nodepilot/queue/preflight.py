@@ -67,7 +67,7 @@ def check_workdir(work_dir: str, need_mb: int) -> None:
 
 
 def installed_movers() -> set[str]:
-    return plugin_names(MOVER_ENTRY_POINTS, {"posix": ""})
+    return plugin_names(MOVER_ENTRY_POINTS, {"posix": "", "rucio": ""})  # the stager's built-in movers
 
 
 def check_storage(queue: QueueData, where: str) -> None:

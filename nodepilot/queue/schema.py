@@ -82,6 +82,23 @@ class WatchdogSpec(_Strict):
     time_budget_signal: int | None = Field(None, ge=1, le=64)
 
 
+class RucioSpec(_Strict):
+    """The ``rucio`` mover's settings (docs/movers.md, "Rucio")."""
+
+    allow_lan: bool | None = None
+    allow_wan: bool | None = None
+    schemes: list[str] | None = None
+    registration: Literal["pilot", "server"] | None = None
+    site: str | None = None
+    trace_url: str | None = None
+    host: str | None = None
+    auth_host: str | None = None
+    auth_type: Literal["userpass", "x509", "x509_proxy", "oidc", "token"] | None = None
+    account: str | None = None
+    ca_cert: str | None = None
+    vo: str | None = None
+
+
 class StagerSpec(_Strict):
     attempts: int | None = None
     backoff_s: float | None = None
@@ -92,6 +109,7 @@ class StagerSpec(_Strict):
     trace_timeout_s: float | None = None
     trace_retry_cap_s: float | None = None
     copysetup_timeout_s: float | None = None
+    rucio: RucioSpec | None = None
 
 
 class IsolationSpec(_Strict):
@@ -159,6 +177,8 @@ class CricQueue(BaseModel):
     astorages: ListDict = {}
     direct_access_lan: Flag = False
     direct_access_wan: Flag = False
+    allow_lan: Flag = True  # replicas on the queue's read_lan storages may be read (rucio copytool)
+    allow_wan: Flag = False  # replicas elsewhere may be read (rucio copytool)
     container_type: Text = ""
     container_options: Text = ""
     catchall: Text = ""

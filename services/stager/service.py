@@ -24,6 +24,7 @@ from nodepilot.job import FileSpec
 from nodepilot.requests import BadRequest
 from nodepilot.service import Service
 from services.stager.attempts import FileWork, Moved, Transfer, over_endpoints
+from services.stager.catalogue import Catalogues
 from services.stager.copysetup import Copysetup, CopysetupError
 from services.stager.direct import check_in_place, direct_capable
 from services.stager.metrics import StagerMetrics
@@ -48,7 +49,9 @@ class StagerService(Service):
         super().__init__(config)
         self.settings = StagerSettings.from_queue(config.queuedata)
         self.stats = StagerMetrics(self.metrics)
-        self.traces = Traces(self.redis, self.settings.trace_url, self.settings.trace_timeout_s,
+        self.catalogues = Catalogues(config.queuedata)  # rucio:// endpoints (services/stager/catalogue.py)
+        trace_url = self.settings.trace_url or self.catalogues.trace_url()
+        self.traces = Traces(self.redis, trace_url, self.settings.trace_timeout_s,
                              self.settings.trace_retry_cap_s, self.stats, config.node,
                              config.site or config.queuedata.site or config.queue)
         self.copysetup = Copysetup(self.settings.copysetup, self.settings.copysetup_timeout_s)
@@ -182,7 +185,8 @@ class StagerService(Service):
             fsize, adler = await mover.copy_in(url, dst, spec.checksum, spec.fsize, transfer.progress)
             return Moved(fsize, adler)
 
-        return await over_endpoints(self, self._work(request, spec, spec.fsize), attempt)
+        return await self.catalogues.run(self._work(request, spec, spec.fsize),
+                                         lambda work: over_endpoints(self, work, attempt))
 
     async def _stage_out(self, request: Request, spec: FileSpec) -> FileResult:
         src = request.workdir / spec.lfn
@@ -193,7 +197,8 @@ class StagerService(Service):
         if size is None:
             return FileResult(spec.lfn, guid=spec.guid, error_code=ErrorCode.MISSING_OUTPUT,
                               diag=clip_diag(f"output file {spec.lfn} is missing from {request.workdir}"))
-        return await over_endpoints(self, self._work(request, spec, size), _copy_out(src))
+        return await self.catalogues.run(self._work(request, spec, size),
+                                         lambda work: over_endpoints(self, work, _copy_out(src)))
 
     async def _stage_log(self, request: Request, spec: FileSpec) -> FileResult:
         tarball = request.workdir / spec.lfn

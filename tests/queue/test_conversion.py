@@ -77,7 +77,7 @@ def test_log_falls_back_to_write_lan_and_default_copytools(tmp_path):
 
 
 @pytest.mark.parametrize(("change", "message"), [
-    ({"acopytools": {"read_lan": ["rucio"]}}, "acopytools.read_lan: copytool 'rucio' has no nodepilot mover"),
+    ({"acopytools": {"read_lan": ["lsm"]}}, "acopytools.read_lan: copytool 'lsm' has no nodepilot mover"),
     ({"astorages": {"read_lan": ["NOWHERE"]}}, "astorages.read_lan: endpoint 'NOWHERE' is not among the DDM"),
     ({"acopytools": {"read_lan": ["mv"]}}, "endpoint 'SITE_XRD' has no read_lan/read_wan/r protocol"),
     ({"maxwdir": "abc"}, "maxwdir: input should be a valid integer"),

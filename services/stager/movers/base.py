@@ -32,7 +32,8 @@ from nodepilot.plugins import load_all
 log = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "nodepilot.movers"
-BUILTIN_MOVERS = {"posix": "services.stager.movers.posix:PosixMover"}
+BUILTIN_MOVERS = {"posix": "services.stager.movers.posix:PosixMover",
+                  "rucio": "services.stager.movers.rucio:RucioMover"}  # the stager's rucio:// endpoints
 PARTIAL_PREFIX, PARTIAL_SUFFIX = ".nodepilot-", ".part"  # a file being written; never a final name
 
 Progress = Callable[[int], None]  # bytes done so far; called from the copying thread

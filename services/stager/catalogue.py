@@ -1,0 +1,54 @@
+"""Endpoints that name a catalogue entry rather than a place (``rucio:///<RSE>``): the mover of
+their scheme declares ``resolves_endpoints`` and turns them into real URLs before the copy
+(``prepare``) and records the result after it (``finish``). One instance per scheme per stager, made
+with the queue data. Work on ordinary endpoints passes through untouched."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+from urllib.parse import urlsplit
+
+from nodepilot.queue.model import QueueData
+from services.stager.attempts import FileWork
+from services.stager.movers.base import mover_classes
+from services.stager.request import FileResult
+
+log = logging.getLogger(__name__)
+
+
+class Catalogues:
+    def __init__(self, queue: QueueData) -> None:
+        self.queue = queue
+        self._movers: dict[str, Any] = {}
+
+    def _resolver(self, scheme: str) -> Any:
+        if scheme not in self._movers:
+            cls = mover_classes().get(scheme)
+            self._movers[scheme] = cls(self.queue) if getattr(cls, "resolves_endpoints", False) else None
+        return self._movers[scheme]
+
+    def _for(self, work: FileWork) -> Any:
+        schemes = {urlsplit(e.url).scheme.lower() for e in work.endpoints}
+        return self._resolver(schemes.pop()) if len(schemes) == 1 else None
+
+    async def run(self, work: FileWork, move: Any) -> FileResult:
+        """``move(work)`` (over the endpoints) with the catalogue's steps around it when there are any."""
+        resolver = self._for(work)
+        if resolver is None:
+            return await move(work)
+        failed = await resolver.prepare(work)
+        if failed is not None:
+            return failed
+        return await resolver.finish(work, await move(work))
+
+    def trace_url(self) -> str:
+        """The trace URL of the first catalogue the queue uses (an endpoint of its scheme, or settings
+        under its name in the queue's ``stager`` object); "" when none has one."""
+        schemes = [urlsplit(e.url).scheme.lower() for eps in self.queue.endpoints.values() for e in eps]
+        schemes += [k for k in (self.queue.stager or {}) if isinstance(k, str)]
+        for scheme in dict.fromkeys(schemes):
+            resolver = self._resolver(scheme)
+            if resolver is not None and resolver.trace_url():
+                return str(resolver.trace_url())
+        return ""

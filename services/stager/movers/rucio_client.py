@@ -1,0 +1,226 @@
+"""The few Rucio REST calls the ``rucio`` mover makes, and where its credentials come from.
+
+Rucio's own client package pins versions of libraries the pilot pins differently (boto3, redis,
+prometheus-client, jsonschema), so it cannot live in the pilot's environment: this module speaks
+Rucio's REST API with httpx instead (docs/movers.md, "Rucio"). Calls: an auth token
+(``/auth/userpass``, ``/auth/x509``, or a bearer token used as is), ``POST /replicas/list``,
+``GET /rses/<rse>/protocols``, ``GET /rses/<rse>/lfns2pfns`` and ``POST /replicas``.
+
+Configuration (``RucioConfig.load``): the Rucio client file (``RUCIO_CONFIG``, section ``[client]``),
+then the queue's ``stager.rucio`` settings, then the environment (``RUCIO_ACCOUNT``,
+``RUCIO_AUTH_TYPE``, ``X509_USER_PROXY``, ``BEARER_TOKEN``/``BEARER_TOKEN_FILE``). Passwords and
+tokens never reach a log line, an error message or a command line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import configparser
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
+
+if TYPE_CHECKING:
+    import httpx
+
+log = logging.getLogger(__name__)
+
+AUTH_TYPES = ("userpass", "x509", "x509_proxy", "oidc", "token")
+TIMEOUT_S = 30.0
+
+
+class RucioError(Exception):
+    """A Rucio call failed; ``status`` is the HTTP status (0: no answer), ``kind`` Rucio's exception class."""
+
+    def __init__(self, what: str, status: int = 0, kind: str = "", message: str = "") -> None:
+        detail = f"{kind}: {message}" if kind else message
+        super().__init__(f"Rucio {what} failed" + (f" (HTTP {status})" if status else "") + f": {detail}"[:400])
+        self.status, self.kind = status, kind
+
+    @property
+    def transient(self) -> bool:
+        return self.status == 0 or self.status >= 500 or self.status == 429
+
+
+@dataclass
+class RucioConfig:
+    host: str = ""
+    auth_host: str = ""
+    auth_type: str = "userpass"
+    account: str = ""
+    username: str = ""
+    password: str = field(default="", repr=False)
+    proxy: str = ""  # X.509 proxy file (x509 / x509_proxy)
+    client_cert: str = ""
+    client_key: str = ""
+    ca_cert: str = ""
+    token: str = field(default="", repr=False)  # a bearer token (oidc / token)
+    vo: str = ""
+
+    @classmethod
+    def load(cls, settings: dict[str, Any] | None = None, environ: dict[str, str] | None = None) -> RucioConfig:
+        env = os.environ if environ is None else environ
+        cfg = cls()
+        path = env.get("RUCIO_CONFIG", "")
+        if path:
+            cfg._from_file(Path(path))
+        for key in ("host", "auth_host", "auth_type", "account", "ca_cert", "vo"):
+            value = (settings or {}).get(key)
+            if isinstance(value, str) and value:
+                setattr(cfg, key, value)
+        cfg.account = env.get("RUCIO_ACCOUNT") or cfg.account
+        cfg.auth_type = (env.get("RUCIO_AUTH_TYPE") or cfg.auth_type).lower()
+        cfg.proxy = env.get("X509_USER_PROXY") or cfg.proxy
+        cfg.token = env.get("BEARER_TOKEN", "").strip() or _read(env.get("BEARER_TOKEN_FILE", "")) or cfg.token
+        cfg.auth_host = cfg.auth_host or cfg.host
+        return cfg
+
+    def _from_file(self, path: Path) -> None:
+        parser = configparser.ConfigParser(interpolation=None)
+        try:
+            parser.read_string(path.read_text())
+        except (OSError, configparser.Error) as exc:
+            log.warning("Rucio client configuration %s unreadable: %s", path, exc)
+            return
+        section = parser["client"] if parser.has_section("client") else {}
+        names = {"rucio_host": "host", "auth_host": "auth_host", "auth_type": "auth_type", "account": "account",
+                 "username": "username", "password": "password", "client_x509_proxy": "proxy",
+                 "client_cert": "client_cert", "client_key": "client_key", "ca_cert": "ca_cert", "vo": "vo"}
+        for key, attr in names.items():
+            value = section.get(key, "")
+            if value:
+                setattr(self, attr, os.path.expandvars(value))
+
+    def problem(self) -> str:
+        """What keeps this configuration from working ("" when nothing)."""
+        if not self.host.startswith(("http://", "https://")):
+            return f"no Rucio host (rucio_host {self.host!r} is not an http(s) URL)"
+        if self.auth_type not in AUTH_TYPES:
+            return f"Rucio auth type {self.auth_type!r} is not one of {', '.join(AUTH_TYPES)}"
+        if not self.account:
+            return "no Rucio account (RUCIO_ACCOUNT or the client configuration's account)"
+        if self.auth_type == "userpass" and not (self.username and self.password):
+            return "Rucio userpass authentication without a username and password in the client configuration"
+        if self.auth_type.startswith("x509") and not (self.proxy or self.client_cert):
+            return "Rucio X.509 authentication without a proxy (X509_USER_PROXY) or client certificate"
+        if self.auth_type in ("oidc", "token") and not self.token:
+            return "Rucio token authentication without a token (BEARER_TOKEN or BEARER_TOKEN_FILE)"
+        return ""
+
+
+def _read(path: str) -> str:
+    try:
+        return Path(path).read_text().strip() if path else ""
+    except OSError:
+        return ""
+
+
+class RucioClient:
+    """One pilot's connection to Rucio: one token, fetched on first use and again on HTTP 401."""
+
+    def __init__(self, config: RucioConfig) -> None:
+        import httpx  # only a stager that talks to Rucio needs it
+
+        self.config = config
+        verify: Any = config.ca_cert or True
+        cert: Any = None
+        if config.auth_type.startswith("x509"):
+            cert = (config.proxy, config.proxy) if config.proxy else (config.client_cert, config.client_key or None)
+        self.http = httpx.AsyncClient(timeout=TIMEOUT_S, verify=verify, cert=cert)
+        self._token = ""
+        self._token_lock = asyncio.Lock()
+
+    async def _auth(self) -> str:
+        cfg = self.config
+        if cfg.auth_type in ("oidc", "token"):
+            return cfg.token
+        headers = {"X-Rucio-Account": cfg.account, "X-Rucio-AppID": "nodepilot"}
+        if cfg.vo:
+            headers["X-Rucio-VO"] = cfg.vo
+        if cfg.auth_type == "userpass":
+            headers |= {"X-Rucio-Username": cfg.username, "X-Rucio-Password": cfg.password}
+            url = f"{cfg.auth_host}/auth/userpass"
+        else:
+            url = f"{cfg.auth_host}/auth/x509"
+        reply = await self._send("authentication", "GET", url, headers)
+        token = reply.headers.get("X-Rucio-Auth-Token", "")
+        if not token:
+            raise RucioError("authentication", reply.status_code, message="no token in the answer")
+        return token
+
+    async def _token_now(self, stale: str = "") -> str:
+        async with self._token_lock:
+            if not self._token or self._token == stale:
+                self._token = await self._auth()
+            return self._token
+
+    async def call(self, what: str, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """One authenticated call; a 401 (token expired) fetches a new token once."""
+        token = await self._token_now()
+        for retry in (False, True):
+            headers = {"X-Rucio-Auth-Token": token, **kwargs.pop("headers", {})}
+            reply = await self._send(what, method, f"{self.config.host}{path}", headers, **kwargs)
+            if reply.status_code != 401 or retry:
+                break
+            token = await self._token_now(stale=token)
+        if not reply.is_success:
+            kind, message = _rucio_error(reply)
+            raise RucioError(what, reply.status_code, kind, message)
+        return reply
+
+    async def _send(self, what: str, method: str, url: str, headers: dict[str, str], **kwargs: Any) -> httpx.Response:
+        import httpx
+
+        try:
+            reply = await self.http.request(method, url, headers=headers, **kwargs)
+        except httpx.HTTPError as exc:
+            raise RucioError(what, message=f"{exc.__class__.__name__} talking to {url.split('?')[0]}") from None
+        if what == "authentication" and not reply.is_success:
+            kind, message = _rucio_error(reply)
+            raise RucioError(what, reply.status_code, kind, message)
+        return reply
+
+    # --- the calls ----------------------------------------------------------------------------------
+    async def list_replicas(self, dids: list[tuple[str, str]], schemes: list[str], site: str) -> list[dict[str, Any]]:
+        body: dict[str, Any] = {"dids": [{"scope": s, "name": n} for s, n in dids], "schemes": schemes or None,
+                                "unavailable": False, "all_states": False, "resolve_archives": False}
+        if site:
+            body["client_location"] = {"site": site}
+        reply = await self.call("list_replicas", "POST", "/replicas/list", json=body,
+                                headers={"Accept": "application/x-json-stream"})
+        return [json.loads(line) for line in reply.text.splitlines() if line.strip()]
+
+    async def protocols(self, rse: str) -> list[dict[str, Any]]:
+        reply = await self.call("protocols", "GET", f"/rses/{quote(rse)}/protocols")
+        body = reply.json()  # a list of protocols (older servers: {"protocols": [...]})
+        return list(body.get("protocols", []) if isinstance(body, dict) else body)
+
+    async def lfn2pfn(self, rse: str, scope: str, name: str, scheme: str, domain: str) -> str:
+        reply = await self.call("lfns2pfns", "GET", f"/rses/{quote(rse)}/lfns2pfns",
+                                params={"lfn": f"{scope}:{name}", "scheme": scheme, "domain": domain,
+                                        "operation": "write"})
+        return str(reply.json()[f"{scope}:{name}"])
+
+    async def add_replica(self, rse: str, scope: str, name: str, size: int, adler32: str) -> None:
+        files = [{"scope": scope, "name": name, "bytes": size, "adler32": adler32}]
+        await self.call("add_replicas", "POST", "/replicas", json={"rse": rse, "files": files})
+
+    async def close(self) -> None:
+        await self.http.aclose()
+
+
+def _rucio_error(reply: httpx.Response) -> tuple[str, str]:
+    """Rucio's exception class and message: in the ExceptionClass/ExceptionMessage headers or the body."""
+    kind = reply.headers.get("ExceptionClass", "")
+    message = reply.headers.get("ExceptionMessage", "")
+    if not kind:
+        try:
+            body = reply.json()
+            kind, message = str(body.get("ExceptionClass", "")), str(body.get("ExceptionMessage", ""))
+        except ValueError:
+            message = reply.text[:200]
+    return kind, message
