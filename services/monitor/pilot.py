@@ -19,7 +19,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from nodepilot import bus, exitcodes
+from nodepilot import bus, exitcodes, retry
 from nodepilot.config import PilotConfig
 from nodepilot.errors import ErrorCode, clip_diag
 from nodepilot.gpu import gpu_inventory
@@ -40,7 +40,6 @@ log = logging.getLogger(__name__)
 
 PILOT_DIAG_FILE = "pilot_diag.txt"  # in a rejected job's log: why the pilot could not run it
 
-ACQUIRE_ATTEMPTS = 5
 WORKER_REPORT_S = 10.0
 GRACEFUL_STOP_S = 110.0  # the launcher kills everything at 120 s
 
@@ -215,17 +214,15 @@ class Pilot:
                   "mem": min(memory_mb(), free.get("mem", 1 << 40)), "cpu": cpu_mhz(),
                   "resourceType": free.get("resourceType") or self.config.resource_type or None}
         params = {k: v for k, v in params.items() if v is not None and v != ""}
-        delay = 1.0
-        for attempt in range(1, ACQUIRE_ATTEMPTS + 1):
+        async def attempt(timeout: float) -> dict[str, Any] | None:
             try:
-                return await self.client.acquire_job(params)
-            except ServerError as exc:
-                if not exc.retryable or attempt == ACQUIRE_ATTEMPTS:
-                    raise
-                log.warning("acquire_job failed (%s); retry %d in %.0f s", exc, attempt, delay)
-                await asyncio.sleep(delay)
-                delay *= 2
-        return None
+                async with asyncio.timeout(timeout):
+                    return await self.client.acquire_job(params)
+            except TimeoutError:
+                raise ServerError(f"acquire_job: no answer within {timeout:.0f} s", retryable=True) from None
+
+        return await retry.call(retry.ACQUIRE, attempt, "acquire_job",
+                                lambda exc: isinstance(exc, ServerError) and exc.retryable)
 
     async def start_job(self, raw: dict[str, Any], getjob_s: float, initial_setup_s: float,
                         resumed: dict[str, Any] | None = None) -> None:
