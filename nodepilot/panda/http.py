@@ -101,7 +101,7 @@ def _dialect_advice(url: str, method: str) -> str:
 
 def answered_by(url: str, reply: Reply) -> str:
     """Who answered, as far as the reply tells: the URL and its Server and Content-Type headers."""
-    parts = [f"{name} {reply.headers[name]!r}" for name in ("server", "content-type") if reply.headers.get(name)]
+    parts = [f"{name} {reply.headers[name]!r}" for name in ("Server", "Content-Type") if reply.headers.get(name)]
     return f"{url} ({', '.join(parts)})" if parts else url
 
 
