@@ -43,6 +43,9 @@ METHOD_POLICIES = {
     "acquire_event_ranges": retry.EVENTS, "getEventRanges": retry.EVENTS,
     "update_event_ranges": retry.EVENTS, "updateEventRanges": retry.EVENTS,
     "get_event_range_statuses": retry.EVENTS,
+    # statistics the server keeps: not worth a pause of the pilot
+    "update_worker_status": retry.SINGLE, "updateWorkerPilotStatus": retry.SINGLE,
+    "update_worker_node": retry.SINGLE, "update_worker_node_gpu": retry.SINGLE,
 }
 
 # statuses that say "this is not a PanDA server (or not this URL)": no later attempt can mend them

@@ -28,6 +28,7 @@ from nodepilot.outbox import DeliveryAbandoned, Outbox
 from nodepilot.panda.client import ServerClient, UpdateReply
 from nodepilot.panda.connect import make_client
 from nodepilot.panda.errors import ServerError
+from nodepilot.panda.http import NOT_PANDA
 from nodepilot.slots import SlotLedger, job_needs, node_capacity
 from nodepilot.timeutil import panda_time
 from nodepilot.worker import cpu_mhz, free_disk_mb, memory_mb, node_inventory
@@ -131,8 +132,9 @@ class Pilot:
                 await self.client.update_worker_status(worker_id, harvester_id, status, config.node)
         except ServerError as exc:  # never the pilot's end: the server only keeps statistics of these
             # a refusal of the pilot itself is what acquiring a job reports too: said once, there
-            log.log(logging.DEBUG if exc.refused else logging.WARNING, "worker report (%s) not delivered: %s",
-                    status, exc)
+            # and so is a server that is not PanDA (HTTP 404, 501)
+            quiet = exc.refused or getattr(exc, "status", None) in NOT_PANDA
+            log.log(logging.DEBUG if quiet else logging.WARNING, "worker report (%s) not delivered: %s", status, exc)
         except Exception as exc:
             log.warning("worker report (%s) not delivered: %s", status, exc)
 
