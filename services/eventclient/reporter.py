@@ -125,6 +125,8 @@ class Reporter:
         """The last reports of a job, then a look at what the source holds of every reported range
         (a report it took but did not apply goes again): bounded by retry.EVENT_FINAL."""
 
+        await self._fail_lost()
+
         async def attempt(_timeout: float) -> bool:
             if await self.flush() and await self._confirm_all():
                 return True
@@ -135,6 +137,22 @@ class Reporter:
                                     lambda exc: isinstance(exc, _NotSettled))
         except _NotSettled:
             return False
+
+    async def _fail_lost(self) -> None:
+        """Ranges the source handed out in an answer that never reached the store (an eventclient
+        killed during the call) are failed as recoverable (1224: the server dispatches them again)."""
+        lookup = getattr(self.source, "handed_out", None)
+        try:
+            held = await lookup() if lookup is not None else None
+        except Exception as exc:
+            log.warning("job %s: the source cannot say which ranges it handed out: %r", self.store.job_id, exc)
+            return
+        lost = [rid for rid in held or [] if rid not in self.store.records]
+        if lost:
+            log.warning("job %s: %d ranges handed out in an answer never received, failed (1224): %s",
+                        self.store.job_id, len(lost), ", ".join(lost[:10]))
+            await self._send([{"eventRangeID": rid, "eventStatus": "failed",
+                               "errorCode": int(ErrorCode.ES_RECOVERABLE)} for rid in lost], 0, [])
 
     async def _send(self, payload: list[dict[str, Any]], version: int, records: list[RangeRecord]) -> bool:
         ids = range_ids(payload, version)
