@@ -13,6 +13,7 @@ from services.eventclient.ranges import RangeStore, ranges_key
 from services.eventclient.reporter import Reporter, unsent
 from services.eventclient.sources import FileRangeSource, ServerRangeSource
 from tests.eventclient.helpers import make_ranges
+from tests.waiting import wait_until_async
 
 
 class FakeClient:
@@ -101,10 +102,11 @@ def test_reporter_batches_by_count_and_by_timer_and_retries(redis_url, rds, tmp_
 
         records = store.add(ranges)
         await finish(records[:2], "failed", error_code=0)  # below the batch: waits for the timer
-        await asyncio.sleep(0.1)
+        await asyncio.sleep(0.1)  # not a synchronisation: a time shorter than the timer's, nothing may go
         assert source.sent == [] and source.fail_first == 1
-        await asyncio.sleep(0.35)  # the timer fired: the send failed, the ranges wait for the next try
-        assert source.sent == [] and source.fail_first == 0 and store.count("failed") == 2
+        # the timer fired: the send failed, the ranges wait for the next try
+        await wait_until_async(lambda: source.fail_first == 0 and store.count("failed") == 2, 5, "a failed try")
+        assert source.sent == []
         assert await store.wait_for(lambda: store.count("reported") == 2, 5)  # the retry
         t0 = time.monotonic()
         await finish(records[2:12], "staged", output="o", file={"fsize": 5, "checksum": "ad:0000abcd"})

@@ -82,7 +82,7 @@ def test_fires_once_for_the_first_killing_check(tmp_path, redis_url):
                                 "diag": result.diag, "code": ErrorCode.LOOPING_JOB}
     assert all(isinstance(r["time"], float) for r in results.values())
     # stopped: no check ran in the 0.1 s (10 periods) after the firing was handed to on_fire
-    assert RUNS_AT_FIRING == {c.name: c.runs for c in (ok, broken, warning, first, later)}, RUNS_AT_FIRING
+    assert {c.name: c.runs for c in (ok, broken, warning, first, later)} == RUNS_AT_FIRING, RUNS_AT_FIRING
 
 
 def test_checks_run_on_their_own_periods(tmp_path, redis_url):
