@@ -7,11 +7,12 @@ from collections.abc import Iterator
 
 import pytest
 
-from bench.servers import (
+from bench.servers import (  # noqa: F401 (re-exported for the tests)
     S3Server,
     StorageServer,
     WebDAVServer,
     XRootDServer,
+    free_ports,
     running,
 )
 
