@@ -153,3 +153,17 @@ def test_policies_have_budgets_and_bounded_pauses():
         assert 0 < policy.budget_s <= 3 * 3600 and policy.attempts >= 1
         assert all(policy.pause(n) <= policy.cap_s for n in range(1, 40))
         assert policy.attempt_timeout_s > 0
+
+
+def test_a_worker_that_keeps_failing_is_given_up_after_its_budget():
+    policy = retry.EVENT_REPORTS.but(budget_s=0.5, first_s=0.05, cap_s=0.1)
+    runs = 0
+
+    async def broken() -> None:
+        nonlocal runs
+        runs += 1
+        raise RuntimeError("source away")
+
+    t0 = time.monotonic()
+    assert asyncio.run(retry.keep_running(policy, broken, "the reporter")) is False
+    assert 0.5 <= time.monotonic() - t0 < 1.0 and 4 <= runs <= 15  # growing pauses, not one every 2 s
