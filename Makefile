@@ -6,7 +6,7 @@ RUN_STAMP := $(VENV)/.installed-run
 TEST_STAMP := $(VENV)/.installed-test
 DEMO := .demo
 
-.PHONY: run test test-realserver lint bench clean system-deps
+.PHONY: run test test-realserver lint bench chaos clean system-deps
 
 # what running needs (make run); the test servers, browser driver and linters come with make test
 $(RUN_STAMP): pyproject.toml
@@ -44,6 +44,10 @@ lint: $(TEST_STAMP)
 
 bench: $(RUN_STAMP)
 	$(BIN)/python bench/overhead.py
+
+# 20 fault-injection trials per victim (monitor, runner, stager, eventclient, Redis): the table
+chaos: $(TEST_STAMP)
+	$(BIN)/python bench/chaos.py
 
 clean:
 	rm -rf $(VENV) $(DEMO)

@@ -1,4 +1,8 @@
-"""What the benchmarks share: sample jobs, a local SE, running a pilot, sampling its processes."""
+"""What the benchmarks share: sample jobs, a local SE, running a pilot, sampling its processes.
+
+Processes are told apart so that each figure says what it counts: Redis (``redis-server``, by name)
+is counted on its own, payloads are the processes working in a job's work dir (``PanDA_Pilot-*``),
+the pilot is everything else the launcher started (launcher, services, their helpers)."""
 
 from __future__ import annotations
 
@@ -17,7 +21,7 @@ import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from tests.e2e.conftest import NODEPILOT, start_job_server  # noqa: E402
+from bench.harness import NODEPILOT, start_job_server  # noqa: E402 (start_job_server: for the benchmarks)
 
 STAMP = "date +%s.%N > {name}"
 REPEAT = 5
@@ -42,13 +46,23 @@ def job(panda_id: int, body: str, inputs: list[dict] | None = None) -> dict:
     }
 
 
+def kind_of(p: psutil.Process, workdir: str) -> str:
+    """"redis", "payload" (working in a job's work dir) or "pilot"."""
+    if "redis-server" in p.name():
+        return "redis"
+    return "payload" if p.cwd().startswith(f"{workdir}/PanDA_Pilot-") else "pilot"
+
+
 class PilotSampler(threading.Thread):
-    """Samples PSS and CPU time of the pilot's processes (not the payload's) every 100 ms."""
+    """Samples PSS and CPU time of the pilot's processes every 100 ms: ``peak_kb`` the pilot without
+    Redis, ``redis_peak_kb`` Redis alone, ``with_redis_peak_kb`` both (payloads never). CPU: the
+    pilot's processes with Redis."""
 
     def __init__(self, root_pid: int, workdir: Path) -> None:
         super().__init__(daemon=True)
-        self.root_pid, self.workdir, self.peak_kb, self.stop = root_pid, str(workdir), 0, threading.Event()
-        self.cpu: dict[int, float] = {}  # latest CPU seconds per pilot process
+        self.root_pid, self.workdir, self.stop = root_pid, str(workdir), threading.Event()
+        self.peak_kb = self.redis_peak_kb = self.with_redis_peak_kb = 0
+        self.cpu: dict[int, float] = {}  # latest CPU seconds per pilot process (Redis included)
         self.cpu_series: list[tuple[float, float]] = []  # (time, CPU seconds of all pilot processes)
 
     def run(self) -> None:
@@ -58,17 +72,19 @@ class PilotSampler(threading.Thread):
                 procs = [root, *root.children(recursive=True)]
             except psutil.Error:
                 continue
-            total = 0
+            pss = {"pilot": 0, "redis": 0, "payload": 0}
             for p in procs:
                 try:
-                    if p.cwd().startswith(self.workdir):
-                        continue  # the payload, not the pilot
-                    total += p.memory_full_info().pss // 1024
-                    times = p.cpu_times()
-                    self.cpu[p.pid] = times.user + times.system
+                    kind = kind_of(p, self.workdir)
+                    pss[kind] += p.memory_full_info().pss // 1024
+                    if kind != "payload":
+                        times = p.cpu_times()
+                        self.cpu[p.pid] = times.user + times.system
                 except psutil.Error:
                     pass
-            self.peak_kb = max(self.peak_kb, total)
+            self.peak_kb = max(self.peak_kb, pss["pilot"])
+            self.redis_peak_kb = max(self.redis_peak_kb, pss["redis"])
+            self.with_redis_peak_kb = max(self.with_redis_peak_kb, pss["pilot"] + pss["redis"])
             self.cpu_series.append((time.time(), sum(self.cpu.values())))
 
     def cpu_between(self, t0: float, t1: float) -> float:
@@ -103,8 +119,9 @@ def run_case(jobs: list[dict], se_seed: Path | None = None, sample: bool = False
         finally:
             server.process.terminate()
             server.process.wait(10)
-        out = {"launch": t_launch, "exit": t_exit, "pss_mb": sampler.peak_kb / 1024, "code": proc.returncode,
-               "sampler": sampler}
+        out = {"launch": t_launch, "exit": t_exit, "pss_mb": sampler.peak_kb / 1024,
+               "redis_pss_mb": sampler.redis_peak_kb / 1024, "with_redis_pss_mb": sampler.with_redis_peak_kb / 1024,
+               "code": proc.returncode, "sampler": sampler}
         for j in jobs:
             wd = base / "work" / f"PanDA_Pilot-{j['PandaID']}"
             out[j["PandaID"]] = {k: float((wd / f"t_{k}").read_text()) for k in ("start", "end")

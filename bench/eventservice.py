@@ -193,8 +193,8 @@ def run_once(n_ranges: int, api: str, n: int, combined: bool) -> dict[str, Any]:
     sys.path.insert(0, str(HERE.parent.parent))
     import httpx
 
+    from bench.harness import NODEPILOT, start_job_server
     from services.stager.paths import deterministic_path
-    from tests.e2e.conftest import NODEPILOT, start_job_server
 
     base = Path(tempfile.mkdtemp(prefix="np-bench-es-"))
     try:

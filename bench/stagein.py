@@ -1,18 +1,20 @@
 """Stage-in wall time: nodepilot's stager against the raw copy tools. Prints figures, not a pass/fail test.
 
-XRootD: ``--files`` files of ``--size-mb`` MB on a real xrootd server (started here with the test
-fixtures' helper, tests/stager/servers.py), staged in by the stager running as a real service process
-on a real Redis, timed from the request on ``stager:requests`` to its ``stagein_done`` event (adler32
-verified while streaming), against ``xrdcp`` of the same files one by one and ``--parallel`` at a time.
-The same for the posix mover (a local SE directory) against ``cp``, copying and in link mode
-(``NODEPILOT_POSIX_COPY_MODE=link``: hard links, still read once for the checksum). Each case runs ``--repeat`` times
-(median), with the destination emptied between runs; the sources are in the page cache for every case.
-xrdcp also runs without page reads (``XRD_CPUSEPGWRTRD=0``), its fastest setting here; the raw tools
-verify no checksum, nodepilot does (adler32 while streaming).
+XRootD: ``--files`` files of ``--size-mb`` MB on a real xrootd server (started with bench/servers.py,
+which the mover tests use too), staged in by the stager running as a real service process on a real
+Redis, timed from the request on ``stager:requests`` to its ``stagein_done`` event (adler32 verified
+while streaming), against ``xrdcp`` of the same files one by one and ``--parallel`` at a time.
+The same for the posix mover (a local SE directory): copying against ``cp``, and in link mode
+(``NODEPILOT_POSIX_COPY_MODE=link``: hard links, still read once for the checksum) against ``ln``,
+the raw tool that does the same thing (a link, no read: the stager's read for the checksum is its
+cost). Each case runs ``--repeat`` times (median), with the destination emptied between runs; the
+sources are in the page cache for every case. xrdcp also runs without page reads
+(``XRD_CPUSEPGWRTRD=0``), its fastest setting here; the raw tools verify no checksum, nodepilot does
+(adler32 while streaming).
 Target: nodepilot <= 1.05 x the best raw tool.
 
 Rucio (``--no-rucio`` skips it): the same files on the XRootD RSE of a real Rucio server
-(tests/rucio/server.py; its venv is made on first use), staged in through the ``rucio`` mover
+(bench/rucio_server.py; its venv is made on first use), staged in through the ``rucio`` mover
 (replicas listed by Rucio, copied by the XRootD mover, a trace per file sent to Rucio) against the
 XRootD mover alone. Target: Rucio <= 1.1 x the XRootD mover alone.
 """
@@ -36,6 +38,8 @@ from unittest import mock
 import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.harness import read_events, running_service
+from bench.servers import XRootDServer, running
 from nodepilot import bus
 from nodepilot.config import PilotConfig
 from nodepilot.queue.model import QueueData
@@ -43,8 +47,6 @@ from nodepilot.redis_server import start_redis
 from services.stager.movers.posix import COPY_MODE_ENV
 from services.stager.paths import deterministic_path, join_url
 from services.stager.traces import SENDING_KEY, SPOOL_KEY
-from tests.conftest import read_events, running_service
-from tests.stager.servers import XRootDServer, running
 
 SCOPE = "bench.in"
 # xrdcp 5.x reads with kXR_pgread (a crc32c per 4 kB page), 3x slower here; without it, xrdcp at its best
@@ -183,18 +185,22 @@ def main() -> None:
 
         files = make_inputs(args.files, size, put_local)
         se_url = local_se.resolve().as_uri()
-        cp = [["cp", str(local_se / deterministic_path(SCOPE, f["lfn"])), str(dst / f["lfn"])] for f in files]
+        sources = [(str(local_se / deterministic_path(SCOPE, f["lfn"])), str(dst / f["lfn"])) for f in files]
+        cp = [["cp", src, to] for src, to in sources]
+        ln = [["ln", src, to] for src, to in sources]
         with running_service("stager", config):
-            rows = measure({
+            compare(f"posix, copy ({join_url(se_url, '')})", measure({
                 "nodepilot stager": lambda: stager.stage_in(se_url, files, dst),
                 "cp one by one": lambda: run_commands(cp, 1),
                 f"cp {n} at a time": lambda: run_commands(cp, n),
-            }, args.repeat, dst)
+            }, args.repeat, dst), total_mb)
         # the stager started inside reads its posix copy mode from the environment
         with mock.patch.dict(os.environ, {COPY_MODE_ENV: "link"}), running_service("stager", config):
-            rows.update(measure({"nodepilot stager, link mode": lambda: stager.stage_in(se_url, files, dst)},
-                                args.repeat, dst))
-        compare(f"posix ({join_url(se_url, '')})", rows, total_mb)
+            compare(f"posix, hard links ({join_url(se_url, '')})", measure({
+                "nodepilot stager, link mode": lambda: stager.stage_in(se_url, files, dst),
+                "ln one by one": lambda: run_commands(ln, 1),
+                f"ln {n} at a time": lambda: run_commands(ln, n),
+            }, args.repeat, dst), total_mb)
     finally:
         server.stop()
         shutil.rmtree(base, ignore_errors=True)
@@ -203,8 +209,8 @@ def main() -> None:
 def bench_rucio(args: argparse.Namespace, config: PilotConfig, stager: Stager, dst: Path, size: int,
                 total_mb: float) -> None:
     """Stage-in through Rucio against the XRootD mover alone, on the same XRootD server and files."""
-    from tests.rucio.server import SCOPE as RUCIO_SCOPE
-    from tests.rucio.server import rucio_running
+    from bench.rucio_server import SCOPE as RUCIO_SCOPE
+    from bench.rucio_server import rucio_running
 
     with rucio_running() as rucio:
         xrd = rucio.xrootd

@@ -10,13 +10,12 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import random
 import time
 from typing import Any
 
 import redis.asyncio as aioredis
 
-from nodepilot import bus
+from nodepilot import bus, retry
 from nodepilot.panda.client import ServerClient, UpdateReply
 from nodepilot.panda.errors import ServerError
 
@@ -28,7 +27,7 @@ class DeliveryAbandoned(Exception):
 
 
 class Outbox:
-    def __init__(self, r: aioredis.Redis, client: ServerClient, give_up_s: float = 3 * 3600,
+    def __init__(self, r: aioredis.Redis, client: ServerClient, give_up_s: float = retry.UPDATE_DELIVERY.budget_s,
                  on_reply: Any = None) -> None:
         self.r, self.client, self.give_up_s = r, client, give_up_s
         self.on_reply = on_reply  # async callable(fields, reply) for server commands
@@ -80,7 +79,9 @@ class Outbox:
             raise
 
     async def _deliver(self, fields: dict[str, Any]) -> UpdateReply | None:
-        delay = 1.0
+        """One update, sent until the server takes or rejects it, pausing by retry.UPDATE_DELIVERY; its
+        budget counts from the last update delivered (``give_up_s``): the server is away that long."""
+        failures = 0
         while True:
             try:
                 reply = await self.client.update_job(fields)
@@ -95,10 +96,11 @@ class Outbox:
                 waited = time.monotonic() - self.last_delivery
                 if waited > self.give_up_s:
                     raise DeliveryAbandoned(f"no update delivered for {waited:.0f} s: {exc}") from exc
-                log.warning("update of job %s not delivered (%s); retry in %.0f s",
-                            fields.get("jobId"), exc, delay)
-                await asyncio.sleep(delay * (0.5 + random.random()))  # back-off with jitter
-                delay = min(delay * 2, 300.0)
+                failures += 1
+                pause = max(retry.UPDATE_DELIVERY.pause(failures), getattr(exc, "retry_after", 0.0))
+                log.warning("update of job %s not delivered (%s); retry in %.1f s (%.0f s of %.0f s without a "
+                            "delivery)", fields.get("jobId"), exc, pause, waited, self.give_up_s)
+                await asyncio.sleep(pause)
 
 
 def jobmetrics(items: dict[str, Any], limit: int = 500) -> str:

@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import redis
 
+# services as processes, shared with the benchmarks (bench/ imports nothing from tests/)
+from bench.harness import read_events, running_service, stop_process, wait_healthy  # noqa: F401 (re-exported)
 from nodepilot.config import PilotConfig
-from nodepilot.http import uds_client
 from nodepilot.queue.model import QueueData
 from nodepilot.redis_server import EmbeddedRedis, start_redis
 
@@ -112,56 +109,3 @@ def pilot_config(tmp_path: Path, redis_url: str) -> Iterator[PilotConfig]:
     shutil.rmtree(run_dir, ignore_errors=True)
 
 
-@contextlib.contextmanager
-def running_service(name: str, config: PilotConfig, timeout: float = 20.0) -> Iterator[subprocess.Popen]:
-    """Start one service as a real process and wait until /healthz answers on its socket."""
-    config.save()
-    proc = subprocess.Popen([sys.executable, "-m", "nodepilot", "service", name, "-c", str(config.config_path)])
-    try:
-        wait_healthy(config.socket_path(name), proc, timeout)
-        yield proc
-    finally:
-        stop_process(proc)
-
-
-def stop_process(proc: subprocess.Popen, timeout: float = 10.0) -> None:
-    """SIGTERM, then SIGKILL if it has not ended within ``timeout``."""
-    if proc.poll() is None:
-        proc.terminate()
-    try:
-        proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout)
-
-
-def wait_healthy(sock: Path, proc: subprocess.Popen | None, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"service exited with {proc.returncode} before it was healthy")
-        if sock.exists():
-            with contextlib.suppress(Exception), uds_client(sock, timeout=2) as c:
-                if c.get("/healthz").status_code == 200:
-                    return
-        time.sleep(0.02)
-    raise TimeoutError(f"no healthy service on {sock} within {timeout} s")
-
-
-def read_events(r: redis.Redis, job_id: int, types: set[str], timeout: float = 30.0) -> list[dict]:
-    """Block on a job's event stream (as the monitor does) until one of ``types`` arrives."""
-    import json
-
-    seen: list[dict] = []
-    last = "0"
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        reply = r.xread({f"job:{job_id}:events": last}, block=500)
-        for _s, entries in reply or []:
-            for entry_id, fields in entries:
-                last = entry_id
-                event = json.loads(fields["data"])
-                seen.append(event)
-                if event.get("type") in types:
-                    return seen
-    raise TimeoutError(f"none of {types} for job {job_id} within {timeout} s; saw {seen}")

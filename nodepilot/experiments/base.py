@@ -36,6 +36,13 @@ class Experiment:
         runner after the payload ended. Default: ``jobReport.json`` / ``payload_error_report.json``."""
         return read_reports(workdir)
 
+    def handles_time_signal(self, job: Job, queuedata: QueueData) -> bool | None:
+        """Whether the payload handles the slot's time warning signal (queue data
+        ``watchdog.time_budget_signal``, SIGUSR1 by default), whose default action would kill it:
+        True, it gets the signal; False, it does not; None (the default): the plug-in does not say,
+        the queue data does (docs/operations.md "The slot's time budget")."""
+        return None
+
     def extra_outputs(self, job: Job, workdir: Path) -> list[FileSpec]:
         """Files in ``workdir``, besides the job's outputs, to stage out with them (after the payload)."""
         return []

@@ -166,8 +166,8 @@ def _status_code(method: str, data: dict[str, Any]) -> int:
 
 
 class ApiV1Client(ServerClient):
-    def __init__(self, base_url: str, timeout: float = 120, retries: int = 3,
-                 transport: httpx.AsyncBaseTransport | None = None, backoff_s: float = 1.0,
+    def __init__(self, base_url: str, timeout: float | None = None, retries: int | None = None,
+                 transport: httpx.AsyncBaseTransport | None = None, backoff_s: float | None = None,
                  ca_file: str | None = None) -> None:
         self.base_url = base_url.rstrip("/").removesuffix("/api/v1")
         self._http = PandaHttp(self.base_url, timeout, retries, transport, backoff_s, ca_file)

@@ -1,5 +1,6 @@
-"""The HTTP side both dialects share: credentials on every call, bounded retries with back-off,
-reply size limits, TLS refusals told apart from network trouble, and reply decoding helpers."""
+"""The HTTP side both dialects share: credentials on every call, retries by the policy of each kind
+of call (nodepilot/retry.py), reply size limits, TLS refusals told apart from network trouble, answers
+that are not from a PanDA server told as such, and reply decoding helpers."""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ import ast
 import asyncio
 import json
 import logging
-import random
 import re
 import ssl
 from dataclasses import dataclass
@@ -16,13 +16,13 @@ from urllib.parse import urlencode
 
 import httpx
 
+from nodepilot import retry
 from nodepilot.panda.auth import Credentials, context_for, current_credentials, ssl_cause, tls_refusal
 from nodepilot.panda.errors import ServerError
 
 log = logging.getLogger(__name__)
 
 MAX_REPLY_BYTES = 50 * 1024 * 1024
-MAX_BACKOFF_S = 60.0
 PROBE_TIMEOUT_S = 30.0
 KEPT_CLIENTS = 2  # connection pools kept per client: the current TLS identity and the one before
 
@@ -30,9 +30,26 @@ KEPT_CLIENTS = 2  # connection pools kept per client: the current TLS identity a
 class HttpStatusError(ServerError):
     """An HTTP status outside 2xx, after the retries that apply to it."""
 
-    def __init__(self, message: str, status: int, retryable: bool, refused: bool = False) -> None:
+    def __init__(self, message: str, status: int, retryable: bool, refused: bool = False,
+                 retry_after: float = 0.0) -> None:
         super().__init__(message, retryable=retryable, refused=refused)
-        self.status = status
+        self.status, self.retry_after = status, retry_after
+
+
+# the policy of each server method, both dialects (docs/operations.md "Retries"); others: OTHER_CALL
+METHOD_POLICIES = {
+    # the pilot retries acquisitions (retry.ACQUIRE) and the outbox updates (retry.UPDATE_DELIVERY)
+    "acquire_jobs": retry.SINGLE, "getJob": retry.SINGLE, "update_job": retry.SINGLE, "updateJob": retry.SINGLE,
+    "acquire_event_ranges": retry.EVENTS, "getEventRanges": retry.EVENTS,
+    "update_event_ranges": retry.EVENTS, "updateEventRanges": retry.EVENTS,
+    "get_event_range_statuses": retry.EVENTS,
+    # statistics the server keeps: not worth a pause of the pilot
+    "update_worker_status": retry.SINGLE, "updateWorkerPilotStatus": retry.SINGLE,
+    "update_worker_node": retry.SINGLE, "update_worker_node_gpu": retry.SINGLE,
+}
+
+# statuses that say "this is not a PanDA server (or not this URL)": no later attempt can mend them
+NOT_PANDA = {404: "no such URL", 405: "method not allowed", 501: "not implemented"}
 
 
 _FORBIDDEN_METHOD = re.compile(rb"^\s*ERROR : method (\w+) is forbidden")
@@ -65,14 +82,15 @@ def decode_value(value: Any) -> Any:
 
 
 def parse_json_object(what: str, content: bytes) -> dict[str, Any]:
-    """A JSON object, whatever the Content-Type says (the real server labels JSON text/plain)."""
+    """A JSON object, whatever the Content-Type says (the real server labels JSON text/plain). Any
+    other reply is not the PanDA protocol: final (retrying cannot mend what answered)."""
     try:
         reply = json.loads(content)
     except ValueError:
-        raise ServerError(f"{what}: reply is not JSON (without Accept: application/json the server "
-                          f"answers in text): {snippet(content)!r}", retryable=True) from None
+        raise ServerError(f"{what}: reply is not JSON, not the PanDA protocol (without Accept: "
+                          f"application/json the server answers in text): {snippet(content)!r}") from None
     if not isinstance(reply, dict):
-        raise ServerError(f"{what}: reply is not a JSON object: {snippet(content)!r}", retryable=True)
+        raise ServerError(f"{what}: reply is not a JSON object, not the PanDA protocol: {snippet(content)!r}")
     return reply
 
 
@@ -84,15 +102,27 @@ def _dialect_advice(url: str, method: str) -> str:
     return f"this server has no API v1 method {method} (an older server?): use --api legacy"
 
 
+def answered_by(url: str, reply: Reply) -> str:
+    """Who answered, as far as the reply tells: the URL and its Server and Content-Type headers."""
+    parts = [f"{name} {reply.headers[name]!r}" for name in ("Server", "Content-Type") if reply.headers.get(name)]
+    return f"{url} ({', '.join(parts)})" if parts else url
+
+
+def _retryable(exc: BaseException) -> bool:
+    return isinstance(exc, ServerError) and exc.retryable
+
+
 def _retry_after(value: str) -> float:
     return float(value) if value.isdigit() else 0.0
 
 
 class PandaHttp:
-    """POSTs to one PanDA server. Each attempt takes the credentials as they are then."""
+    """POSTs to one PanDA server. Each attempt takes the credentials as they are then. Each call is
+    retried by the policy its caller names; ``timeout`` (one attempt), ``retries`` (attempts after
+    the first) and ``backoff_s`` (the first pause), when given, replace the policies' own."""
 
-    def __init__(self, base_url: str, timeout: float = 120, retries: int = 3,
-                 transport: httpx.AsyncBaseTransport | None = None, backoff_s: float = 1.0,
+    def __init__(self, base_url: str, timeout: float | None = None, retries: int | None = None,
+                 transport: httpx.AsyncBaseTransport | None = None, backoff_s: float | None = None,
                  ca_file: str | None = None) -> None:
         self.base_url = base_url.rstrip("/")
         self.timeout, self.retries, self.backoff_s = timeout, retries, backoff_s
@@ -111,7 +141,7 @@ class PandaHttp:
         context = context_for(creds) if self._https else None
         client = self._clients.pop(context, None)
         if client is None:
-            client = httpx.AsyncClient(timeout=self.timeout, transport=self._transport, follow_redirects=False,
+            client = httpx.AsyncClient(timeout=None, transport=self._transport, follow_redirects=False,
                                        verify=context if context is not None else False)
         self._clients[context] = client  # most recent last
         while len(self._clients) > KEPT_CLIENTS:  # a renewed proxy: the pool of an old one is idle by now
@@ -120,51 +150,55 @@ class PandaHttp:
         return client
 
     # --- calls ------------------------------------------------------------------------------------
-    async def post(self, url: str, payload: bytes, headers: dict[str, str], what: str,
-                   retry_500: bool = True) -> Reply:
-        """POST with bounded retries on connection trouble, time-outs, 5xx and 429. A 2xx reply is
-        returned; anything else raises ServerError (HttpStatusError for an HTTP status)."""
-        return await self._request("POST", url, payload, headers, what, retry_500)
+    def policy(self, policy: retry.Policy) -> retry.Policy:
+        """The policy of one kind of call, with this client's overrides."""
+        attempts = None if self.retries is None else self.retries + 1
+        return policy.but(attempts=attempts, first_s=self.backoff_s, attempt_timeout_s=self.timeout)
 
-    async def get(self, url: str, params: list[tuple[str, str]], headers: dict[str, str], what: str) -> Reply:
+    async def post(self, url: str, payload: bytes, headers: dict[str, str], what: str,
+                   policy: retry.Policy | None = None, retry_500: bool = True) -> Reply:
+        """POST, retried by ``policy`` (by default the server method's, METHOD_POLICIES) on connection
+        trouble, time-outs, 5xx (not 501) and 429. A 2xx reply is returned; anything else raises
+        ServerError (HttpStatusError for an HTTP status)."""
+        return await self._request("POST", url, payload, headers, what, policy, retry_500)
+
+    async def get(self, url: str, params: list[tuple[str, str]], headers: dict[str, str], what: str,
+                  policy: retry.Policy | None = None) -> Reply:
         """GET with URL-encoded parameters (lists as repeated keys), retried as a POST is."""
-        return await self._request("GET", f"{url}?{urlencode(params)}" if params else url, b"", headers, what, True)
+        url = f"{url}?{urlencode(params)}" if params else url
+        return await self._request("GET", url, b"", headers, what, policy, True)
 
     async def _request(self, method: str, url: str, payload: bytes, headers: dict[str, str], what: str,
-                       retry_500: bool) -> Reply:
-        for attempt in range(self.retries + 1):
+                       policy: retry.Policy | None, retry_500: bool) -> Reply:
+        if policy is None:
+            policy = METHOD_POLICIES.get(url.partition("?")[0].rpartition("/")[2], retry.OTHER_CALL)
+
+        async def attempt(timeout: float) -> Reply:
             creds = current_credentials(self.ca_file)
-            outcome, retry_after = await self._attempt(method, url, payload, headers, what, creds, retry_500)
-            if isinstance(outcome, Reply):
-                return outcome
-            error = outcome
-            if not error.retryable or attempt == self.retries:
-                raise error
-            delay = min(MAX_BACKOFF_S, max(self.backoff_s * 2**attempt * (0.5 + random.random()), retry_after))
-            log.warning("%s (attempt %d of %d); retrying in %.1f s", error, attempt + 1, self.retries + 1, delay)
-            await asyncio.sleep(delay)
-        raise AssertionError("unreachable")
+            return await self._attempt(method, url, payload, headers, what, creds, retry_500, timeout)
+
+        return await retry.call(self.policy(policy), attempt, what, _retryable,
+                                lambda exc: getattr(exc, "retry_after", 0.0))
 
     async def _attempt(self, method: str, url: str, payload: bytes, headers: dict[str, str], what: str,
-                       creds: Credentials, retry_500: bool) -> tuple[Reply | ServerError, float]:
+                       creds: Credentials, retry_500: bool, timeout: float) -> Reply:
         try:
             client = await self._client(creds)
-            async with asyncio.timeout(self.timeout):
+            async with asyncio.timeout(timeout):
                 reply = await self._send(client, method, url, payload, {**headers, **creds.headers()})
-        except ServerError as exc:
-            return exc, 0.0
+        except ServerError:
+            raise
         except httpx.UnsupportedProtocol as exc:
-            return ServerError(f"{what}: {exc}"), 0.0
+            raise ServerError(f"{what}: {exc}") from None
         except (httpx.TransportError, TimeoutError, ssl.SSLError) as exc:
             # a TLS alert arriving after the handshake (TLS 1.3 "certificate required") comes out of
             # httpx's read as the bare ssl.SSLError
-            return await self._transport_error(what, exc, creds), 0.0
+            raise await self._transport_error(what, exc, creds, timeout) from None
         except httpx.HTTPError as exc:  # undecodable content, too many redirects
-            return ServerError(f"{what}: {type(exc).__name__}: {exc}", retryable=True), 0.0
+            raise ServerError(f"{what}: {type(exc).__name__}: {exc}", retryable=True) from None
         if 200 <= reply.status < 300:
-            return reply, 0.0
-        retry_after = _retry_after(reply.headers.get("retry-after", ""))
-        return self._status_error(what, url, reply, creds, retry_500), retry_after
+            return reply
+        raise self._status_error(what, url, reply, creds, retry_500)
 
     async def _send(self, client: httpx.AsyncClient, method: str, url: str, payload: bytes,
                     headers: dict[str, str]) -> Reply:
@@ -190,10 +224,15 @@ class PandaHttp:
         if status in (401, 403):
             return HttpStatusError(f"{what}: the server refused {creds.describe()}: HTTP {status}: "
                                    f"{snippet(reply.content)}", status, retryable=False, refused=True)
+        if status in NOT_PANDA:
+            return HttpStatusError(f"{what}: {answered_by(url, reply)} answered HTTP {status} ({NOT_PANDA[status]}): "
+                                   f"not a PanDA server at this URL, not retried: {snippet(reply.content)}", status,
+                                   retryable=False)
         retryable = (status >= 500 and (retry_500 or status != 500)) or status == 429
-        return HttpStatusError(f"{what}: HTTP {status}: {snippet(reply.content)}", status, retryable=retryable)
+        return HttpStatusError(f"{what}: HTTP {status}: {snippet(reply.content)}", status, retryable=retryable,
+                               retry_after=_retry_after(reply.headers.get("retry-after", "")))
 
-    async def _transport_error(self, what: str, exc: Exception, creds: Credentials) -> ServerError:
+    async def _transport_error(self, what: str, exc: Exception, creds: Credentials, timeout: float) -> ServerError:
         refusal = tls_refusal(exc, creds)
         if refusal:
             message, refused = refusal
@@ -205,7 +244,8 @@ class PandaHttp:
             return ServerError(f"{what}: the server refused the client certificate X509_USER_PROXY={creds.proxy}: "
                                f"it closes TLS connections that present it and accepts them without it "
                                f"({type(exc).__name__}: {detail})", retryable=False, refused=True)
-        return ServerError(f"{what}: {type(exc).__name__}: {str(exc) or 'timed out'}", retryable=True)
+        detail = str(exc) or (f"no answer within {timeout:.1f} s" if isinstance(exc, TimeoutError) else "")
+        return ServerError(f"{what}: {type(exc).__name__}: {detail or 'timed out'}", retryable=True)
 
     async def _certificate_refused(self, creds: Credentials) -> bool:
         """A server that refuses a client certificate in TLS 1.3 (or without sending an alert) just
@@ -216,7 +256,8 @@ class PandaHttp:
     async def _answers(self, creds: Credentials, with_proxy: bool) -> bool:
         try:
             context = context_for(creds, with_proxy=with_proxy)
-            async with httpx.AsyncClient(verify=context, timeout=min(self.timeout, PROBE_TIMEOUT_S)) as probe:
+            async with httpx.AsyncClient(verify=context, timeout=min(self.timeout or PROBE_TIMEOUT_S,
+                                                                     PROBE_TIMEOUT_S)) as probe:
                 await probe.get(f"{self.base_url}/")
         except (httpx.HTTPError, ServerError):
             return False

@@ -111,8 +111,8 @@ def status_error(what: str, code: int, reply: dict[str, Any]) -> ServerError:
 
 
 class LegacyClient(ServerClient):
-    def __init__(self, base_url: str, timeout: float = 120, retries: int = 3,
-                 transport: httpx.AsyncBaseTransport | None = None, backoff_s: float = 1.0,
+    def __init__(self, base_url: str, timeout: float | None = None, retries: int | None = None,
+                 transport: httpx.AsyncBaseTransport | None = None, backoff_s: float | None = None,
                  json_body: bool = False, ca_file: str | None = None) -> None:
         self.base_url = base_url.rstrip("/").removesuffix("/server/panda")
         self.json_body = json_body

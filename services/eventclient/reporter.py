@@ -8,8 +8,11 @@ errorCode). A range is saved as ``reported`` before its report goes out and as `
 source holds it (settle.py): a range the source answered ``false``, or reported in a call whose
 outcome is unknown, is looked up at the source and only what it does not hold goes again, at most
 ``SEND_BUDGET`` times; then the range is ``refused`` (counted as not reported, never as done). A
-source that cannot be reached keeps the ranges for the next batch; a restart sends again those
-never confirmed (PanDA takes a repeated identical status as a no-op).
+source that cannot be reached keeps the ranges for the next batch, after a pause that grows with
+each failed batch (retry.EVENT_REPORTS: from ``interval_s``); once failures have lasted that
+policy's budget the reporter stops trying until the job's end, whose last reports are bounded too
+(retry.EVENT_FINAL). A restart sends again those never confirmed (PanDA takes a repeated identical
+status as a no-op).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import asyncio
 import logging
 from typing import Any
 
+from nodepilot import retry
 from nodepilot.errors import ErrorCode
 from services.eventclient.ranges import REPORTABLE, RangeRecord, RangeStore
 from services.eventclient.settle import Verdict, answered, range_ids, verdict
@@ -25,8 +29,12 @@ from services.eventclient.sources import RangeSource
 
 log = logging.getLogger(__name__)
 
-FINAL_ATTEMPTS = 3
 SEND_BUDGET = 3  # answers without the source taking a range's report, before it is given up
+
+
+class _NotSettled(Exception):
+    def __str__(self) -> str:
+        return "the source did not settle every range"
 
 
 def zip_records(staged: list[RangeRecord], objstore_id: int | None = None) -> list[dict[str, Any]]:
@@ -74,13 +82,24 @@ class Reporter:
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
+        policy = retry.EVENT_REPORTS.but(first_s=self.interval_s or None)
+        failed, budget = 0, retry.Budget(policy)
         while True:
             await self.store.wait_for(lambda: self.pending() > 0)
             deadline = loop.time() + self.interval_s
             await self.store.wait_for(lambda: self.pending() >= self.batch, deadline - loop.time())
             # shielded: stopping the reporter never cuts a report in half; flush_final waits for it
-            if not await asyncio.shield(self.flush()):
-                await asyncio.sleep(self.interval_s or 1.0)  # the source is in trouble: not at once again
+            if await asyncio.shield(self.flush()):
+                failed = 0
+                continue
+            if failed == 0:
+                budget = retry.Budget(policy)
+            failed += 1
+            if budget.left() <= 0:
+                log.error("job %s: reports have failed for %.0f s (%d batches): no more until the job's end",
+                          self.store.job_id, budget.spent(), failed)
+                return
+            await asyncio.sleep(min(policy.pause(failed), budget.left()))  # the source is in trouble
 
     async def flush(self) -> bool:
         """Report every reportable range now; True if the source settled everything."""
@@ -104,13 +123,36 @@ class Reporter:
 
     async def flush_final(self) -> bool:
         """The last reports of a job, then a look at what the source holds of every reported range
-        (a report it took but did not apply goes again): a few attempts, bounded."""
-        for attempt in range(FINAL_ATTEMPTS):
+        (a report it took but did not apply goes again): bounded by retry.EVENT_FINAL."""
+
+        await self._fail_lost()
+
+        async def attempt(_timeout: float) -> bool:
             if await self.flush() and await self._confirm_all():
                 return True
-            if attempt + 1 < FINAL_ATTEMPTS:
-                await asyncio.sleep(2.0 ** attempt)
-        return False
+            raise _NotSettled
+
+        try:
+            return await retry.call(retry.EVENT_FINAL, attempt, f"job {self.store.job_id}: last reports",
+                                    lambda exc: isinstance(exc, _NotSettled))
+        except _NotSettled:
+            return False
+
+    async def _fail_lost(self) -> None:
+        """Ranges the source handed out in an answer that never reached the store (an eventclient
+        killed during the call) are failed as recoverable (1224: the server dispatches them again)."""
+        lookup = getattr(self.source, "handed_out", None)
+        try:
+            held = await lookup() if lookup is not None else None
+        except Exception as exc:
+            log.warning("job %s: the source cannot say which ranges it handed out: %r", self.store.job_id, exc)
+            return
+        lost = [rid for rid in held or [] if rid not in self.store.records]
+        if lost:
+            log.warning("job %s: %d ranges handed out in an answer never received, failed (1224): %s",
+                        self.store.job_id, len(lost), ", ".join(lost[:10]))
+            await self._send([{"eventRangeID": rid, "eventStatus": "failed",
+                               "errorCode": int(ErrorCode.ES_RECOVERABLE)} for rid in lost], 0, [])
 
     async def _send(self, payload: list[dict[str, Any]], version: int, records: list[RangeRecord]) -> bool:
         ids = range_ids(payload, version)

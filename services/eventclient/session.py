@@ -21,6 +21,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from nodepilot import retry
 from nodepilot.config import PilotConfig
 from nodepilot.errors import ErrorCode, clip_diag
 from nodepilot.job import JobDefinitionError, check_lfn
@@ -38,7 +39,6 @@ from services.eventclient.uploads import Uploads
 log = logging.getLogger(__name__)
 
 TASK_STOP_S = 1.0
-RESTART_S = 2.0
 
 
 def _regular_file(path: Path) -> bool:
@@ -130,9 +130,9 @@ class JobSession:
         reporter = self.reporter
         self._tasks = [
             asyncio.create_task(self._keep_running("the stager's answers", lambda: self.stageout.follow(
-                self._position, self._on_answers))),
-            asyncio.create_task(self._keep_running("the uploads", self.uploads.run)),
-            asyncio.create_task(self._keep_running("the reporter", reporter.run)),
+                self._position, self._on_answers), retry.EVENT_UPLOAD)),
+            asyncio.create_task(self._keep_running("the uploads", self.uploads.run, retry.EVENT_UPLOAD)),
+            asyncio.create_task(self._keep_running("the reporter", reporter.run, retry.EVENT_REPORTS)),
         ]
         self.server = PayloadServer(PayloadApp(self), self.socket_path)
         await self.server.open()
@@ -257,14 +257,11 @@ class JobSession:
             with contextlib.suppress(FileNotFoundError):
                 (self.start.workdir / name).unlink()
 
-    async def _keep_running(self, what: str, run: Callable[[], Awaitable[None]]) -> None:
-        """A worker of the session that outlives its failures (Redis away a moment, a source's bug)."""
-        while True:
-            try:
-                await run()
-            except Exception:
-                log.exception("job %s: %s failed: again in %.0f s", self.job_id, what, RESTART_S)
-                await asyncio.sleep(RESTART_S)
+    async def _keep_running(self, what: str, run: Callable[[], Awaitable[None]], policy: retry.Policy) -> None:
+        """A worker of the session that outlives its failures (Redis away a moment, a source's bug),
+        restarted with growing pauses and given up after the policy's budget (the job's end still
+        reports and uploads what is left, bounded: Reporter.flush_final)."""
+        await retry.keep_running(policy, run, f"job {self.job_id}: {what}")
 
     # --- the end ----------------------------------------------------------------------------
     async def finish(self, reason: str) -> dict[str, Any]:

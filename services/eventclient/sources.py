@@ -74,6 +74,16 @@ class ServerRangeSource:
         held = await status_client.get_event_range_statuses(self.job_id, task_id)
         return {rid: held[rid] for rid in range_ids if rid in held}
 
+    async def handed_out(self) -> list[str] | None:
+        """The ranges of this job the server holds as handed out and not reported (``sent``, or
+        ``running`` in our own server's ledger); None when it cannot tell."""
+        lookup = getattr(self.client, "get_event_range_statuses", None)
+        if lookup is None or self.task_id is None:
+            return None
+        status_client: EventStatusClient = self.client  # type: ignore[assignment]
+        held = await status_client.get_event_range_statuses(self.job_id, self.task_id)
+        return [rid for rid, item in held.items() if str(item.get("status")) in ("sent", "running")]
+
     async def aclose(self) -> None:
         await self.client.aclose()
 

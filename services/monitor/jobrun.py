@@ -27,6 +27,7 @@ from nodepilot.job import Job
 from nodepilot.outbox import Outbox
 from nodepilot.timeutil import panda_time
 from nodepilot.usage import read_usage
+from services.monitor import timebudget
 from services.monitor.checks.base import CheckContext, Firing
 from services.monitor.es_steps import EventServiceSteps
 from services.monitor.fields import job_update
@@ -189,13 +190,25 @@ class JobRun(StageSteps, EventServiceSteps):
             self._budget_task = asyncio.create_task(self.budget.watch(self.warn_time_short, self.stop_for_time))
 
     async def warn_time_short(self) -> None:
-        """The slot ends soon: tell the payload (its signal, and no new event ranges)."""
+        """The slot ends soon: tell the payload (the warning file; the signal to one declared to
+        handle it; no new event ranges)."""
         assert self.budget is not None
+        try:
+            await asyncio.to_thread(timebudget.write_warning, self.workdir, self.budget)
+        except OSError as exc:
+            log.warning("job %s: time warning file not written: %s", self.job.panda_id, exc)
         signum = int(self.config.queuedata.watchdog.get("time_budget_signal", signal.SIGUSR1))
-        await bus.publish(self.r, bus.RUNNER_REQUESTS, {
-            "action": "signal", "job_id": self.job.panda_id, "request_id": self._request_id("warn"),
-            "signum": signum, "reason": f"the slot ends at {panda_time(self.budget.end)} UTC",
-        })
+        try:
+            handled, who = timebudget.signal_handled(self.job, self.config.queuedata, self.experiment())
+        except Exception as exc:  # the plug-in's failure: no signal, the file says it all
+            handled, who = False, f"the experiment plug-in failed: {exc!r}"
+        if not handled:
+            log.info("job %s: time warning by file only, no signal %d (%s)", self.job.panda_id, signum, who)
+        else:
+            await bus.publish(self.r, bus.RUNNER_REQUESTS, {
+                "action": "signal", "job_id": self.job.panda_id, "request_id": self._request_id("warn"),
+                "signum": signum, "reason": f"the slot ends at {panda_time(self.budget.end)} UTC ({who})",
+            })
         if self.job.event_service:
             await self.softkill()
 
@@ -324,6 +337,6 @@ class JobRun(StageSteps, EventServiceSteps):
             "PANDAID": str(job.panda_id), "PanDA_TaskID": str(job.task_id or ""),
             "PANDA_RESOURCE": self.config.queue, "ATHENA_CORE_NUMBER": str(job.core_count),
             "PILOT_JOB_DIR": str(self.workdir), "HARVESTER_WORKER_ID": "",
-            **({"NODEPILOT_SLOT_END": f"{self.budget.end:.0f}", "NODEPILOT_STOP_AT": f"{self.budget.stop_at:.0f}"}
-               if self.budget else {}),
+            **({"NODEPILOT_SLOT_END": f"{self.budget.end:.0f}", "NODEPILOT_STOP_AT": f"{self.budget.stop_at:.0f}",
+                "NODEPILOT_TIME_WARNING": str(self.workdir / timebudget.WARNING_FILE)} if self.budget else {}),
         }

@@ -19,7 +19,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from nodepilot import bus, exitcodes
+from nodepilot import bus, exitcodes, retry
 from nodepilot.config import PilotConfig
 from nodepilot.errors import ErrorCode, clip_diag
 from nodepilot.gpu import gpu_inventory
@@ -28,6 +28,7 @@ from nodepilot.outbox import DeliveryAbandoned, Outbox
 from nodepilot.panda.client import ServerClient, UpdateReply
 from nodepilot.panda.connect import make_client
 from nodepilot.panda.errors import ServerError
+from nodepilot.panda.http import NOT_PANDA
 from nodepilot.slots import SlotLedger, job_needs, node_capacity
 from nodepilot.timeutil import panda_time
 from nodepilot.worker import cpu_mhz, free_disk_mb, memory_mb, node_inventory
@@ -40,7 +41,6 @@ log = logging.getLogger(__name__)
 
 PILOT_DIAG_FILE = "pilot_diag.txt"  # in a rejected job's log: why the pilot could not run it
 
-ACQUIRE_ATTEMPTS = 5
 WORKER_REPORT_S = 10.0
 GRACEFUL_STOP_S = 110.0  # the launcher kills everything at 120 s
 
@@ -132,8 +132,9 @@ class Pilot:
                 await self.client.update_worker_status(worker_id, harvester_id, status, config.node)
         except ServerError as exc:  # never the pilot's end: the server only keeps statistics of these
             # a refusal of the pilot itself is what acquiring a job reports too: said once, there
-            log.log(logging.DEBUG if exc.refused else logging.WARNING, "worker report (%s) not delivered: %s",
-                    status, exc)
+            # and so is a server that is not PanDA (HTTP 404, 501)
+            quiet = exc.refused or getattr(exc, "status", None) in NOT_PANDA
+            log.log(logging.DEBUG if quiet else logging.WARNING, "worker report (%s) not delivered: %s", status, exc)
         except Exception as exc:
             log.warning("worker report (%s) not delivered: %s", status, exc)
 
@@ -215,17 +216,15 @@ class Pilot:
                   "mem": min(memory_mb(), free.get("mem", 1 << 40)), "cpu": cpu_mhz(),
                   "resourceType": free.get("resourceType") or self.config.resource_type or None}
         params = {k: v for k, v in params.items() if v is not None and v != ""}
-        delay = 1.0
-        for attempt in range(1, ACQUIRE_ATTEMPTS + 1):
+        async def attempt(timeout: float) -> dict[str, Any] | None:
             try:
-                return await self.client.acquire_job(params)
-            except ServerError as exc:
-                if not exc.retryable or attempt == ACQUIRE_ATTEMPTS:
-                    raise
-                log.warning("acquire_job failed (%s); retry %d in %.0f s", exc, attempt, delay)
-                await asyncio.sleep(delay)
-                delay *= 2
-        return None
+                async with asyncio.timeout(timeout):
+                    return await self.client.acquire_job(params)
+            except TimeoutError:
+                raise ServerError(f"acquire_job: no answer within {timeout:.0f} s", retryable=True) from None
+
+        return await retry.call(retry.ACQUIRE, attempt, "acquire_job",
+                                lambda exc: isinstance(exc, ServerError) and exc.retryable)
 
     async def start_job(self, raw: dict[str, Any], getjob_s: float, initial_setup_s: float,
                         resumed: dict[str, Any] | None = None) -> None:

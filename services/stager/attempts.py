@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
+from nodepilot import retry as policies
 from nodepilot.errors import ErrorCode, clip_diag
 from nodepilot.job import FileSpec
 from nodepilot.queue.model import Endpoint
@@ -170,11 +171,18 @@ def _retried(where: str, errors: list[TransferError]) -> str:
 
 async def _on_endpoint(stager: StagerParts, work: FileWork, endpoint: Endpoint, url: str, attempt: Attempt,
                        time_start: float) -> tuple[Moved | None, list[TransferError]]:
-    """Up to ``attempts`` tries at one URL while errors are transient; the errors met on the way."""
+    """Up to ``attempts`` tries at one URL while errors are transient and retry.TRANSFER's budget lasts
+    (no retry starts past it); the errors met on the way."""
     settings = stager.settings
     errors: list[TransferError] = []
+    budget = policies.Budget(policies.TRANSFER)
     for n in range(1, settings.attempts + 1):
         if n > 1:
+            if budget.left() <= 0:
+                log.warning("job %s: %s of %s via %s: no retry, the %.0f s budget of %s is spent",
+                            work.request.job_id, work.direction, work.spec.lfn, endpoint.name,
+                            policies.TRANSFER.budget_s, policies.TRANSFER.kind)
+                break
             stager.stats.retries.labels(work.direction).inc()
             await asyncio.sleep(backoff_delay(n - 1, settings.backoff_s, settings.backoff_cap_s))
         started = time.time()

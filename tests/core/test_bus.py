@@ -3,6 +3,7 @@ import asyncio
 import pytest
 
 from nodepilot import bus
+from tests.waiting import wait_until_async
 
 
 async def _consume_until(url: str, stream: str, want: int, handler_delay: float = 0.0) -> list[dict]:
@@ -19,10 +20,7 @@ async def _consume_until(url: str, stream: str, want: int, handler_delay: float 
     consumer = bus.Consumer(r, stream, "g", "c1", handler, block_ms=1000)
     task = asyncio.create_task(consumer.run())
     await asyncio.wait_for(done.wait(), 10)
-    for _ in range(200):  # handled counts an entry once it is acknowledged
-        if consumer.handled >= want:
-            break
-        await asyncio.sleep(0.01)
+    await wait_until_async(lambda: consumer.handled >= want, 2, "entries acknowledged")  # counted once acked
     task.cancel()
     await asyncio.wait([task], timeout=2)
     await consumer.aclose()
@@ -75,10 +73,10 @@ def test_a_long_handler_is_not_claimed_again(redis_url, rds):
         consumer = bus.Consumer(r, "work", "g", "c1", handler, block_ms=50, claim_idle_ms=100)
         task = asyncio.create_task(consumer.run())
         await r.xadd("work", bus.encode({"n": 1}))
-        await asyncio.sleep(0.6)  # many claim cycles while the handler runs
+        await asyncio.sleep(0.6)  # not a synchronisation: the time of many claim cycles while the handler runs
         idle = (await r.xpending_range("work", "g", "-", "+", 10))[0]["time_since_delivered"]
         release.set()
-        await asyncio.sleep(0.2)
+        await wait_until_async(lambda: consumer.handled >= 1, 2, "the entry acknowledged")
         task.cancel()
         await asyncio.wait([task], timeout=2)
         await consumer.aclose()

@@ -11,6 +11,7 @@ import redis
 
 from nodepilot import bus
 from nodepilot.redis_server import start_redis
+from tests.waiting import wait_until_async
 
 
 @pytest.fixture
@@ -83,17 +84,25 @@ def test_a_consumer_creates_its_vanished_group_again(aof_redis):
         consumer = bus.Consumer(r, "work", "g", "c", handler, block_ms=100)
         task = asyncio.create_task(consumer.run())
         await bus.publish(r, "work", {"n": "1"})
-        while len(seen) < 1:
-            await asyncio.sleep(0.01)
+        await wait_until_async(lambda: len(seen) >= 1, 10, "the first entry handled")
         await r.delete("work")  # what a Redis that lost its data looks like: no stream, no group
-        await asyncio.sleep(0.3)
+        await group_back(r, "work", "g")  # the consumer's next read found it gone and made it again
         await bus.publish(r, "work", {"n": "2"})
-        deadline = time.monotonic() + 10
-        while len(seen) < 2 and time.monotonic() < deadline:
-            await asyncio.sleep(0.01)
+        await wait_until_async(lambda: len(seen) >= 2, 10, "the second entry handled")
         task.cancel()
         await consumer.aclose()
         await r.aclose()
         return seen
 
     assert asyncio.run(main()) == ["1", "2"]
+
+
+
+async def group_back(r: redis.asyncio.Redis, stream: str, group: str) -> None:
+    async def present() -> bool:
+        try:
+            return group in [g["name"] for g in await r.xinfo_groups(stream)]
+        except redis.ResponseError:  # no such stream (yet)
+            return False
+
+    await wait_until_async(present, 10, f"group {group} of {stream} back")

@@ -5,60 +5,21 @@ from __future__ import annotations
 
 import json
 import subprocess
-from collections import defaultdict
 from pathlib import Path
 
-import httpx
-
-from services.stager.paths import deterministic_path
+from bench.harness import ES_SCOPE_OUT, es_job, ledger, ranges, settled
 from tests.e2e.conftest import EXAMPLES, NODEPILOT, JobServer, add_jobs, final_update, run_pilot, write_queuedata
 
-SCOPE_OUT = "demo.es"  # the job has no output but its log: range outputs go to the log's scope
-FINAL = ("finished", "failed", "fatal")
-
-
-def es_job(panda_id: int, payload_args: str = "", payload: str = "es_payload.py", transformation: str = "python3"
-           ) -> dict:
-    return {
-        "PandaID": panda_id, "attemptNr": 1, "jobsetID": 7, "taskID": 70, "eventService": "True",
-        "transformation": transformation, "jobPars": f"{EXAMPLES / payload} {payload_args}",
-        "outFiles": f"es{panda_id}.log.tgz", "logFile": f"es{panda_id}.log.tgz", "scopeLog": SCOPE_OUT,
-    }
-
-
-def ranges(n: int, events_per_range: int = 10) -> list[dict]:
-    return [{"eventRangeID": f"70-{i}-1-{i}-1", "startEvent": i * events_per_range + 1,
-             "lastEvent": (i + 1) * events_per_range, "LFN": "EVNT.pool.root", "GUID": "g", "scope": "demo"}
-            for i in range(n)]
-
-
-def ledger(server: JobServer, panda_id: int) -> list[dict]:
-    reply = httpx.get(f"{server.url}/jobs/{panda_id}/ranges", timeout=10)
-    reply.raise_for_status()
-    return reply.json()
+SCOPE_OUT = ES_SCOPE_OUT
 
 
 def assert_settled_once(server: JobServer, panda_id: int, se: Path) -> dict[str, list[dict]]:
     """Every range in the server's ledger is final, and every attempt of it handed out was reported
     exactly once (none lost, none twice); a finished one's output is on the SE with the size reported.
     Returns the final report of each attempt, by final status."""
-    by_status: dict[str, list[dict]] = defaultdict(list)
-    for item in ledger(server, panda_id):
-        assert item["status"] in FINAL, item
-        attempts: dict[str, list[dict]] = defaultdict(list)
-        for update in item["updates"]:
-            attempts[update["eventRangeID"]].append(update)
-        assert len(attempts) == item["attempts"], f"an attempt never reported: {item}"
-        for rid, updates in attempts.items():
-            assert len(updates) == 1 and updates[0]["applied"], f"{rid} reported {len(updates)} times: {updates}"
-            by_status[updates[0]["eventStatus"]].append(updates[0])
-        last = item["updates"][-1]
-        assert (last["eventStatus"], last["eventRangeID"]) == (item["status"], item["eventRangeID"])
-    for update in by_status["finished"]:
-        zip_file = update["zipFile"]
-        stored = se / deterministic_path(SCOPE_OUT, zip_file["lfn"])
-        assert stored.is_file() and stored.stat().st_size == zip_file["fsize"], update
-    return dict(by_status)
+    by_status, problems = settled(server, panda_id, se)
+    assert not problems, problems
+    return by_status
 
 
 def test_standalone_event_service_job(site):

@@ -64,3 +64,50 @@ def test_a_server_that_requires_a_client_certificate(site: Path, serve: list[Job
     monkeypatch.setenv("X509_USER_PROXY", str(pki.client.proxy))  # the same pilot with a certificate
     result = run_pilot(site, server.url, timeout=120)
     assert result.returncode == exitcodes.OK, result.stderr[-3000:]
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_server_that_is_down_is_told_at_once_and_costs_the_acquisition_budget(site: Path):
+    import time
+
+    t0 = time.monotonic()
+    result = run_pilot(site, f"http://127.0.0.1:{_closed_port()}", timeout=90)
+    took = time.monotonic() - t0
+    assert result.returncode == exitcodes.SERVER, result.stderr[-3000:]
+    lines = error_lines(result.stderr)
+    assert "worker report (started) not delivered" in lines[0] and "ConnectError" in lines[0], lines
+    assert "acquire_jobs: ConnectError" in lines[1] and "attempt 1 of 4" in lines[1] and "budget" in lines[1], lines
+    assert "could not get a job" in lines[-1] and len(lines) == 5, lines  # 3 retries, then the end
+    assert took < 40, f"{took:.0f} s"  # 4 attempts, pauses of 1-2, 2-4 and 4-8 s, plus the pilot's start
+
+
+def test_a_web_server_that_is_not_panda_ends_at_once_saying_what_answered(site: Path):
+    import threading
+    import time
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Quiet(BaseHTTPRequestHandler):  # no do_POST: "501 Unsupported method", as a plain web server
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        t0 = time.monotonic()
+        result = run_pilot(site, f"http://127.0.0.1:{server.server_address[1]}", timeout=90)
+        took = time.monotonic() - t0
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert result.returncode == exitcodes.SERVER, result.stderr[-3000:]
+    lines = error_lines(result.stderr)
+    assert len(lines) == 1, lines
+    assert "HTTP 501" in lines[0] and "not a PanDA server" in lines[0] and "BaseHTTP" in lines[0], lines
+    assert took < 30, f"{took:.0f} s"

@@ -75,9 +75,10 @@ def test_a_killed_stager_is_restarted_and_the_job_completes(site, job_server):
     try:
         workdir = site / "work" / "PanDA_Pilot-5002"
         wait_for_file(workdir / "started")
-        stager = service_pids(pilot)["stager"]
-        psutil.Process(stager).kill()
-        psutil.Process(stager).wait(10)
+        # one Process object, taken before the kill: the launcher may reap the stager before we look again
+        stager = psutil.Process(service_pids(pilot)["stager"])
+        stager.kill()
+        stager.wait(10)
         (workdir / "go").touch()
         output, _ = pilot.communicate(timeout=60)
     finally:

@@ -13,6 +13,7 @@ from services.eventclient.ranges import RangeStore, ranges_key
 from services.eventclient.reporter import Reporter, unsent
 from services.eventclient.sources import FileRangeSource, ServerRangeSource
 from tests.eventclient.helpers import make_ranges
+from tests.waiting import wait_until_async
 
 
 class FakeClient:
@@ -101,10 +102,11 @@ def test_reporter_batches_by_count_and_by_timer_and_retries(redis_url, rds, tmp_
 
         records = store.add(ranges)
         await finish(records[:2], "failed", error_code=0)  # below the batch: waits for the timer
-        await asyncio.sleep(0.1)
+        await asyncio.sleep(0.1)  # not a synchronisation: a time shorter than the timer's, nothing may go
         assert source.sent == [] and source.fail_first == 1
-        await asyncio.sleep(0.35)  # the timer fired: the send failed, the ranges wait for the next try
-        assert source.sent == [] and source.fail_first == 0 and store.count("failed") == 2
+        # the timer fired: the send failed, the ranges wait for the next try
+        await wait_until_async(lambda: source.fail_first == 0 and store.count("failed") == 2, 5, "a failed try")
+        assert source.sent == []
         assert await store.wait_for(lambda: store.count("reported") == 2, 5)  # the retry
         t0 = time.monotonic()
         await finish(records[2:12], "staged", output="o", file={"fsize": 5, "checksum": "ad:0000abcd"})
@@ -181,3 +183,31 @@ def test_reports_never_confirmed_are_sent_again_once_and_zips_go_as_one_record(r
                                        for r in ranges[:3]]}]
     assert failed == [{"eventRangeID": ranges[3]["eventRangeID"], "eventStatus": "failed",
                        "errorCode": ErrorCode.PAYLOAD_FAILED}]
+
+
+def test_ranges_handed_out_in_an_answer_never_received_are_failed_at_the_end(redis_url, rds, tmp_path):
+    """A killed eventclient never got the answer that handed out 9-lost: at the job's end it is failed
+    as recoverable (1224), once; the ranges it knows are not touched."""
+    ranges = make_ranges(tmp_path / "r.json", 9, 2)
+
+    class Handing(RecordingSource):
+        async def statuses(self, range_ids: list[str]) -> None:
+            return None
+
+        async def handed_out(self) -> list[str]:
+            return [ranges[0]["eventRangeID"], "9-lost"]
+
+    source = Handing()
+
+    async def scenario() -> bool:
+        r = bus.connect(redis_url)
+        try:
+            store = RangeStore(r, 9)
+            store.add(ranges)
+            return await Reporter(store, source, batch=10, interval_s=0.1).flush_final()
+        finally:
+            await r.aclose()
+
+    assert asyncio.run(scenario())
+    assert [(v, batch) for _t, v, batch in source.sent] == [
+        (0, [{"eventRangeID": "9-lost", "eventStatus": "failed", "errorCode": ErrorCode.ES_RECOVERABLE}])]

@@ -1,5 +1,5 @@
-"""What the HPC tests and bench/multislot.py share: sleep jobs that stamp their payload's start and end, the
-intervals they ran in, bounded waits, the job server's record of acquire calls."""
+"""What the HPC tests share: sleep jobs that stamp their payload's start and end and the intervals they ran in
+(bench/harness.py, shared with bench/multislot.py), bounded waits, the job server's record of acquire calls."""
 
 from __future__ import annotations
 
@@ -8,20 +8,7 @@ import json
 import sqlite3
 from pathlib import Path
 
-
-def sleep_job(panda_id: int, seconds: float, cores: int = 1, ram_mb: int = 100) -> dict:
-    return {"PandaID": panda_id, "attemptNr": 1, "transformation": "bash", "coreCount": cores, "minRamCount": ram_mb,
-            "jobPars": f"-c 'date +%s.%N > t_start; sleep {seconds:g}; date +%s.%N > t_end'",
-            "outFiles": f"hpc.{panda_id}.log.tgz", "logFile": f"hpc.{panda_id}.log.tgz", "scopeLog": "hpc.log"}
-
-
-def intervals(work: Path, panda_ids: list[int]) -> dict[int, tuple[float, float]]:
-    """(payload start, end) of each job, from the stamps in its work dir."""
-    out = {}
-    for panda_id in panda_ids:
-        wd = work / f"PanDA_Pilot-{panda_id}"
-        out[panda_id] = (float((wd / "t_start").read_text()), float((wd / "t_end").read_text()))
-    return out
+from bench.harness import intervals, sleep_job  # noqa: F401 (shared with bench/multislot.py, re-exported)
 
 
 def max_overlap(spans: list[tuple[float, float]]) -> int:

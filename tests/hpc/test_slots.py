@@ -8,6 +8,7 @@ import pytest
 
 from nodepilot.job import parse_job
 from nodepilot.slots import MAX_SLOTS, Resources, SlotLedger, job_needs, node_capacity, parse_slots
+from tests.waiting import wait_until_async
 
 
 def run(coro, timeout: float = 5.0):
@@ -48,17 +49,19 @@ def test_jobs_wait_for_room_and_a_release_wakes_them():
         assert not ledger.room_for_a_job()
         assert ledger.acquire_params("")["mem"] == 200
 
+        looks: list[int] = []  # each time the waiter looked whether there is room
+
         async def big() -> None:
-            token = await ledger.take(Resources(2, 100, 0), lambda: False)
+            token = await ledger.take(Resources(2, 100, 0), lambda: looks.append(1) or False)
             seen.append("big started")
             await ledger.release(token)
 
         waiter = asyncio.create_task(big())
-        await asyncio.sleep(0.05)
+        await wait_until_async(lambda: len(looks) >= 1, 5, "the waiter parked")
         assert not seen  # two cores are not free
         await ledger.release(a)
         assert ledger.acquire_params("") == {"mem": 600, "diskSpace": 1000, "resourceType": "SCORE"}
-        await asyncio.sleep(0.05)
+        await wait_until_async(lambda: len(looks) >= 2, 5, "the waiter woken by the release")
         assert not seen  # one core is not enough
         await ledger.release(b)
         await waiter
@@ -78,9 +81,15 @@ def test_a_stop_ends_the_wait():
         ledger = SlotLedger(Resources(cores=1, mem_mb=10, disk_mb=10), max_jobs=1)
         await ledger.take(Resources(1, 0, 0), lambda: False)
         stop = False
-        waiter = asyncio.create_task(ledger.take(Resources(1, 0, 0), lambda: stop))
-        room = asyncio.create_task(ledger.wait_for_room(lambda: stop))
-        await asyncio.sleep(0.05)
+        looks: list[str] = []
+
+        def stopped(who: str) -> bool:
+            looks.append(who)
+            return stop
+
+        waiter = asyncio.create_task(ledger.take(Resources(1, 0, 0), lambda: stopped("take")))
+        room = asyncio.create_task(ledger.wait_for_room(lambda: stopped("room")))
+        await wait_until_async(lambda: {"take", "room"} <= set(looks), 5, "both waiting")
         stop = True
         await ledger.wake()
         await room

@@ -16,6 +16,7 @@ import redis
 from nodepilot import bus
 from nodepilot.config import PilotConfig
 from tests.conftest import wait_healthy
+from tests.waiting import wait_until
 
 JOB = {
     "PandaID": 77, "attemptNr": 1, "transformation": "run.sh", "jobPars": "--fast",
@@ -163,7 +164,8 @@ def test_heartbeats_while_the_payload_runs(monitor, rds):
     n.answer(stagein, "stagein_done", ok=True, error_code=0, diag="", files=[done_file("in.dat")])
     run = n.next_request(bus.RUNNER_REQUESTS)
     n.answer(run, "payload_started", pid=1, start_time=time.time())
-    time.sleep(1.0)  # the payload "runs" for a second: heartbeats every 0.2 s
+    # the payload "runs" until three heartbeats (every 0.2 s) went out
+    wait_until(lambda: [u["state"] for u in updates(config)].count("running") >= 3, 10, "three heartbeats")
     n.answer(run, "payload_finished", exit_code=0, signal=None, pilot_error_code=0, exe_error_code=0)
     for kind in ("stageout", "stagelog"):
         request = n.next_request(bus.STAGER_REQUESTS)

@@ -54,3 +54,31 @@ def test_watch_warns_then_stops_on_time():
     asyncio.run(main())
     assert [c[0] for c in calls] == ["warn", "stop"]
     assert 0.05 <= calls[0][1] < 0.5 and 0.25 <= calls[1][1] < 0.8, calls
+
+
+def test_who_declares_that_the_payload_handles_the_warning_signal():
+    from nodepilot.experiments.base import Experiment
+    from nodepilot.job import parse_job
+    from services.monitor.timebudget import signal_handled
+
+    class Says(Experiment):
+        name = "says"
+
+        def __init__(self, answer: bool | None) -> None:
+            self.answer = answer
+
+        def handles_time_signal(self, job, queuedata):
+            return self.answer
+
+    def job(**fields: str):
+        return parse_job({"PandaID": 1, "attemptNr": 1, "transformation": "true", **fields})
+
+    quiet = QueueData(name="Q")
+    handled = QueueData(name="Q", watchdog={"time_budget_signal_handled": "yes"})
+    assert signal_handled(job(), quiet, Experiment()) == (False, "nobody declared that the payload handles it")
+    assert signal_handled(job(), handled, Experiment())[0] is True
+    assert signal_handled(job(), handled, Says(False)) == (False, "the experiment plug-in says")
+    assert signal_handled(job(), quiet, Says(True))[0] is True
+    assert signal_handled(job(handlesTimeSignal="no"), handled, Says(True))[0] is False  # the job's word first
+    assert signal_handled(job(handlesTimeSignal="YES"), quiet, Experiment())[0] is True
+    assert signal_handled(job(handlesTimeSignal="maybe"), quiet, Experiment())[0] is False  # no yes/no: not said

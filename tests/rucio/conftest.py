@@ -1,4 +1,4 @@
-"""A real Rucio server (tests/rucio/server.py) for the tests of this directory, one per session."""
+"""A real Rucio server (bench/rucio_server.py) for the tests of this directory, one per session."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from bench.rucio_server import INSTALL_TIMEOUT_S, RucioServer, rucio_running, venv_ready
 from tests.e2e.conftest import job_server, site  # noqa: F401 - the whole pilot's fixtures
-from tests.rucio.server import INSTALL_TIMEOUT_S, RucioServer, rucio_running, venv_ready
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

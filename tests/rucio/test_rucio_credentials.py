@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import asyncio
 
+from bench.rucio_server import PASSWORD, SCOPE
 from nodepilot.queue.model import QueueData
 from services.stager.movers.rucio import RucioMover
 from services.stager.movers.rucio_client import RucioClient, RucioConfig, RucioError
 from tests.conftest import running_service
-from tests.rucio.server import PASSWORD, SCOPE
 from tests.stager.servers import free_ports
 from tests.stager.test_stager_service import answer, send
 

@@ -8,10 +8,10 @@ import json
 import time
 import uuid
 
+from bench.rucio_server import SCOPE
 from services.stager.paths import deterministic_path
 from tests.e2e.conftest import add_jobs, final_update, run_pilot
 from tests.queue.cric import ddm_endpoint, queue_record, write
-from tests.rucio.server import SCOPE
 from tests.rucio.test_rucio_stager import LAN, WAN, seed
 from tests.stager.test_stager_service import adler32
 

@@ -1,4 +1,4 @@
-"""The ``rucio`` mover through a real stager against a real Rucio server (tests/rucio/server.py):
+"""The ``rucio`` mover through a real stager against a real Rucio server (bench/rucio_server.py):
 inputs found through Rucio (LAN replica first, a corrupt one skipped), outputs and the log uploaded
 and registered, direct access, and every transfer's trace in Rucio's own trace file."""
 
@@ -9,11 +9,11 @@ import uuid
 
 import pytest
 
+from bench.rucio_server import SCOPE, RucioServer
 from nodepilot.config import PilotConfig
 from nodepilot.queue.model import Endpoint
 from services.stager.paths import deterministic_path
 from tests.conftest import running_service
-from tests.rucio.server import SCOPE, RucioServer
 from tests.stager.test_stager_service import adler32, answer, send, workdir
 
 LAN, WAN = "XRD_RSE", "POSIX_RSE"  # the queue reads from XRD_RSE on its LAN; POSIX_RSE is WAN to it

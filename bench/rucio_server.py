@@ -26,7 +26,7 @@ from typing import Any
 
 import httpx
 
-from tests.stager.servers import StorageServer, XRootDServer, free_ports, running
+from bench.servers import StorageServer, XRootDServer, free_ports, running
 
 RUCIO_VERSION = "41.5.1"
 PACKAGES = [f"rucio=={RUCIO_VERSION}", "gunicorn"]
