@@ -56,9 +56,8 @@ def to_queuedata(cric: CricQueue, ddms: dict[str, DdmEndpoint], where: str) -> Q
     elif payload_container:
         log.warning("%s: container_type %s for the payload is not supported: isolation decides", where,
                     payload_container)
-    if cric.container_options and cric.container_options.lower() != "none":
-        log.info("%s: container_options %r not used (isolation settings decide the options)", where,
-                 cric.container_options)
+    if cric.container_options and cric.container_options.lower() != "none":  # apptainer's options for the payload
+        queue.isolation = {**queue.isolation, "options": cric.container_options}
     ignored = [t for t in cric.catchall.split() if t.split("=", 1)[0] not in SUPPORTED_CATCHALL]
     if ignored:
         log.info("%s: catchall tokens not used by nodepilot: %s", where, " ".join(ignored))

@@ -117,12 +117,14 @@ class IsolationSpec(_Strict):
     allow_plain: bool | None = None
     binds: list[str] | None = None
     network: bool | None = None
+    options: str | None = None  # more apptainer exec options (CRIC's container_options), e.g. "-B /scratch"
 
 
 class EventServiceSpec(_Strict):
     batch: int | None = Field(None, ge=1)
     zip_outputs: int | None = Field(None, ge=0)
     zip_seconds: float | None = Field(None, ge=0)
+    objstore_id: int | None = Field(None, ge=0)  # the objstoreID of range reports when es_events has no id
 
 
 class Overlay(_Strict):

@@ -24,6 +24,7 @@ import asyncio
 import importlib.util
 import logging
 import os
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -58,6 +59,7 @@ class Settings:
     allow_plain: bool = False
     binds: tuple[str, ...] = ()
     network: bool = True
+    options: tuple[str, ...] = ()  # more ``apptainer exec`` options (the queue's container_options)
 
     @classmethod
     def parse(cls, section: Mapping[str, Any] | None, env: Mapping[str, str]) -> Settings:
@@ -71,7 +73,7 @@ class Settings:
             given = section.get("binds", [])
             section["binds"] = [*(given if isinstance(given, list) else [given]),
                                 *(b for b in env["NODEPILOT_ISOLATION_BINDS"].split(":") if b)]
-        unknown = set(section) - {"mode", "allow_plain", "binds", "network"}
+        unknown = set(section) - {"mode", "allow_plain", "binds", "network", "options"}
         if unknown:
             raise SettingsError(f"unknown isolation settings: {', '.join(sorted(unknown))}")
         mode = section.get("mode", "auto")
@@ -84,7 +86,14 @@ class Settings:
         for name, value in flags.items():
             if not isinstance(value, bool):
                 raise SettingsError(f"isolation {name} must be true or false, got {value!r:.50}")
-        return cls(mode, flags["allow_plain"], tuple(binds), flags["network"])
+        options = section.get("options") or ""
+        if not isinstance(options, str):
+            raise SettingsError(f"isolation options must be a string of apptainer options, got {options!r:.100}")
+        try:
+            words = tuple(shlex.split(options))
+        except ValueError as exc:
+            raise SettingsError(f"isolation options {options!r:.100}: {exc}") from None
+        return cls(mode, flags["allow_plain"], tuple(binds), flags["network"], words)
 
 
 @dataclass
@@ -276,7 +285,7 @@ def apptainer_prefix(apptainer: str, image: str, workdir: Path, hidden: Sequence
     for path in hidden:
         if path.is_file() and any(_under(path, b) for b in binds):
             argv += ["--bind", f"/dev/null:{path}"]
-    return [*argv, "--pwd", work, image]
+    return [*argv, *settings.options, "--pwd", work, image]
 
 
 class Isolation:

@@ -164,8 +164,16 @@ def test_container_type_catchall_and_isolation_mode(tmp_path, caplog):
                       catchall="no_token_renewal mv_final_destination")
     with caplog.at_level("INFO"):
         queue = load(config(tmp_path, record))
-    assert queue.isolation == {"mode": "apptainer"}
+    assert queue.isolation == {"mode": "apptainer", "options": "-B /cvmfs"}  # container_options go to apptainer
     said = [r.getMessage() for r in caplog.records if "catchall tokens" in r.getMessage()]
     assert len(said) == 1 and "no_token_renewal mv_final_destination" in said[0]
     with pytest.raises(QueueConfigError, match=r"own.json: isolation.mode: input should be 'auto', 'apptainer'"):
         load(config(tmp_path, None, {"isolation": {"mode": "chroot"}}))
+
+
+def test_our_event_service_and_isolation_settings_are_in_the_schema(tmp_path):
+    queue = load(config(tmp_path, None, {"endpoints": {"es_events": [{"name": "OS", "url": "file:///os"}]},
+                                         "es": {"objstore_id": 9002}, "isolation": {"options": "-B /scratch"}}))
+    assert queue.es["objstore_id"] == 9002 and queue.isolation["options"] == "-B /scratch"
+    with pytest.raises(QueueConfigError, match="objstore_id"):
+        load(config(tmp_path, None, {"es": {"objstore_id": -1}}))

@@ -140,6 +140,15 @@ def test_apptainer_command_line(tmp_path):
     assert not [a for a in argv if str(tmp_path / "run") in a]
 
 
+def test_the_queues_container_options_go_to_apptainer(tmp_path):
+    settings = Settings.parse({"options": "-B /scratch --cleanenv"}, {})
+    argv = apptainer_prefix("/usr/bin/apptainer", "img.sif", tmp_path, [], settings)
+    assert argv[-6:] == ["-B", "/scratch", "--cleanenv", "--pwd", str(tmp_path), "img.sif"]
+    for bad in ({"options": "-B '/unclosed"}, {"options": ["-B", "/x"]}):
+        with pytest.raises(SettingsError):
+            Settings.parse(bad, {})
+
+
 # --- real payloads in a real sandbox ----------------------------------------------------------------
 
 
