@@ -22,6 +22,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from nodepilot import bus
 from nodepilot.config import PilotConfig
+from nodepilot.errors import clip_diag
 from nodepilot.logs import setup_logging
 from nodepilot.metrics import register_common
 
@@ -60,6 +61,14 @@ class Service:
 
     async def status(self) -> dict[str, Any]:
         return {}
+
+    async def answer_failure(self, message: dict[str, Any], exc: BaseException) -> None:
+        """Answer a request whose handler raised (bus.Consumer's ``on_error``): an error answer on the
+        job's stream, so the monitor never waits for a request that vanished. Default: none."""
+
+    def internal_error(self, what: str, exc: BaseException) -> str:
+        """The diag of a request this service failed on by a bug of its own."""
+        return clip_diag(f"{self.name} internal error in {what}: {exc!r}")
 
     async def consume_or_stop(self, consumer: bus.Consumer) -> None:
         """Serve a work stream; if it cannot be read, stop (the launcher starts a fresh instance)."""

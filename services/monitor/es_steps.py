@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import redis.asyncio as aioredis
 
-from nodepilot import bus
+from nodepilot import bus, deadlines
 from nodepilot.config import PilotConfig
 from nodepilot.errors import ErrorCode, clip_diag
 from nodepilot.job import Job
@@ -33,7 +33,7 @@ class EventServiceSteps:
     if TYPE_CHECKING:  # JobRun's
         def _request_id(self, step: str) -> str: ...
         def _endpoints(self, activity: str) -> list[dict[str, Any]]: ...
-        async def wait_for(self, request_id: str, type_: str) -> dict[str, Any]: ...
+        async def wait_for(self, request_id: str, type_: str, deadline_s: float = ...) -> dict[str, Any]: ...
         async def run_payload(self, extra_env: dict[str, str] | None = None) -> None: ...
 
     async def run_event_service(self) -> None:
@@ -62,7 +62,9 @@ class EventServiceSteps:
             "action": "finish", "job_id": job.panda_id, "request_id": finish_id,
             "reason": self.kill_reason[1] if self.kill_reason else "payload finished",
         })
-        done = await self.wait_for(finish_id, "es_done")
+        # the ranges in hand are reported and their outputs staged out: a batch's stage-out at most
+        deadline = deadlines.ANSWER_S + deadlines.stage_deadline([None] * ES_BATCH)
+        done = await self.wait_for(finish_id, "es_done", deadline)
         self.payload["n_events"] = self.payload.get("n_events") or done.get("n_events")
         self.result.files_out = int(done.get("finished") or 0)
         log.info("job %s: event ranges: %s finished, %s failed", job.panda_id, done.get("finished"),

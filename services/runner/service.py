@@ -100,7 +100,7 @@ class RunnerService(Service):
         asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(CONCURRENCY + 8, "runner"))
         # a failed read is retried in place: the payloads keep running and their handlers waiting
         consumer = bus.Consumer(self.redis, bus.RUNNER_REQUESTS, "runner", "runner", self.handle,
-                                concurrency=CONCURRENCY, retry_s=RETRY_S)
+                                concurrency=CONCURRENCY, retry_s=RETRY_S, on_error=self.answer_failure)
         try:
             await consumer.run()
         finally:
@@ -120,6 +120,17 @@ class RunnerService(Service):
                 task.cancel()
 
     # --- one request ---------------------------------------------------------------------
+    async def answer_failure(self, message: dict[str, Any], exc: BaseException) -> None:
+        """A run request whose handler raised gets its payload_finished with a pilot error code."""
+        job_id, request_id = bus.job_id_of(message.get("job_id")), message.get("request_id")
+        if job_id is None or message.get("action") != "run":
+            return  # kills and signals are not waited for
+        request_id = request_id if isinstance(request_id, str) else ""
+        if request_id and (await self._state(job_id, request_id)).get("state") == "finished":
+            return  # answered already
+        diag = self.internal_error(f"run request {request_id}", exc)
+        await self._finish(job_id, request_id, Outcome(ErrorCode.PILOT_EXCEPTION, diag))
+
     async def handle(self, entry_id: str, message: dict[str, Any]) -> None:
         job_id, action = bus.job_id_of(message.get("job_id")), message.get("action")
         request_id = message.get("request_id")
