@@ -77,6 +77,7 @@ def _progress_wanted() -> bool:
 def _launch(config: PilotConfig, in_process: bool = False, preflight: bool = False,
             ignored: list[str] | None = None) -> int:
     from nodepilot.launcher import Launcher
+    from nodepilot.rundir import RunDirBusy, lock_run_dir
     from nodepilot.service import setup_logging
     from nodepilot.summary import print_summary
 
@@ -90,6 +91,11 @@ def _launch(config: PilotConfig, in_process: bool = False, preflight: bool = Fal
     code = _prepare(config, preflight, logger)
     if code != exitcodes.OK:
         return code
+    try:  # one pilot per run dir (nodepilot/rundir.py); emptied but for summary.json at exit
+        run_lock = lock_run_dir(Path(config.run_dir))
+    except (RunDirBusy, OSError) as exc:
+        logger.error("%s", exc)
+        return exitcodes.USAGE
     progress = None
     if progress_wanted:
         from nodepilot.progress import JobProgress
@@ -106,6 +112,7 @@ def _launch(config: PilotConfig, in_process: bool = False, preflight: bool = Fal
     finally:
         if progress is not None:
             progress.stop()
+        run_lock.release()
     print_summary(Path(config.run_dir) / "summary.json")
     return code
 
@@ -373,8 +380,6 @@ def main() -> None:
         kept, ignored = split_ignored(args[1:])
         args = ["start", *kept, *(x for option in ignored for x in ("--ignored-reference-option", option))]
     sys.exit(app(args))
-
-
 
 
 if __name__ == "__main__":
