@@ -12,9 +12,12 @@ from typing import Annotated
 import typer
 
 from nodepilot import exitcodes
+from nodepilot.commands import LogFormatOpt, refuse, service, summary
+from nodepilot.commands import set_log_format as _log_format
 from nodepilot.config import PilotConfig
 from nodepilot.jobserver.command import serve
-from nodepilot.refargs import REFERENCE_PORT, bool_option, check_resource_type, reference_url
+from nodepilot.limits import check_lifetime, check_pilot
+from nodepilot.refargs import REFERENCE_PORT, bool_option, check_resource_type, check_server_url, reference_url
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="nodepilot: a worker-node pilot for PanDA-style distributed computing.")
@@ -58,17 +61,6 @@ def _prepare(config: PilotConfig, preflight: bool, logger: logging.Logger) -> in
     return exitcodes.OK
 
 
-def _log_format(given: str) -> None:
-    """The services inherit the launcher's environment: the format chosen here is theirs too."""
-    from nodepilot.logs import FORMAT_ENV, log_format
-
-    try:
-        os.environ[FORMAT_ENV] = log_format(given)
-    except ValueError as exc:
-        typer.echo(f"nodepilot: {exc}", err=True)
-        raise typer.Exit(exitcodes.USAGE) from None
-
-
 def _progress_wanted() -> bool:
     """Progress lines on a terminal, for people (not with JSON logs, meant for a collector)."""
     return sys.stdout.isatty() and os.environ.get("NODEPILOT_LOG_FORMAT", "plain") == "plain"
@@ -76,8 +68,9 @@ def _progress_wanted() -> bool:
 
 def _launch(config: PilotConfig, in_process: bool = False, preflight: bool = False,
             ignored: list[str] | None = None) -> int:
+    from nodepilot.banner import banner
     from nodepilot.launcher import Launcher
-    from nodepilot.rundir import RunDirBusy, lock_run_dir
+    from nodepilot.rundir import RunDirBusy, check_work_dir, lock_run_dir
     from nodepilot.service import setup_logging
     from nodepilot.summary import print_summary
 
@@ -91,11 +84,17 @@ def _launch(config: PilotConfig, in_process: bool = False, preflight: bool = Fal
     code = _prepare(config, preflight, logger)
     if code != exitcodes.OK:
         return code
-    try:  # one pilot per run dir (nodepilot/rundir.py); emptied but for summary.json at exit
+    try:  # a work dir that can be written; one pilot per run dir, emptied but for summary.json at exit
+        check_work_dir(Path(config.work_dir))
         run_lock = lock_run_dir(Path(config.run_dir))
-    except (RunDirBusy, OSError) as exc:
+    except (RunDirBusy, OSError, ValueError) as exc:
         logger.error("%s", exc)
         return exitcodes.USAGE
+    first_line = banner(config, "in-process" if in_process else "services as processes")
+    if progress_wanted:  # INFO lines are hidden on a terminal
+        typer.echo(first_line, err=True)
+    else:
+        logger.info("%s", first_line)
     progress = None
     if progress_wanted:
         from nodepilot.progress import JobProgress
@@ -130,8 +129,6 @@ RunDirOpt = Annotated[str, typer.Option("--run-dir", envvar="NODEPILOT_RUN_DIR",
                                         help="sockets and state (default <workdir>/run-<pid>)")]
 PilotUserOpt = Annotated[str, typer.Option("--pilot-user", envvar="NODEPILOT_PILOT_USER",
                                            help="experiment plug-in (default: the queue's, else generic)")]
-LogFormatOpt = Annotated[str, typer.Option("--log-format", envvar="NODEPILOT_LOG_FORMAT",
-                                           help="plain (for people) | json (one object per line)")]
 WebPortOpt = Annotated[int, typer.Option("--web-port", envvar="NODEPILOT_WEB_PORT",
                                          help="also serve the monitor's web page on 127.0.0.1:PORT")]
 
@@ -196,6 +193,12 @@ def start(
         if url or (server and port):
             server = reference_url(url or server, port)
         check_resource_type(resource_type)
+        check_pilot(heartbeat, lifetime, max_jobs)
+        from nodepilot.panda.connect import check_api
+
+        check_api(api)
+        if server:
+            check_server_url(server)
         flags = {name: bool_option(name, value) for name, value in
                  (("--allow-other-country", allow_other_country), ("--allow-same-user", allow_same_user))}
     except ValueError as exc:
@@ -234,11 +237,12 @@ def start(
     raise typer.Exit(_launch(config, in_process, preflight=True, ignored=list(ignored or [])))
 
 
-def _check_slots(slots: str) -> None:
+def _check_slots(slots: str, lifetime: float = 0.0) -> None:
     from nodepilot.slots import parse_slots
 
     try:
         parse_slots(slots)
+        check_lifetime(lifetime)
     except ValueError as exc:
         typer.echo(f"nodepilot: {exc}", err=True)
         raise typer.Exit(exitcodes.USAGE) from None
@@ -285,7 +289,7 @@ def frontend(
     if api.lower() not in ("v1", "legacy"):
         typer.echo("nodepilot frontend: --api is v1 or legacy (the front-end talks to the server itself)", err=True)
         raise typer.Exit(exitcodes.USAGE)
-    _check_slots(slots)
+    _check_slots(slots, lifetime)
     _log_format(log_format)
     setup_logging("frontend")
     config = PilotConfig(queue=queue, site=site or queue, server=server, api=api.lower(), job_label=job_label,
@@ -301,7 +305,7 @@ def frontend(
 
 @app.command()
 def run(
-    job_file: Annotated[Path, typer.Argument(help="a job definition (JSON)", exists=True, dir_okay=False)],
+    job_file: Annotated[Path, typer.Argument(help="a job definition (JSON)")],
     ranges: Annotated[Path | None, typer.Option("--ranges", exists=True, dir_okay=False,
                                                 help="event ranges (JSON list) of an event-service job")] = None,
     queue: QueueOpt = "LOCAL_TEST",
@@ -314,36 +318,24 @@ def run(
     log_format: LogFormatOpt = "plain",
     web_port: WebPortOpt = 0,
 ) -> None:
-    """Run one job from a file with no server; updates go to <workdir>/updates.jsonl."""
+    """Run one job from a file with no server; updates go to <workdir>/updates.jsonl. Exit code 8 if it failed."""
+    from nodepilot.panda.standalone import read_job_file
+    from nodepilot.summary import any_failed
+
     _log_format(log_format)
+    try:
+        read_job_file(job_file)
+    except ValueError as exc:
+        raise refuse("run", str(exc)) from None
     work = workdir.resolve()
     config = PilotConfig(queue=queue, site=queue, work_dir=str(work), run_dir=_run_dir(workdir, run_dir),
                          redis_url=redis_url, se_dir=str(se_dir), queuedata_file=queuedata, max_jobs=1,
                          job_file=str(job_file.resolve()), updates_file=str(work / "updates.jsonl"),
                          ranges_file=str(ranges.resolve()) if ranges else "", pilot_user=pilot_user,
                          web_port=web_port)
-    raise typer.Exit(_launch(config))
-
-
-@app.command()
-def service(
-    name: Annotated[str, typer.Argument(help="monitor | runner | stager | eventclient")],
-    config: Annotated[Path | None, typer.Option("--config", "-c", envvar="NODEPILOT_CONFIG",
-                                                help="pilot.json (default: NODEPILOT_* variables)")] = None,
-    log_format: LogFormatOpt = "plain",
-) -> None:
-    """Run one service in the foreground (what compose starts; the launcher forks the same code)."""
-    _log_format(log_format)
-    from nodepilot import service as service_mod
-    from nodepilot.registry import service_class
-
-    settings = PilotConfig.load(config) if config else PilotConfig.from_env()
-    if not config:  # compose: the queue from the environment's sources, as nodepilot start reads it
-        from nodepilot.queue.loader import load as load_queue
-
-        settings.queuedata = load_queue(settings)
-    code = service_mod.run(service_class(name), settings)
-    raise typer.Exit(code)
+    code = _launch(config)
+    failed = code == exitcodes.OK and any_failed(Path(config.run_dir) / "summary.json")
+    raise typer.Exit(exitcodes.JOB_FAILED if failed else code)
 
 
 @app.command()
@@ -364,12 +356,8 @@ def status(
     raise typer.Exit(show(where, once, max(interval, 0.2)))
 
 
-@app.command()
-def summary(path: Annotated[Path, typer.Argument(help="a run directory's summary.json")]) -> None:
-    """Print the table of jobs a pilot ran."""
-    from nodepilot.summary import print_summary
-
-    print_summary(path)
+app.command()(service)
+app.command()(summary)
 
 
 def main() -> None:

@@ -14,10 +14,24 @@ import contextlib
 import fcntl
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 LOCK_NAME = "pilot.lock"
 KEPT = ("summary.json",)
+
+
+def check_work_dir(path: Path) -> None:
+    """The work dir exists (created here) and can be written; ValueError saying why not, in one line."""
+    blocker = next((p for p in reversed((path, *path.parents)) if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise ValueError(f"work dir {path}: {blocker} is a file, not a directory")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as exc:
+        raise ValueError(f"work dir {path} cannot be written: {exc.strerror or exc}") from None
 
 
 class RunDirBusy(Exception):

@@ -20,7 +20,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from nodepilot import bus, deadlines, experiments, logs
+from nodepilot import bus, deadlines, experiments, limits, logs
 from nodepilot.config import PilotConfig
 from nodepilot.errors import ErrorCode, clip_diag
 from nodepilot.job import Job
@@ -137,7 +137,9 @@ class JobRun(StageSteps, EventServiceSteps):
             log.info("job %s: server command %r ignored for this kind of job", self.job.panda_id, command)
 
     def heartbeat_period(self) -> float:
-        return min(DEBUG_HEARTBEAT_S, self.config.heartbeat_s) if self.debug else self.config.heartbeat_s
+        """The configured period, never under the floor (a config from the environment is not checked)."""
+        period = min(DEBUG_HEARTBEAT_S, self.config.heartbeat_s) if self.debug else self.config.heartbeat_s
+        return max(limits.HEARTBEAT_S[0], period)
 
     def stdout_tail(self, limit: int = STDOUT_TAIL_BYTES) -> str:
         path = self.workdir / "payload.stdout"

@@ -38,7 +38,7 @@ def test_a_second_pilot_on_the_same_run_dir_refuses_and_the_first_goes_on(site: 
         assert len(lines) == 1 and "in use by another pilot" in lines[0] and "Traceback" not in second.stderr
         assert not (site / "w2" / "updates.jsonl").exists()  # it did nothing
         assert (run_dir / "monitor.sock").exists() and (run_dir / "redis").is_dir()  # nothing of the first touched
-        out, err = first.communicate(timeout=120)
+        _out, err = first.communicate(timeout=120)
     finally:
         kill_if_running(first)
     assert first.returncode == exitcodes.OK, err[-3000:]
