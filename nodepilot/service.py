@@ -33,6 +33,7 @@ STOP_WAIT_S = 3.0
 
 class Service:
     name = "service"
+    stop_wait_s = STOP_WAIT_S  # how long its workers get to end once it is stopped (within the launcher's grace)
 
     def __init__(self, config: PilotConfig) -> None:
         self.config = config
@@ -150,7 +151,7 @@ class Service:
             task.cancel()
         if background:
             # bounded: a cancelled blocking XREADGROUP in redis-py may not return (see bus.Consumer)
-            await asyncio.wait(background, timeout=STOP_WAIT_S)
+            await asyncio.wait(background, timeout=self.stop_wait_s)
         stop.cancel()
         server.request_exit()
         with contextlib.suppress(BaseException):

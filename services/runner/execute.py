@@ -315,6 +315,12 @@ def _cgroup_of(pid: int) -> PayloadCgroup | None:
     return cgroup
 
 
+async def finish_cleanups(timeout: float) -> None:
+    """Let the removals of ended payloads' cgroups finish (a stopping runner: bounded)."""
+    if _cleanups:
+        await asyncio.wait(list(_cleanups), timeout=timeout)
+
+
 async def remove_when_empty(cgroup: PayloadCgroup, timeout: float = 30.0) -> None:
     """The kernel empties a killed cgroup in a moment; remove it then (bounded, off the job's path)."""
     deadline = time.monotonic() + timeout

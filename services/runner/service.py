@@ -26,12 +26,14 @@ from nodepilot import bus, experiments
 from nodepilot.config import PilotConfig
 from nodepilot.errors import ErrorCode, clip_diag
 from nodepilot.service import Service
+from services.runner.cgroup import remove_empty_leftovers
 from services.runner.execute import (
     Ended,
     Payload,
     adopt,
     ended_from_status,
     find_shim,
+    finish_cleanups,
     host_tag,
     kill_orphaned,
     payload_env,
@@ -61,6 +63,9 @@ RETRY_S = 2.0  # between attempts to read the stream again after Redis failed
 
 class RunnerService(Service):
     name = "runner"
+    # its payloads' stop (STOP_GRACE_S, then SIGKILL), their reports and their cgroups' removal, all before
+    # the launcher's SIGKILL (launcher.STOP_GRACE): cut short, they would outlive the runner
+    stop_wait_s = STOP_GRACE_S + 6.0
 
     def __init__(self, config: PilotConfig) -> None:
         super().__init__(config)
@@ -101,11 +106,14 @@ class RunnerService(Service):
         # a failed read is retried in place: the payloads keep running and their handlers waiting
         consumer = bus.Consumer(self.redis, bus.RUNNER_REQUESTS, "runner", "runner", self.handle,
                                 concurrency=CONCURRENCY, retry_s=RETRY_S, on_error=self.answer_failure)
+        await asyncio.to_thread(remove_empty_leftovers)  # of a runner that was killed (SIGKILL: no clean-up)
         try:
             await consumer.run()
         finally:
             await self._stop_payloads()
             await consumer.aclose()
+            # the killed payloads' cgroups go with the runner, not minutes later (or never)
+            await finish_cleanups(2.0)
 
     async def _stop_payloads(self) -> None:
         """The runner stops: kill its payloads and let their handlers report them (bounded)."""
@@ -115,7 +123,7 @@ class RunnerService(Service):
             payload.kill(STOP_GRACE_S, "the runner stopped")
         if waiting:
             _done, pending = await asyncio.wait([asyncio.ensure_future(w) for w in waiting],
-                                               timeout=STOP_GRACE_S + 5)
+                                               timeout=STOP_GRACE_S + 3)
             for task in pending:
                 task.cancel()
 
