@@ -129,6 +129,8 @@ RunDirOpt = Annotated[str, typer.Option("--run-dir", envvar="NODEPILOT_RUN_DIR",
                                         help="sockets and state (default <workdir>/run-<pid>)")]
 PilotUserOpt = Annotated[str, typer.Option("--pilot-user", envvar="NODEPILOT_PILOT_USER",
                                            help="experiment plug-in (default: the queue's, else generic)")]
+KeepOpt = Annotated[bool, typer.Option("--keep-workdirs", envvar="NODEPILOT_KEEP_WORKDIRS", help="keep each job's "
+                                       "dir (default: removed once its log is out and its final update delivered)")]
 WebPortOpt = Annotated[int, typer.Option("--web-port", envvar="NODEPILOT_WEB_PORT",
                                          help="also serve the monitor's web page on 127.0.0.1:PORT")]
 
@@ -180,6 +182,7 @@ def start(
     run_dir: RunDirOpt = "",
     log_format: LogFormatOpt = "plain",
     web_port: WebPortOpt = 0,
+    keep_workdirs: KeepOpt = False,
     slots: Annotated[str, typer.Option("--slots", envvar="NODEPILOT_SLOTS",
                                        help="jobs at once: N, or auto (one per core)")] = "1",
     in_process: Annotated[bool, typer.Option("--in-process", help="the services as tasks of this one process "
@@ -228,7 +231,8 @@ def start(
                          working_group=working_group, job_type=job_type, country_group=country_group,
                          allow_other_country=flags["--allow-other-country"],
                          allow_same_user=flags["--allow-same-user"], send_remaining_time=send_remaining_time,
-                         stageout_attempts=stageout_attempts, worker_status_update=not no_worker_status)
+                         stageout_attempts=stageout_attempts, worker_status_update=not no_worker_status,
+                         keep_workdirs=keep_workdirs)
     if relay:  # --redis-url is the front-end's; the bus gets a Redis (or a database there) of its own
         from nodepilot.panda.relay import default_worker_id
 
@@ -317,6 +321,7 @@ def run(
     pilot_user: PilotUserOpt = "",
     log_format: LogFormatOpt = "plain",
     web_port: WebPortOpt = 0,
+    keep_workdirs: KeepOpt = False,
 ) -> None:
     """Run one job from a file with no server; updates go to <workdir>/updates.jsonl. Exit code 8 if it failed."""
     from nodepilot.panda.standalone import read_job_file
@@ -332,7 +337,7 @@ def run(
                          redis_url=redis_url, se_dir=str(se_dir), queuedata_file=queuedata, max_jobs=1,
                          job_file=str(job_file.resolve()), updates_file=str(work / "updates.jsonl"),
                          ranges_file=str(ranges.resolve()) if ranges else "", pilot_user=pilot_user,
-                         web_port=web_port)
+                         web_port=web_port, keep_workdirs=keep_workdirs)
     code = _launch(config)
     failed = code == exitcodes.OK and any_failed(Path(config.run_dir) / "summary.json")
     raise typer.Exit(exitcodes.JOB_FAILED if failed else code)

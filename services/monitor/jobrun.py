@@ -300,6 +300,18 @@ class JobRun(StageSteps, EventServiceSteps):
                 update["stdout"] = self.stdout_tail()
             await self.outbox.put(update)
 
+    def log_staged(self) -> bool:
+        """Whether the job's log tarball reached storage."""
+        return self.job.log is not None and any(
+            f.get("lfn") == self.job.log.lfn and f.get("status") == "done" for f in self.staged)
+
+    def removable(self) -> bool:
+        """Whether the job's work dir may go: its final update delivered, and its log staged out (a job without a
+        log: finished). A dir kept (``--keep-workdirs``, or a failure) says why the job ended as it did."""
+        if self.config.keep_workdirs or not self.result.final_delivered:
+            return False
+        return self.log_staged() if self.job.log is not None else self.result.state == "finished"
+
     def _request_id(self, step: str) -> str:
         return f"{self.job.panda_id}:{self.job.attempt_nr}:{step}"
 
