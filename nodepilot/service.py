@@ -14,6 +14,7 @@ import os
 import signal
 import time
 from collections.abc import Coroutine
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import uvicorn
@@ -34,6 +35,7 @@ STOP_WAIT_S = 3.0
 class Service:
     name = "service"
     stop_wait_s = STOP_WAIT_S  # how long its workers get to end once it is stopped (within the launcher's grace)
+    threads = 8  # threads it may keep busy at once (asyncio.to_thread): its share of the loop's default pool
 
     def __init__(self, config: PilotConfig) -> None:
         self.config = config
@@ -43,6 +45,7 @@ class Service:
         self.started = time.time()
         self._app: FastAPI | None = None
         self.early_signals: list[int] = []  # arrived before the event loop's handlers were set
+        self.owns_loop = True  # False in-process: the loop and its thread pool are shared (nodepilot/inprocess.py)
         self.metrics = CollectorRegistry()  # a service registers its own collectors here; /metrics shows them
 
     # --- what a service defines ----------------------------------------------------
@@ -117,6 +120,8 @@ class Service:
         return app
 
     async def serve(self) -> int:
+        if self.owns_loop:  # in-process, one pool sized for every service is set before they start
+            asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(self.threads, self.name))
         main = self.main()
         main_task = asyncio.create_task(main) if main is not None else None
         await asyncio.sleep(0)  # the main worker's first request goes out before the app is built

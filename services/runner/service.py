@@ -16,7 +16,6 @@ import signal
 import time
 import uuid
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from fastapi import FastAPI, HTTPException
@@ -66,6 +65,7 @@ class RunnerService(Service):
     # its payloads' stop (STOP_GRACE_S, then SIGKILL), their reports and their cgroups' removal, all before
     # the launcher's SIGKILL (launcher.STOP_GRACE): cut short, they would outlive the runner
     stop_wait_s = STOP_GRACE_S + 6.0
+    threads = CONCURRENCY + 8  # a thread per running payload blocks in wait4, and its sampler needs one at times
 
     def __init__(self, config: PilotConfig) -> None:
         super().__init__(config)
@@ -101,8 +101,6 @@ class RunnerService(Service):
             return {"job_id": job_id, "request_id": request_id, "pids": pids}
 
     async def _consume(self) -> None:
-        # a thread per running payload blocks in wait4: the default pool (cpus + 4) would run out
-        asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(CONCURRENCY + 8, "runner"))
         # a failed read is retried in place: the payloads keep running and their handlers waiting
         consumer = bus.Consumer(self.redis, bus.RUNNER_REQUESTS, "runner", "runner", self.handle,
                                 concurrency=CONCURRENCY, retry_s=RETRY_S, on_error=self.answer_failure)

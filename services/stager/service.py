@@ -12,7 +12,6 @@ import contextlib
 import json
 import logging
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -47,6 +46,8 @@ class StagerService(Service):
     def __init__(self, config: PilotConfig) -> None:
         super().__init__(config)
         self.settings = StagerSettings.from_queue(config.queuedata)
+        # one thread per file copy (the pilot-wide bound), a few more for tarballs and abandoned copies
+        self.threads = self.settings.transfers_per_pilot + 8
         self.stats = StagerMetrics(self.metrics)
         self.traces = Traces(self.redis, self.settings.trace_url, self.settings.trace_timeout_s,
                              self.settings.trace_retry_cap_s, self.stats, config.node,
@@ -66,9 +67,6 @@ class StagerService(Service):
                 "requests_in_flight": len(self._running), "copysetup": self.copysetup.view()}
 
     async def _consume(self) -> None:
-        # one thread per file copy (the pilot-wide bound), a few more for tarballs and abandoned copies
-        workers = self.settings.transfers_per_pilot + 8
-        asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(workers, "stager"))
         consumer = bus.Consumer(self.redis, bus.STAGER_REQUESTS, "stager", "stager", self.handle,
                                 concurrency=CONSUMER_CONCURRENCY, on_error=self.answer_failure)
         await self.consume_or_stop(consumer)
