@@ -39,10 +39,10 @@ class RestartPolicy:
         while now - deaths[0] > self.window_s:
             deaths.popleft()
         if len(deaths) > self.max_restarts:
-            log.error("%s ended (%s) %d times within %.0f s: giving up", name, exitcode, len(deaths), self.window_s)
+            log.error("%s died (exit %s) %d times within %.0f s: giving up", name, exitcode, len(deaths), self.window_s)
             return False
         self.restarts[name] = self.restarts.get(name, 0) + 1
-        log.warning("%s ended (%s): restarting (%d in the last %.0f s, %d in all)", name, exitcode, len(deaths),
+        log.warning("%s died (exit %s): restarting (%d in the last %.0f s, %d in all)", name, exitcode, len(deaths),
                     self.window_s, self.restarts[name])
         return True
 

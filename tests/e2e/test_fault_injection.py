@@ -52,11 +52,11 @@ def merge_job(panda_id: int) -> dict:
     }
 
 
-def start_pilot(site: Path, server_url: str, log_path: Path, max_jobs: int) -> subprocess.Popen:
+def start_pilot(site: Path, server_url: str, log_path: Path, max_jobs: int, *extra: str) -> subprocess.Popen:
     with log_path.open("a") as log:  # a file, not a pipe: a pilot that logs a lot never blocks on it
         return subprocess.Popen(
             [*NODEPILOT, "start", "--queue", "LOCAL_TEST", "--server", server_url, "--workdir", str(site / "work"),
-             "--se-dir", str(site / "se"), "--max-jobs", str(max_jobs)],
+             "--se-dir", str(site / "se"), "--max-jobs", str(max_jobs), *extra],
             stdout=log, stderr=subprocess.STDOUT)
 
 
@@ -178,14 +178,16 @@ def test_a_victim_killed_at_a_random_moment_of_each_job(site, job_server, victim
             check_merge_job(site, update, panda_id)
 
 
-def test_redis_killed_mid_payload_comes_back_from_its_append_only_file(site, job_server):
+@pytest.mark.parametrize("mode", [(), ("--in-process",)], ids=["processes", "in-process"])
+def test_redis_killed_mid_payload_comes_back_from_its_append_only_file(site, job_server, mode):
     """A deterministic case of the above: Redis dies while the payload runs (every service holds
-    connections, the runner's request is pending, the monitor blocks on the job's stream)."""
+    connections, the runner's request is pending, the monitor blocks on the job's stream); the same
+    in both modes (one restart policy, nodepilot/supervision.py)."""
     job = merge_job(8900)
     job["jobPars"] = job["jobPars"].replace("sleep 0.4;", "touch started; while [ ! -e go ]; do sleep 0.05; done;")
     add_jobs(site, job)
     log_path = site / "pilot.log"
-    pilot = start_pilot(site, job_server.url, log_path, 1)
+    pilot = start_pilot(site, job_server.url, log_path, 1, *mode)
     try:
         workdir = site / "work" / "PanDA_Pilot-8900"
         deadline = time.monotonic() + 30
