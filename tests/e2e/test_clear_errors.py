@@ -141,3 +141,31 @@ def test_run_exits_non_zero_when_its_job_failed_and_says_what_runs_first(tmp_pat
         assert f"queue LOCAL_TEST, server none (job file {tmp_path / (name + '.json')})" in first
         assert "queue data: se-dir se" in first and "isolation " in first
     assert codes == {"ok": exitcodes.OK, "fail": exitcodes.JOB_FAILED}
+
+
+def test_a_work_dir_that_cannot_be_written_fails_at_once(tmp_path: Path):
+    """An existing work dir on a read-only file system (a real mount; we run as root): one line, exit 2,
+    at once; and the standalone client does not retry an updates file it may not write."""
+    import asyncio
+    import time
+
+    from nodepilot.panda.errors import ServerError
+    from nodepilot.panda.standalone import StandaloneClient
+
+    (tmp_path / "job.json").write_text(json.dumps(OK_JOB))
+    readonly = tmp_path / "ro"
+    readonly.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(readonly)],
+                             capture_output=True, text=True, timeout=10, check=False)
+    assert mounted.returncode == 0, mounted.stderr
+    try:
+        t0 = time.monotonic()
+        line = refused(tmp_path, "run", "job.json", "--workdir", "ro")
+        assert time.monotonic() - t0 < 20
+        assert line.endswith(f"work dir {readonly} cannot be written: Read-only file system")
+        client = StandaloneClient(tmp_path / "job.json", readonly / "updates.jsonl")
+        with pytest.raises(ServerError) as caught:
+            asyncio.run(client.update_job({"jobId": 7301, "state": "running"}))
+        assert caught.value.retryable is False  # a file that may not be written will not become writable
+    finally:
+        subprocess.run(["umount", "-l", str(readonly)], capture_output=True, timeout=10, check=False)
