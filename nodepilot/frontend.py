@@ -330,12 +330,26 @@ class Frontend(Service):
 
 def run_frontend(config: PilotConfig, settings: FrontendSettings) -> int:
     """The front-end until it is stopped (or its workers ended); its exit code."""
-    from nodepilot.redis_server import RedisStartError, spawn_redis
-    from nodepilot.service import run_instance
+    from nodepilot.rundir import RunDirBusy, lock_run_dir
 
     if settings.launch not in LAUNCHES:
         log.error("--launch must be one of %s, not %r", ", ".join(LAUNCHES), settings.launch)
         return exitcodes.USAGE
+    try:  # one pilot per run dir, as for nodepilot start (nodepilot/rundir.py)
+        run_lock = lock_run_dir(Path(config.run_dir))
+    except (RunDirBusy, OSError) as exc:
+        log.error("%s", exc)
+        return exitcodes.USAGE
+    try:
+        return _run_frontend(config, settings)
+    finally:
+        run_lock.release()
+
+
+def _run_frontend(config: PilotConfig, settings: FrontendSettings) -> int:
+    from nodepilot.redis_server import RedisStartError, spawn_redis
+    from nodepilot.service import run_instance
+
     run = config.make_dirs()
     embedded = None
     if not config.redis_url:

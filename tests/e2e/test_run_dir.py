@@ -55,3 +55,21 @@ def test_a_run_dir_is_usable_again_once_its_pilot_ended(site: Path):
         assert done.returncode == exitcodes.OK, done.stderr[-3000:]
     summary = json.loads((run_dir / "summary.json").read_text())
     assert [job["panda_id"] for job in summary] == [7104]
+
+
+def test_a_second_front_end_on_the_same_run_dir_refuses(site: Path, job_server):
+    run_dir = Path(tempfile.mkdtemp(prefix="np-rd-"))
+    command = [*NODEPILOT, "frontend", "--server", job_server.url, "--workdir", str(site / "fe"), "--run-dir",
+               str(run_dir)]
+    first = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: (run_dir / "frontend.sock").exists(), 60, "the first front-end")
+        second = subprocess.run(command, capture_output=True, text=True, timeout=60)
+        assert second.returncode == exitcodes.USAGE, second.stderr
+        assert "in use by another pilot" in second.stderr and "Traceback" not in second.stderr
+        assert (run_dir / "frontend.sock").exists() and first.poll() is None  # the first one untouched
+        first.terminate()
+        first.wait(30)
+    finally:
+        kill_if_running(first)
+    assert not (run_dir / "redis").exists() and not (run_dir / "pilot.json").exists()
