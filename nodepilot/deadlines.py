@@ -38,5 +38,7 @@ def stage_deadline(sizes: Iterable[int | None], endpoints: int = 1, attempts: in
 
 def payload_deadline(max_walltime_s: float | None, until_slot_end_s: float | None) -> float:
     """Seconds a payload may run before the runner must have answered (its kill included)."""
-    limits = [s for s in (max_walltime_s, until_slot_end_s) if s is not None and s > 0]
+    limits = [max(0.0, until_slot_end_s)] if until_slot_end_s is not None else []  # a slot already over: 0
+    if max_walltime_s:  # 0 or None: the job has none
+        limits.append(max_walltime_s)
     return (min(limits) if limits else PAYLOAD_NO_LIMIT_S) + PAYLOAD_MARGIN_S

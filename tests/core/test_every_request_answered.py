@@ -156,6 +156,7 @@ def test_deadlines_follow_the_stagers_bounds_and_the_jobs_wall_time(pilot_config
     assert deadlines.payload_deadline(3600, None) == 3600 + deadlines.PAYLOAD_MARGIN_S
     assert deadlines.payload_deadline(3600, 600) == 600 + deadlines.PAYLOAD_MARGIN_S
     assert deadlines.payload_deadline(None, None) == deadlines.PAYLOAD_NO_LIMIT_S + deadlines.PAYLOAD_MARGIN_S
+    assert deadlines.payload_deadline(0, -50) == deadlines.PAYLOAD_MARGIN_S  # the slot is over already
     log_job = Job(panda_id=JOB, attempt_nr=1, transformation="bash", log=FileSpec(lfn="l.tgz", scope="s"))
     run = JobRun(log_job, pilot_config, None, outbox=None)  # type: ignore[arg-type]
     assert run._stage_deadline({"log": {}}, 1) == deadlines.stage_deadline([deadlines.LOG_SIZE_GUESS], 2)
