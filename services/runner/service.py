@@ -212,8 +212,9 @@ class RunnerService(Service):
             if announce:
                 await self._announce(payload)
             ended = await payload.wait()
-        except asyncio.CancelledError:
-            payload.kill_now("the runner stopped")  # not left running unwatched
+        except BaseException as exc:  # stopped, or a bug: the payload is not left running unwatched
+            payload.kill_now("the runner stopped" if isinstance(exc, asyncio.CancelledError)
+                             else f"the runner failed: {exc!r}")
             raise
         finally:
             self.payloads.pop(request_id, None)
