@@ -17,7 +17,7 @@ from nodepilot.commands import set_log_format as _log_format
 from nodepilot.config import PilotConfig
 from nodepilot.jobserver.command import serve
 from nodepilot.limits import check_lifetime, check_pilot
-from nodepilot.refargs import REFERENCE_PORT, bool_option, check_resource_type, check_server_url, reference_url
+from nodepilot.refargs import REFERENCE_PORT, bool_option, check_resource_type, reference_url
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="nodepilot: a worker-node pilot for PanDA-style distributed computing.")
@@ -198,10 +198,11 @@ def start(
         check_resource_type(resource_type)
         check_pilot(heartbeat, lifetime, max_jobs)
         from nodepilot.panda.connect import check_api
+        from nodepilot.queue.preflight import server_url_problem
 
         check_api(api)
-        if server:
-            check_server_url(server)
+        if server and (problem := server_url_problem(server)):  # before the queue data is even read
+            raise ValueError(problem)
         flags = {name: bool_option(name, value) for name, value in
                  (("--allow-other-country", allow_other_country), ("--allow-same-user", allow_same_user))}
     except ValueError as exc:

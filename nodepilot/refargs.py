@@ -111,16 +111,3 @@ def bool_option(name: str, value: str) -> bool:
     if read is None:
         raise ValueError(f"{name} {value!r}: expected true or false")
     return read
-
-
-def check_server_url(url: str) -> None:
-    """ValueError (one line) for a server URL that no client could call: http(s), a host, a valid port."""
-    try:
-        parts = urlsplit(url)
-        port = parts.port  # ValueError when not a number in 0-65535
-    except ValueError as exc:
-        raise ValueError(f"server URL {url!r}: {exc}") from None
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"server URL {url!r}: expected http(s)://HOST[:PORT][/PATH]")
-    if port == 0:
-        raise ValueError(f"server URL {url!r}: port 0")

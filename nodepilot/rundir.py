@@ -25,13 +25,13 @@ def check_work_dir(path: Path) -> None:
     """The work dir exists (created here) and can be written; ValueError saying why not, in one line."""
     blocker = next((p for p in reversed((path, *path.parents)) if p.exists() and not p.is_dir()), None)
     if blocker is not None:
-        raise ValueError(f"work dir {path}: {blocker} is a file, not a directory")
+        raise ValueError(f"work dir {path}: not writable ({blocker} is a file, not a directory)")
     try:
         path.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=path):
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".nodepilot-write-test-"):
             pass
     except OSError as exc:
-        raise ValueError(f"work dir {path} cannot be written: {exc.strerror or exc}") from None
+        raise ValueError(f"work dir {path}: not writable ({exc.strerror or exc})") from None
 
 
 class RunDirBusy(Exception):

@@ -126,7 +126,8 @@ def test_a_work_dir_below_a_regular_file(tmp_path: Path):
     (tmp_path / "job.json").write_text(json.dumps(OK_JOB))
     (tmp_path / "file").write_text("")
     line = refused(tmp_path, "run", "job.json", "--workdir", "file/w")
-    assert line.endswith(f"work dir {tmp_path / 'file' / 'w'}: {tmp_path / 'file'} is a file, not a directory")
+    assert line.endswith(f"work dir {tmp_path / 'file' / 'w'}: not writable ({tmp_path / 'file'} is a file, "
+                         "not a directory)")
 
 
 def test_run_exits_non_zero_when_its_job_failed_and_says_what_runs_first(tmp_path: Path):
@@ -162,7 +163,7 @@ def test_a_work_dir_that_cannot_be_written_fails_at_once(tmp_path: Path):
         t0 = time.monotonic()
         line = refused(tmp_path, "run", "job.json", "--workdir", "ro")
         assert time.monotonic() - t0 < 20
-        assert line.endswith(f"work dir {readonly} cannot be written: Read-only file system")
+        assert line.endswith(f"work dir {readonly}: not writable (Read-only file system)")
         client = StandaloneClient(tmp_path / "job.json", readonly / "updates.jsonl")
         with pytest.raises(ServerError) as caught:
             asyncio.run(client.update_job({"jobId": 7301, "state": "running"}))
