@@ -16,7 +16,7 @@ from nodepilot.commands import LogFormatOpt, refuse, service, summary
 from nodepilot.commands import set_log_format as _log_format
 from nodepilot.config import PilotConfig
 from nodepilot.jobserver.command import serve
-from nodepilot.limits import check_lifetime, check_pilot
+from nodepilot.limits import check_frontend, check_pilot
 from nodepilot.refargs import REFERENCE_PORT, bool_option, check_resource_type, reference_url
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -242,12 +242,13 @@ def start(
     raise typer.Exit(_launch(config, in_process, preflight=True, ignored=list(ignored or [])))
 
 
-def _check_slots(slots: str, lifetime: float = 0.0) -> None:
+def _check_slots(slots: str, lifetime: float = 0.0, workers: int = 1, jumbo: int = 1) -> None:
+    """--slots, and the front-end's bounded numbers (nodepilot/limits.py)."""
     from nodepilot.slots import parse_slots
 
     try:
         parse_slots(slots)
-        check_lifetime(lifetime)
+        check_frontend(lifetime, workers, jumbo)
     except ValueError as exc:
         typer.echo(f"nodepilot: {exc}", err=True)
         raise typer.Exit(exitcodes.USAGE) from None
@@ -294,7 +295,7 @@ def frontend(
     if api.lower() not in ("v1", "legacy"):
         typer.echo("nodepilot frontend: --api is v1 or legacy (the front-end talks to the server itself)", err=True)
         raise typer.Exit(exitcodes.USAGE)
-    _check_slots(slots, lifetime)
+    _check_slots(slots, lifetime, workers, jumbo)
     _log_format(log_format)
     setup_logging("frontend")
     config = PilotConfig(queue=queue, site=site or queue, server=server, api=api.lower(), job_label=job_label,

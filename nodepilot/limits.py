@@ -11,6 +11,8 @@ import math
 HEARTBEAT_S = (0.25, 86_400.0)  # under a minute is for tests; a day at most
 LIFETIME_S = (1.0, 366 * 86_400.0)  # or 0: no limit besides the queue's
 MAX_JOBS = (0, 1_000_000)  # 0: no limit
+WORKERS = (1, 1024)  # a front-end's workers (--launch local)
+JUMBO = (1, 256)  # workers sharing one event-service job
 
 
 def _between(option: str, value: float, low: float, high: float, unit: str, zero_means: str = "") -> None:
@@ -31,6 +33,13 @@ def check_lifetime(lifetime_s: float) -> None:
 
 def check_max_jobs(max_jobs: int) -> None:
     _between("--max-jobs", max_jobs, *MAX_JOBS, "")
+
+
+def check_frontend(lifetime_s: float, workers: int, jumbo: int) -> None:
+    """The front-end's bounds: its workers' lifetime, how many it starts, how many share a jumbo job."""
+    check_lifetime(lifetime_s)
+    _between("--workers", workers, *WORKERS, "")
+    _between("--jumbo", jumbo, *JUMBO, "")
 
 
 def check_pilot(heartbeat_s: float, lifetime_s: float, max_jobs: int) -> None:

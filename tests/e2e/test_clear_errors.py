@@ -59,8 +59,13 @@ def test_a_malformed_server_url_is_a_usage_error_not_an_unreachable_server(tmp_p
     assert f"server URL {url!r}" in line
 
 
-def test_frontend_refuses_a_negative_lifetime(tmp_path: Path):
-    assert "--lifetime -5" in refused(tmp_path, "frontend", "--server", "http://127.0.0.1:1", "--lifetime", "-5")
+@pytest.mark.parametrize(("args", "says"), [
+    (("--lifetime", "-5"), "--lifetime -5"),
+    (("--workers", "0"), "--workers 0: must be between 1 and 1024"),
+    (("--jumbo", "100000"), "--jumbo 100000: must be between 1 and 256"),
+])
+def test_frontend_refuses_values_out_of_bounds(tmp_path: Path, args: tuple[str, ...], says: str):
+    assert says in refused(tmp_path, "frontend", "--server", "http://127.0.0.1:1", *args)
 
 
 def test_serve_on_a_port_in_use(tmp_path: Path, busy_port: int):
