@@ -68,11 +68,11 @@ def jobs_for(victim: str, ids: list[int]) -> list[dict]:
     return [merge_job(i) for i in ids]
 
 
-def start_pilot(site: Path, server_url: str, log_path: Path, max_jobs: int) -> subprocess.Popen:
+def start_pilot(site: Path, server_url: str, log_path: Path, max_jobs: int, *extra: str) -> subprocess.Popen:
     with log_path.open("a") as log:  # a file, not a pipe: a pilot that logs a lot never blocks on it
         return subprocess.Popen(
             [*NODEPILOT, "start", "--queue", "LOCAL_TEST", "--server", server_url, "--workdir", str(site / "work"),
-             "--se-dir", str(site / "se"), "--max-jobs", str(max_jobs)],
+             "--se-dir", str(site / "se"), "--max-jobs", str(max_jobs), *extra],
             stdout=log, stderr=subprocess.STDOUT)
 
 

@@ -116,6 +116,8 @@ async def ensure_group(r: aioredis.Redis, stream: str, group: str) -> None:
 
 
 Handler = Callable[[str, dict[str, Any]], Awaitable[None]]
+# answers a request whose handler raised (an error answer with a pilot error code on the job's stream)
+FailureAnswer = Callable[[dict[str, Any], BaseException], Awaitable[None]]
 
 
 class Consumer:
@@ -124,7 +126,9 @@ class Consumer:
     Blocks on XREADGROUP (no polling). Entries left pending by a crashed instance of the same
     consumer are handled first; entries idle longer than ``claim_idle_ms`` at another consumer
     are claimed. Up to ``concurrency`` handlers run at once; each entry is acknowledged when
-    its handler returns or raises (a handler reports its own failures as events). Entries in
+    its handler returns, or when it raised and ``on_error`` answered the request with an error
+    (so no request vanishes unanswered); if that answer cannot be sent either, the entry stays
+    pending and is delivered again. Entries in
     flight here are re-claimed by this consumer on every turn of its loop (which turns at
     least every ``block_ms``), so they never look idle to other consumers, however long their
     handler runs, and are never dispatched twice here.
@@ -142,10 +146,11 @@ class Consumer:
         block_ms: int = 30_000,
         claim_idle_ms: int = 60_000,
         retry_s: float | None = None,
+        on_error: FailureAnswer | None = None,
     ) -> None:
         self.r, self.stream, self.group, self.consumer = r, stream, group, consumer
         self.retry_s = retry_s  # None: a failed read ends run(); else read again after this pause
-        self.handler = handler
+        self.handler, self.on_error = handler, on_error
         self.block_ms, self.claim_idle_ms = block_ms, claim_idle_ms
         self._slots = asyncio.Semaphore(concurrency)
         self._tasks: set[asyncio.Task[None]] = set()
@@ -213,8 +218,11 @@ class Consumer:
             await self.handler(entry_id, message)
         except asyncio.CancelledError:
             raise  # not acknowledged: redelivered to the next instance
-        except Exception:
+        except Exception as exc:
             log.exception("handler of %s failed on %s", self.stream, entry_id)
+            if not await self._answer_failure(entry_id, message, exc):
+                self._inflight.discard(entry_id)  # stays pending: delivered again once idle
+                return
         finally:
             self._slots.release()
         try:
@@ -222,6 +230,17 @@ class Consumer:
         finally:  # not acknowledged (Redis gone): no longer kept fresh, so it is delivered again later
             self._inflight.discard(entry_id)
         self.handled += 1
+
+    async def _answer_failure(self, entry_id: str, message: dict[str, Any], exc: BaseException) -> bool:
+        """Whether the failed request may be acknowledged (answered, or nobody to answer it)."""
+        if self.on_error is None:
+            return True
+        try:
+            await self.on_error(message, exc)
+        except Exception:
+            log.exception("cannot answer the failed request %s of %s: it stays pending", entry_id, self.stream)
+            return False
+        return True
 
     async def aclose(self, timeout: float = 5.0) -> None:
         """Cancel the handlers in flight (their entries stay pending for the next instance)."""

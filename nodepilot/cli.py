@@ -12,8 +12,11 @@ from typing import Annotated
 import typer
 
 from nodepilot import exitcodes
+from nodepilot.commands import LogFormatOpt, refuse, service, status, summary
+from nodepilot.commands import set_log_format as _log_format
 from nodepilot.config import PilotConfig
 from nodepilot.jobserver.command import serve
+from nodepilot.limits import check_frontend, check_pilot
 from nodepilot.panda.harvester_mode import PushModeError, access_point_storage, enter_push_mode
 from nodepilot.refargs import REFERENCE_PORT, bool_option, check_resource_type, reference_url
 
@@ -61,17 +64,6 @@ def _prepare(config: PilotConfig, preflight: bool, logger: logging.Logger) -> in
     return exitcodes.OK
 
 
-def _log_format(given: str) -> None:
-    """The services inherit the launcher's environment: the format chosen here is theirs too."""
-    from nodepilot.logs import FORMAT_ENV, log_format
-
-    try:
-        os.environ[FORMAT_ENV] = log_format(given)
-    except ValueError as exc:
-        typer.echo(f"nodepilot: {exc}", err=True)
-        raise typer.Exit(exitcodes.USAGE) from None
-
-
 def _progress_wanted() -> bool:
     """Progress lines on a terminal, for people (not with JSON logs, meant for a collector)."""
     return sys.stdout.isatty() and os.environ.get("NODEPILOT_LOG_FORMAT", "plain") == "plain"
@@ -79,7 +71,9 @@ def _progress_wanted() -> bool:
 
 def _launch(config: PilotConfig, in_process: bool = False, preflight: bool = False,
             ignored: list[str] | None = None) -> int:
+    from nodepilot.banner import banner
     from nodepilot.launcher import Launcher
+    from nodepilot.rundir import RunDirBusy, check_work_dir, lock_run_dir
     from nodepilot.service import setup_logging
     from nodepilot.summary import print_summary
 
@@ -93,6 +87,17 @@ def _launch(config: PilotConfig, in_process: bool = False, preflight: bool = Fal
     code = _prepare(config, preflight, logger)
     if code != exitcodes.OK:
         return code
+    try:  # a work dir that can be written; one pilot per run dir, emptied but for summary.json at exit
+        check_work_dir(Path(config.work_dir))
+        run_lock = lock_run_dir(Path(config.run_dir))
+    except (RunDirBusy, OSError, ValueError) as exc:
+        logger.error("%s", exc)
+        return exitcodes.USAGE
+    first_line = banner(config, "in-process" if in_process else "services as processes")
+    if progress_wanted:  # INFO lines are hidden on a terminal
+        typer.echo(first_line, err=True)
+    else:
+        logger.info("%s", first_line)
     progress = None
     if progress_wanted:
         from nodepilot.progress import JobProgress
@@ -109,6 +114,7 @@ def _launch(config: PilotConfig, in_process: bool = False, preflight: bool = Fal
     finally:
         if progress is not None:
             progress.stop()
+        run_lock.release()
     print_summary(Path(config.run_dir) / "summary.json")
     return code
 
@@ -126,8 +132,8 @@ RunDirOpt = Annotated[str, typer.Option("--run-dir", envvar="NODEPILOT_RUN_DIR",
                                         help="sockets and state (default <workdir>/run-<pid>)")]
 PilotUserOpt = Annotated[str, typer.Option("--pilot-user", envvar="NODEPILOT_PILOT_USER",
                                            help="experiment plug-in (default: the queue's, else generic)")]
-LogFormatOpt = Annotated[str, typer.Option("--log-format", envvar="NODEPILOT_LOG_FORMAT",
-                                           help="plain (for people) | json (one object per line)")]
+KeepOpt = Annotated[bool, typer.Option("--keep-workdirs", envvar="NODEPILOT_KEEP_WORKDIRS", help="keep each job's "
+                                       "dir (default: removed once its log is out and its final update delivered)")]
 WebPortOpt = Annotated[int, typer.Option("--web-port", envvar="NODEPILOT_WEB_PORT",
                                          help="also serve the monitor's web page on 127.0.0.1:PORT")]
 
@@ -179,6 +185,7 @@ def start(
     run_dir: RunDirOpt = "",
     log_format: LogFormatOpt = "plain",
     web_port: WebPortOpt = 0,
+    keep_workdirs: KeepOpt = False,
     slots: Annotated[str, typer.Option("--slots", envvar="NODEPILOT_SLOTS",
                                        help="jobs at once: N, or auto (one per core)")] = "1",
     in_process: Annotated[bool, typer.Option("--in-process", help="the services as tasks of this one process "
@@ -197,6 +204,13 @@ def start(
         if url or (server and port):
             server = reference_url(url or server, port)
         check_resource_type(resource_type)
+        check_pilot(heartbeat, lifetime, max_jobs)
+        from nodepilot.panda.connect import check_api
+        from nodepilot.queue.preflight import server_url_problem
+
+        check_api(api)
+        if server and (problem := server_url_problem(server)):  # before the queue data is even read
+            raise ValueError(problem)
         flags = {name: bool_option(name, value) for name, value in
                  (("--allow-other-country", allow_other_country), ("--allow-same-user", allow_same_user))}
     except ValueError as exc:
@@ -235,7 +249,8 @@ def start(
                          allow_same_user=flags["--allow-same-user"], send_remaining_time=send_remaining_time,
                          stageout_attempts=stageout_attempts, worker_status_update=not no_worker_status,
                          harvester_dir=harvester_access_point, harvester_kill_file=harvester_kill_file,
-                         harvester_wait_s=harvester_wait, harvester_heartbeat_s=harvester_heartbeat * 60)
+                         harvester_wait_s=harvester_wait, harvester_heartbeat_s=harvester_heartbeat * 60,
+                         keep_workdirs=keep_workdirs)
     if relay:  # --redis-url is the front-end's; the bus gets a Redis (or a database there) of its own
         from nodepilot.panda.relay import default_worker_id
 
@@ -244,11 +259,13 @@ def start(
     raise typer.Exit(_launch(config, in_process, preflight=True, ignored=list(ignored or [])))
 
 
-def _check_slots(slots: str) -> None:
+def _check_slots(slots: str, lifetime: float = 0.0, workers: int = 1, jumbo: int = 1) -> None:
+    """--slots, and the front-end's bounded numbers (nodepilot/limits.py)."""
     from nodepilot.slots import parse_slots
 
     try:
         parse_slots(slots)
+        check_frontend(lifetime, workers, jumbo)
     except ValueError as exc:
         typer.echo(f"nodepilot: {exc}", err=True)
         raise typer.Exit(exitcodes.USAGE) from None
@@ -295,7 +312,7 @@ def frontend(
     if api.lower() not in ("v1", "legacy"):
         typer.echo("nodepilot frontend: --api is v1 or legacy (the front-end talks to the server itself)", err=True)
         raise typer.Exit(exitcodes.USAGE)
-    _check_slots(slots)
+    _check_slots(slots, lifetime, workers, jumbo)
     _log_format(log_format)
     setup_logging("frontend")
     config = PilotConfig(queue=queue, site=site or queue, server=server, api=api.lower(), job_label=job_label,
@@ -311,7 +328,7 @@ def frontend(
 
 @app.command()
 def run(
-    job_file: Annotated[Path, typer.Argument(help="a job definition (JSON)", exists=True, dir_okay=False)],
+    job_file: Annotated[Path, typer.Argument(help="a job definition (JSON)")],
     ranges: Annotated[Path | None, typer.Option("--ranges", exists=True, dir_okay=False,
                                                 help="event ranges (JSON list) of an event-service job")] = None,
     queue: QueueOpt = "LOCAL_TEST",
@@ -323,63 +340,31 @@ def run(
     pilot_user: PilotUserOpt = "",
     log_format: LogFormatOpt = "plain",
     web_port: WebPortOpt = 0,
+    keep_workdirs: KeepOpt = False,
 ) -> None:
-    """Run one job from a file with no server; updates go to <workdir>/updates.jsonl."""
+    """Run one job from a file with no server; updates go to <workdir>/updates.jsonl. Exit code 8 if it failed."""
+    from nodepilot.panda.standalone import read_job_file
+    from nodepilot.summary import any_failed
+
     _log_format(log_format)
+    try:
+        read_job_file(job_file)
+    except ValueError as exc:
+        raise refuse("run", str(exc)) from None
     work = workdir.resolve()
     config = PilotConfig(queue=queue, site=queue, work_dir=str(work), run_dir=_run_dir(workdir, run_dir),
                          redis_url=redis_url, se_dir=str(se_dir), queuedata_file=queuedata, max_jobs=1,
                          job_file=str(job_file.resolve()), updates_file=str(work / "updates.jsonl"),
                          ranges_file=str(ranges.resolve()) if ranges else "", pilot_user=pilot_user,
-                         web_port=web_port)
-    raise typer.Exit(_launch(config))
+                         web_port=web_port, keep_workdirs=keep_workdirs)
+    code = _launch(config)
+    failed = code == exitcodes.OK and any_failed(Path(config.run_dir) / "summary.json")
+    raise typer.Exit(exitcodes.JOB_FAILED if failed else code)
 
 
-@app.command()
-def service(
-    name: Annotated[str, typer.Argument(help="monitor | runner | stager | eventclient")],
-    config: Annotated[Path | None, typer.Option("--config", "-c", envvar="NODEPILOT_CONFIG",
-                                                help="pilot.json (default: NODEPILOT_* variables)")] = None,
-    log_format: LogFormatOpt = "plain",
-) -> None:
-    """Run one service in the foreground (what compose starts; the launcher forks the same code)."""
-    _log_format(log_format)
-    from nodepilot import service as service_mod
-    from nodepilot.registry import service_class
-
-    settings = PilotConfig.load(config) if config else PilotConfig.from_env()
-    if not config:  # compose: the queue from the environment's sources, as nodepilot start reads it
-        from nodepilot.queue.loader import load as load_queue
-
-        settings.queuedata = load_queue(settings)
-    code = service_mod.run(service_class(name), settings)
-    raise typer.Exit(code)
-
-
-@app.command()
-def status(
-    run_dir: Annotated[str, typer.Option("--run-dir", envvar="NODEPILOT_RUN_DIR",
-                                         help="the pilot's run directory (default: newest under --workdir)")] = "",
-    workdir: WorkDirOpt = Path("."),
-    once: Annotated[bool, typer.Option("--once", help="print one frame and exit")] = False,
-    interval: Annotated[float, typer.Option("--interval", help="seconds between frames")] = 1.0,
-) -> None:
-    """A live view of a running pilot: jobs, transfers, event ranges, watchdog checks."""
-    from nodepilot.status import find_run_dir, show
-
-    where = Path(run_dir) if run_dir else find_run_dir(workdir)
-    if where is None:
-        typer.echo(f"nodepilot status: no running pilot under {workdir.resolve()} (give --run-dir)", err=True)
-        raise typer.Exit(1)
-    raise typer.Exit(show(where, once, max(interval, 0.2)))
-
-
-@app.command()
-def summary(path: Annotated[Path, typer.Argument(help="a run directory's summary.json")]) -> None:
-    """Print the table of jobs a pilot ran."""
-    from nodepilot.summary import print_summary
-
-    print_summary(path)
+app.command()(status)
+app.command()(service)
+app.command()(summary)
 
 
 def main() -> None:

@@ -29,6 +29,7 @@ class PilotConfig:
     job_label: str = "managed"
     resource_type: str = ""
     work_dir: str = "."  # jobs run in <work_dir>/PanDA_Pilot-<id>
+    keep_workdirs: bool = False  # else a job's dir is removed once its log is out and its final update delivered
     run_dir: str = ""  # sockets, pilot.json, redis; default <work_dir>/run-<pid>
     redis_url: str = ""  # given: use that Redis; empty: the launcher embeds one
     se_dir: str = "se"  # the built-in local queue's SE ("" with a real server: storage must be defined)

@@ -8,4 +8,5 @@ SERVICES = 4  # a service could not be started or kept alive
 UPDATE_LOST = 5  # a final update could not be delivered (1318)
 REFUSED = 6  # the server refused the pilot as configured (credentials, certificates, API dialect): no job ran
 QUEUE_CLOSED = 7  # the queue is not ACTIVE or is offline: no job was asked for
+JOB_FAILED = 8  # nodepilot run: its one job failed (the pilot worked; the summary says why)
 SIGNALLED = 128  # 128 + N: stopped gracefully after signal N

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Coroutine
@@ -55,6 +56,8 @@ class FrontendSettings:
 class Worker:
     worker_id: str
     command: list[str]
+    # added to the worker's environment: secrets go there, never on its command line (``ps`` shows that to all)
+    env: dict[str, str] = field(default_factory=dict)
     process: asyncio.subprocess.Process | None = None
     code: int | None = None
 
@@ -70,10 +73,11 @@ class _Forwarding:
 
 
 def worker_command(config: PilotConfig, worker_id: str, slots: str, extra: list[str]) -> list[str]:
-    """``nodepilot start`` of one worker: in-process, every server call through this front-end's Redis."""
+    """``nodepilot start`` of one worker: in-process, every server call through this front-end's Redis
+    (its URL, with the password, in the worker's environment: ``worker_env``)."""
     work = Path(config.work_dir) / worker_id
     command = [sys.executable, "-m", "nodepilot", "start", "--in-process", "--api", "relay",
-               "--redis-url", config.redis_url, "--worker-id", worker_id, "--queue", config.queue,
+               "--worker-id", worker_id, "--queue", config.queue,
                "--site", config.site or config.queue, "--job-label", config.job_label, "--workdir", str(work),
                "--se-dir", config.se_dir, "--slots", slots]
     for option, value in (("--queuedata", config.queuedata_file), ("--pilot-user", config.pilot_user),
@@ -86,11 +90,16 @@ def worker_command(config: PilotConfig, worker_id: str, slots: str, extra: list[
     return [*command, *extra]
 
 
+def worker_env(config: PilotConfig) -> dict[str, str]:
+    """What a worker gets in its environment: the front-end's Redis URL (``--redis-url``'s variable)."""
+    return {"NODEPILOT_REDIS_URL": config.redis_url}
+
+
 def plan_workers(config: PilotConfig, settings: FrontendSettings) -> list[Worker]:
     """The workers to start (ValueError when the launch cannot be done here)."""
     if settings.launch == "local":
         return [Worker(f"{config.node}-w{k}", worker_command(config, f"{config.node}-w{k}", settings.slots,
-                                                            settings.worker_args))
+                                                            settings.worker_args), worker_env(config))
                 for k in range(1, settings.workers + 1)]
     if settings.launch == "slurm":
         from nodepilot.slurm import Allocation, srun_command
@@ -106,7 +115,8 @@ def plan_workers(config: PilotConfig, settings: FrontendSettings) -> list[Worker
         for node, k, cores in allocation.workers(settings.cores_per_worker):
             worker_id = f"{node}-{k}"
             command = worker_command(config, worker_id, "auto" if per_node else str(cores), settings.worker_args)
-            workers.append(Worker(worker_id, srun_command(node, command, cores, per_node)))
+            # srun passes its environment on to the task (--export=ALL, Slurm's default)
+            workers.append(Worker(worker_id, srun_command(node, command, cores, per_node), worker_env(config)))
         return workers
     return []
 
@@ -185,7 +195,8 @@ class Frontend(Service):
     async def _run_workers(self) -> int:
         for worker in self.workers_planned:
             log.info("starting worker %s: %s", worker.worker_id, " ".join(worker.command))
-            worker.process = await asyncio.create_subprocess_exec(*worker.command, stdin=asyncio.subprocess.DEVNULL)
+            worker.process = await asyncio.create_subprocess_exec(*worker.command, stdin=asyncio.subprocess.DEVNULL,
+                                                                  env={**os.environ, **worker.env})
         waits = [asyncio.create_task(self._wait(worker)) for worker in self.workers_planned]
         done = asyncio.gather(*waits)
         signalled = asyncio.create_task(self._signalled.wait())
@@ -319,12 +330,26 @@ class Frontend(Service):
 
 def run_frontend(config: PilotConfig, settings: FrontendSettings) -> int:
     """The front-end until it is stopped (or its workers ended); its exit code."""
-    from nodepilot.redis_server import RedisStartError, spawn_redis
-    from nodepilot.service import run_instance
+    from nodepilot.rundir import RunDirBusy, lock_run_dir
 
     if settings.launch not in LAUNCHES:
         log.error("--launch must be one of %s, not %r", ", ".join(LAUNCHES), settings.launch)
         return exitcodes.USAGE
+    try:  # one pilot per run dir, as for nodepilot start (nodepilot/rundir.py)
+        run_lock = lock_run_dir(Path(config.run_dir))
+    except (RunDirBusy, OSError) as exc:
+        log.error("%s", exc)
+        return exitcodes.USAGE
+    try:
+        return _run_frontend(config, settings)
+    finally:
+        run_lock.release()
+
+
+def _run_frontend(config: PilotConfig, settings: FrontendSettings) -> int:
+    from nodepilot.redis_server import RedisStartError, spawn_redis
+    from nodepilot.service import run_instance
+
     run = config.make_dirs()
     embedded = None
     if not config.redis_url:

@@ -19,20 +19,18 @@ import os
 import signal
 import sys
 import time
-from collections import deque
 from typing import Any
 
 from nodepilot import exitcodes
 from nodepilot.config import SERVICES, PilotConfig
 from nodepilot.http import uds_client
 from nodepilot.proc import die_with_parent
-from nodepilot.redis_server import EmbeddedRedis, RedisStartError, spawn_redis
+from nodepilot.redis_server import EmbeddedRedis, RedisStartError
 from nodepilot.service import Service, run_instance
+from nodepilot.supervision import RestartPolicy, restart_redis, spawn_pilot_redis
 
 log = logging.getLogger("nodepilot.launcher")
 
-MAX_RESTARTS = 5  # a service (or Redis) that died more often than this within RESTART_WINDOW_S is given up
-RESTART_WINDOW_S = 300.0
 HEALTH_TIMEOUT = 30.0
 STOP_GRACE = 10.0
 GRACEFUL_STOP_BUDGET = 120.0
@@ -64,8 +62,7 @@ class Launcher:
         self.redis: EmbeddedRedis | None = None
         self.procs: dict[str, multiprocessing.Process] = {}
         self.instances: dict[str, Service] = {}
-        self.restarts: dict[str, int] = dict.fromkeys((*SERVICES, "redis"), 0)
-        self._deaths: dict[str, deque[float]] = {name: deque() for name in self.restarts}
+        self.policy = RestartPolicy((*SERVICES, "redis"))  # the same as in-process (nodepilot/supervision.py)
         self._redis_fd: int | None = None  # readable when the embedded Redis has ended
         self.ctx = multiprocessing.get_context("fork")
         self.signal_received: int | None = None
@@ -75,10 +72,8 @@ class Launcher:
     # --- start --------------------------------------------------------------------------
     def prepare(self) -> None:
         run = self.config.make_dirs()
-        if not self.config.redis_url:
-            # append-only (fsync every second: a killed Redis loses nothing it acknowledged) so that
-            # a Redis that died comes back with its data; it starts while we import below
-            self.redis = spawn_redis(run / "redis", appendonly=True)
+        if not self.config.redis_url:  # it starts while we import below
+            self.redis = spawn_pilot_redis(run)
             self.config.redis_url = self.redis.url
         self.config.save()
         os.environ.setdefault("NODEPILOT_LAUNCHED_AT", str(time.time()))
@@ -191,18 +186,8 @@ class Launcher:
                 os.kill(monitor.pid, signum)
 
     def _restart(self, name: str, exitcode: int | None) -> bool:
-        now = time.monotonic()
-        deaths = self._deaths[name]
-        deaths.append(now)
-        while now - deaths[0] > RESTART_WINDOW_S:
-            deaths.popleft()
-        if len(deaths) > MAX_RESTARTS:
-            log.error("%s died (exit %s) %d times within %.0f s: giving up", name, exitcode, len(deaths),
-                      RESTART_WINDOW_S)
+        if not self.policy.allow(name, exitcode):
             return False
-        self.restarts[name] += 1
-        log.warning("%s died (exit %s): restarting (%d in the last %.0f s, %d in all)", name, exitcode,
-                    len(deaths), RESTART_WINDOW_S, self.restarts[name])
         if name == "redis":
             return self._restart_redis()
         self.spawn(name)
@@ -219,14 +204,9 @@ class Launcher:
 
     def _restart_redis(self) -> bool:
         assert self.redis is not None
-        try:
-            self.redis.restart()
-            self.redis.wait_ready()  # bounded; the services retry their commands meanwhile
-        except (RedisStartError, OSError) as exc:
-            log.error("Redis cannot be restarted: %s", exc)
+        if not restart_redis(self.redis):
             return False
         self._redis_fd = _pidfd(self.redis.process.pid)
-        log.warning("Redis restarted from its append-only file (pid %s)", self.redis.process.pid)
         return True
 
     # --- stop ---------------------------------------------------------------------------

@@ -14,6 +14,7 @@ import os
 import signal
 import time
 from collections.abc import Coroutine
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import uvicorn
@@ -22,6 +23,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from nodepilot import bus
 from nodepilot.config import PilotConfig
+from nodepilot.errors import clip_diag
 from nodepilot.logs import setup_logging
 from nodepilot.metrics import register_common
 
@@ -32,6 +34,8 @@ STOP_WAIT_S = 3.0
 
 class Service:
     name = "service"
+    stop_wait_s = STOP_WAIT_S  # how long its workers get to end once it is stopped (within the launcher's grace)
+    threads = 8  # threads it may keep busy at once (asyncio.to_thread): its share of the loop's default pool
 
     def __init__(self, config: PilotConfig) -> None:
         self.config = config
@@ -41,6 +45,7 @@ class Service:
         self.started = time.time()
         self._app: FastAPI | None = None
         self.early_signals: list[int] = []  # arrived before the event loop's handlers were set
+        self.owns_loop = True  # False in-process: the loop and its thread pool are shared (nodepilot/inprocess.py)
         self.metrics = CollectorRegistry()  # a service registers its own collectors here; /metrics shows them
 
     # --- what a service defines ----------------------------------------------------
@@ -60,6 +65,14 @@ class Service:
 
     async def status(self) -> dict[str, Any]:
         return {}
+
+    async def answer_failure(self, message: dict[str, Any], exc: BaseException) -> None:
+        """Answer a request whose handler raised (bus.Consumer's ``on_error``): an error answer on the
+        job's stream, so the monitor never waits for a request that vanished. Default: none."""
+
+    def internal_error(self, what: str, exc: BaseException) -> str:
+        """The diag of a request this service failed on by a bug of its own."""
+        return clip_diag(f"{self.name} internal error in {what}: {exc!r}")
 
     async def consume_or_stop(self, consumer: bus.Consumer) -> None:
         """Serve a work stream; if it cannot be read, stop (the launcher starts a fresh instance)."""
@@ -107,6 +120,8 @@ class Service:
         return app
 
     async def serve(self) -> int:
+        if self.owns_loop:  # in-process, one pool sized for every service is set before they start
+            asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(self.threads, self.name))
         main = self.main()
         main_task = asyncio.create_task(main) if main is not None else None
         await asyncio.sleep(0)  # the main worker's first request goes out before the app is built
@@ -141,7 +156,7 @@ class Service:
             task.cancel()
         if background:
             # bounded: a cancelled blocking XREADGROUP in redis-py may not return (see bus.Consumer)
-            await asyncio.wait(background, timeout=STOP_WAIT_S)
+            await asyncio.wait(background, timeout=self.stop_wait_s)
         stop.cancel()
         server.request_exit()
         with contextlib.suppress(BaseException):

@@ -72,6 +72,13 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
         terminalreporter.write_line(f"{report.nodeid}: {skip_reason(report)} [{state}]")
 
 
+@pytest.fixture(autouse=True)
+def keep_job_dirs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pilots the tests start keep their jobs' dirs (the tests look at what the payloads left there); the
+    removal itself is tested with this variable taken away (tests/e2e/test_left_behind.py)."""
+    monkeypatch.setenv("NODEPILOT_KEEP_WORKDIRS", "1")
+
+
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRedis]:
     server = start_redis(tmp_path_factory.mktemp("redis"))
@@ -102,7 +109,7 @@ def pilot_config(tmp_path: Path, redis_url: str) -> Iterator[PilotConfig]:
     se_dir.mkdir()
     (tmp_path / "work").mkdir()
     cfg = PilotConfig(queue="LOCAL_TEST", site="LOCAL_TEST", run_dir=str(run_dir),
-                      work_dir=str(tmp_path / "work"), redis_url=redis_url, se_dir=str(se_dir))
+                      work_dir=str(tmp_path / "work"), redis_url=redis_url, se_dir=str(se_dir), keep_workdirs=True)
     cfg.queuedata = QueueData.default("LOCAL_TEST", se_dir)
     cfg.save()
     yield cfg

@@ -11,6 +11,7 @@ loopback unless told otherwise; with TLS (``server_tls``) a client certificate o
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
 import json
 import logging
@@ -203,12 +204,36 @@ PILOT_COMMANDS = ("tobekilled", "softkill", "debug", "debugoff")
 
 
 def default_db_path(jobs_dir: Path) -> Path:
-    parent = Path(jobs_dir).resolve().parent
-    if os.access(parent, os.W_OK):
-        return parent / "server.sqlite"
+    """``<jobs_dir>/server.sqlite``, the updates beside the jobs they are about (never the jobs dir's
+    parent, which may be anyone's); a temporary file where the jobs dir cannot be written."""
+    jobs = Path(jobs_dir).resolve()
+    with contextlib.suppress(OSError):
+        jobs.mkdir(parents=True, exist_ok=True)
+    if os.access(jobs, os.W_OK):
+        return jobs / "server.sqlite"
     fd, name = tempfile.mkstemp(prefix="nodepilot-server-", suffix=".sqlite")
     os.close(fd)
+    log.warning("the jobs dir %s cannot be written: updates kept in %s (give --db)", jobs, name)
     return Path(name)
+
+
+class ListenError(Exception):
+    """The server's address cannot be bound (in use, not this host's, not allowed)."""
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    # IPPROTO_TCP named: asyncio sets TCP_NODELAY only on sockets that say so, and without it every reply
+    # after the first on a kept-alive connection waits ~40 ms (uvicorn writes headers and body apart)
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+        sock.listen(128)
+    except OSError as exc:
+        sock.close()
+        raise ListenError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    return sock
 
 
 def _uvicorn_config(app: FastAPI, tls: TlsSettings | None) -> uvicorn.Config:
@@ -238,26 +263,27 @@ def run_server(jobs_dir: Path, host: str = "127.0.0.1", port: int = 0, db_path: 
     (``require_cert``: a certificate, demanded in the TLS handshake). ``legacy_api=False``: no
     legacy dialect (see ``create_app``)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not 0 <= port <= 65535:
+        raise ValueError(f"--port {port}: must be between 0 (a free port) and 65535")
     settings = None
     if tls:
         if cert is None or key is None:
             raise ValueError("TLS needs the server's certificate and key (--cert, --key)")
         settings = TlsSettings(Path(cert), Path(key), Path(ca) if ca else None, Path(tokens) if tokens else None,
                                require_cert=require_cert)
+        settings.ssl_context()  # a certificate, key or CA that cannot be loaded: said now, before anything else
     elif require_cert:
         raise ValueError("--require-cert needs --tls")
-    db_path = Path(db_path) if db_path else default_db_path(Path(jobs_dir))
-    config = _uvicorn_config(create_app(Path(jobs_dir), db_path, legacy_api=legacy_api,
-                                        event_update_500=event_update_500), settings)
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    # IPPROTO_TCP named: asyncio sets TCP_NODELAY only on sockets that say so, and without it every reply
-    # after the first on a kept-alive connection waits ~40 ms (uvicorn writes headers and body apart)
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.listen(128)
+    sock = _listen(host, port)
+    try:
+        db_path = Path(db_path) if db_path else default_db_path(Path(jobs_dir))
+        config = _uvicorn_config(create_app(Path(jobs_dir), db_path, legacy_api=legacy_api,
+                                            event_update_500=event_update_500), settings)
+    except BaseException:
+        sock.close()
+        raise
     bound_port = sock.getsockname()[1]
-    shown_host = f"[{host}]" if family == socket.AF_INET6 else host
+    shown_host = f"[{host}]" if sock.family == socket.AF_INET6 else host
     log.info("serving the jobs in %s; updates kept in %s", Path(jobs_dir).resolve(), db_path)
     print(f"nodepilot serve: listening on {'https' if tls else 'http'}://{shown_host}:{bound_port}", flush=True)
     if port_file is not None:

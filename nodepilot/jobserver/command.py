@@ -30,7 +30,7 @@ def serve(
     ] = False,
 ) -> None:
     """A local job server speaking the PanDA pilot protocol (both dialects), for tests, demos and small sites."""
-    from nodepilot.jobserver.app import run_server
+    from nodepilot.jobserver.app import ListenError, run_server
 
     try:
         run_server(jobs, host=host, port=port, db_path=db, port_file=port_file, tls=tls, cert=cert, key=key, ca=ca,
@@ -39,3 +39,6 @@ def serve(
     except ValueError as exc:
         typer.echo(f"nodepilot serve: {exc}", err=True)
         raise typer.Exit(exitcodes.USAGE) from None
+    except ListenError as exc:  # the server cannot be started here as asked
+        typer.echo(f"nodepilot serve: {exc}", err=True)
+        raise typer.Exit(exitcodes.SERVICES) from None

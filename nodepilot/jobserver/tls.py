@@ -49,12 +49,19 @@ class TlsSettings:
 
     def ssl_context(self) -> ssl.SSLContext:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.load_cert_chain(self.cert, self.key)
+        try:  # ssl.SSLError is an OSError: a missing or unreadable file, or one that is no PEM
+            context.load_cert_chain(self.cert, self.key)
+        except OSError as exc:
+            why = "not a PEM certificate and its key" if isinstance(exc, ssl.SSLError) else exc.strerror or exc
+            raise ValueError(f"TLS: cannot load the certificate {self.cert} with the key {self.key}: {why}") from None
         if self.ca is not None:
-            if self.ca.is_dir():
-                context.load_verify_locations(capath=str(self.ca))
-            else:
-                context.load_verify_locations(cafile=str(self.ca))
+            try:
+                if self.ca.is_dir():
+                    context.load_verify_locations(capath=str(self.ca))
+                else:
+                    context.load_verify_locations(cafile=str(self.ca))
+            except OSError as exc:
+                raise ValueError(f"TLS: cannot load the CA {self.ca}: {exc.strerror or exc}") from None
             context.verify_mode = ssl.CERT_REQUIRED if self.require_cert else ssl.CERT_OPTIONAL
             context.verify_flags |= ssl.VERIFY_ALLOW_PROXY_CERTS  # grid proxies are RFC 3820 proxy certificates
         return context

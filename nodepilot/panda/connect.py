@@ -12,6 +12,15 @@ if TYPE_CHECKING:
     from nodepilot.config import PilotConfig
 
 
+API_DIALECTS = ("v1", "legacy", "relay")
+
+
+def check_api(api: str) -> None:
+    """ValueError (one line) for an API dialect no client speaks."""
+    if (api or "v1").lower() not in API_DIALECTS:
+        raise ValueError(f"unknown PanDA API dialect {api!r}: expected {', '.join(map(repr, API_DIALECTS))}")
+
+
 def make_client(config: PilotConfig) -> ServerClient:
     if config.harvester_dir:  # no server at all: Harvester's files in the access point
         from nodepilot.panda.harvester import HarvesterClient
@@ -31,8 +40,7 @@ def make_client(config: PilotConfig) -> ServerClient:
         if not config.relay_url:
             raise ValueError("--api relay needs the front-end's Redis (--redis-url)")
         return RelayClient(config.relay_url, config.worker_id or default_worker_id(config.node), config.redis_url)
-    if api not in ("v1", "legacy"):
-        raise ValueError(f"unknown PanDA API dialect {config.api!r}: expected 'v1', 'legacy' or 'relay'")
+    check_api(api)
     if not config.server:
         raise ValueError("no PanDA server URL configured (and no job file for standalone mode)")
     if api == "legacy":

@@ -8,6 +8,7 @@ to hand out: an event-service job gets its ranges from a file later.
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import time
 from pathlib import Path
@@ -16,6 +17,18 @@ from typing import Any
 from nodepilot.panda.client import ServerClient, UpdateReply
 from nodepilot.panda.errors import ServerError
 from nodepilot.panda.events import encode_updates, flatten_updates
+
+
+def read_job_file(path: Path) -> Any:
+    """The job file's JSON as written; ValueError in one line if it cannot be read or is no JSON."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        raise ValueError(f"cannot read the job file {path}: {why}") from None
+
+
+LASTING_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EISDIR})
 
 
 class StandaloneClient(ServerClient):
@@ -28,9 +41,9 @@ class StandaloneClient(ServerClient):
         if self._handed_out:
             return None
         try:
-            job = json.loads(self.job_file.read_text())
-        except (OSError, ValueError) as exc:
-            raise ServerError(f"cannot read the job file {self.job_file}: {exc}") from exc
+            job = read_job_file(self.job_file)
+        except ValueError as exc:
+            raise ServerError(str(exc)) from exc
         self._handed_out = True
         return job  # as written, even if broken: parsing it is the pilot's job
 
@@ -51,8 +64,9 @@ class StandaloneClient(ServerClient):
         line = json.dumps(entry, default=str) + "\n"
         try:
             await asyncio.to_thread(self._append, line)
-        except OSError as exc:
-            raise ServerError(f"cannot write {self.updates_file}: {exc}", retryable=True) from exc
+        except OSError as exc:  # a full disk may clear up; a file that may not be written will not
+            raise ServerError(f"cannot write {self.updates_file}: {exc}",
+                              retryable=exc.errno not in LASTING_ERRNOS) from exc
 
     def _append(self, line: str) -> None:
         self.updates_file.parent.mkdir(parents=True, exist_ok=True)

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import shutil
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
@@ -12,6 +11,7 @@ from urllib.parse import urlsplit
 from nodepilot import exitcodes
 from nodepilot.plugins import plugin_names
 from nodepilot.queue import activities, roles
+from nodepilot.rundir import check_work_dir
 
 if TYPE_CHECKING:
     from nodepilot.config import PilotConfig
@@ -56,11 +56,9 @@ def check_queue_open(queue: QueueData) -> None:
 def check_workdir(work_dir: str, need_mb: int) -> None:
     work = Path(work_dir)
     try:
-        work.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=work, prefix=".nodepilot-write-test-"):
-            pass
-    except OSError as exc:
-        raise PreflightError(f"work dir {work}: not writable ({exc.strerror or exc})") from None
+        check_work_dir(work)
+    except ValueError as exc:
+        raise PreflightError(str(exc)) from None
     free_mb = shutil.disk_usage(work).free // (1 << 20)
     if need_mb and free_mb < need_mb:
         raise PreflightError(f"work dir {work}: {free_mb} MB free, the queue's maxwdir asks for {need_mb} MB")

@@ -54,7 +54,7 @@ class EventClientService(Service):
 
     async def _consume(self) -> None:
         consumer = bus.Consumer(self.redis, bus.EVENTCLIENT_REQUESTS, self.name, self.name, self.handle,
-                                concurrency=CONCURRENCY)
+                                concurrency=CONCURRENCY, on_error=self.answer_failure)
         await self.consume_or_stop(consumer)
 
     async def _until_stopped(self) -> int:
@@ -74,6 +74,20 @@ class EventClientService(Service):
                                  return_exceptions=True)
 
     # --- requests ------------------------------------------------------------------------
+    async def answer_failure(self, message: dict[str, Any], exc: BaseException) -> None:
+        """A request whose handler raised: ``es_ready`` (start) or ``es_done`` (finish) with an error."""
+        job_id, action = bus.job_id_of(message.get("job_id")), message.get("action")
+        request_id = message.get("request_id")
+        if job_id is None or not isinstance(request_id, str):
+            return
+        diag = self.internal_error(f"{action} request {request_id}", exc)
+        if action == "start":
+            await bus.emit(self.redis, job_id, self.name, "es_ready", request_id=request_id, ok=False, socket="",
+                           error_code=int(ErrorCode.ES_FATAL), diag=diag)
+        elif action == "finish":
+            await bus.emit(self.redis, job_id, self.name, "es_done", request_id=request_id, reason="internal error",
+                           **summary(error_code=ErrorCode.PILOT_EXCEPTION, diag=diag))
+
     async def handle(self, entry_id: str, message: dict[str, Any]) -> None:
         job_id, action, request_id = message.get("job_id"), message.get("action"), message.get("request_id")
         if (not isinstance(job_id, int) or isinstance(job_id, bool) or job_id <= 0

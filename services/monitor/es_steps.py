@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from nodepilot import bus
+from nodepilot import bus, deadlines
 from nodepilot.errors import ErrorCode, clip_diag
 from services.monitor.parts import JobParts
 
@@ -49,7 +49,9 @@ class EventServiceSteps(JobParts):
             "action": "finish", "job_id": job.panda_id, "request_id": finish_id,
             "reason": self.kill_reason[1] if self.kill_reason else "payload finished",
         })
-        done = await self.wait_for(finish_id, "es_done")
+        # the ranges in hand are reported and their outputs staged out: a batch's stage-out at most
+        deadline = deadlines.ANSWER_S + deadlines.stage_deadline([None] * ES_BATCH)
+        done = await self.wait_for(finish_id, "es_done", deadline)
         self.payload["n_events"] = self.payload.get("n_events") or done.get("n_events")
         self.result.files_out = int(done.get("finished") or 0)
         log.info("job %s: event ranges: %s finished, %s failed", job.panda_id, done.get("finished"),

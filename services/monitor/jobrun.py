@@ -20,7 +20,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from nodepilot import bus, experiments, logs
+from nodepilot import bus, deadlines, experiments, limits, logs
 from nodepilot.config import PilotConfig
 from nodepilot.errors import ErrorCode, clip_diag
 from nodepilot.job import Job
@@ -46,7 +46,12 @@ SIGNAL_CODES = {1: ErrorCode.SIGNAL_OTHER, 2: ErrorCode.SIGINT, 3: ErrorCode.SIG
                 7: ErrorCode.SIGBUS, 10: ErrorCode.SIGUSR1, 11: ErrorCode.SIGSEGV,
                 15: ErrorCode.SIGTERM, 24: ErrorCode.SIGXCPU}
 
-
+# an answer that does not come within its deadline: which service owed it, the job's error code
+NO_ANSWER: dict[str, tuple[str, int]] = {
+    "stagein_done": ("stager", ErrorCode.STAGEIN_TIMEOUT), "stageout_done": ("stager", ErrorCode.STAGEOUT_TIMEOUT),
+    "stagelog_done": ("stager", ErrorCode.STAGEOUT_TIMEOUT), "payload_finished": ("runner", ErrorCode.PILOT_EXCEPTION),
+    "es_ready": ("eventclient", ErrorCode.ES_FATAL), "es_done": ("eventclient", ErrorCode.ES_FATAL),
+}
 
 
 class Interrupted(Exception):
@@ -83,15 +88,31 @@ class JobRun(StageSteps, EventServiceSteps):
         log.info("job %s: step %s", self.job.panda_id, step)
 
     # --- events --------------------------------------------------------------------------
-    async def wait_for(self, request_id: str, type_: str) -> dict[str, Any]:
-        """Block on the job's stream until the answer to ``request_id`` arrives."""
-        while True:
-            for entry_id, event in await bus.read_events(self.r, self.job.panda_id, self.last_event):
+    async def wait_for(self, request_id: str, type_: str, deadline_s: float = deadlines.ANSWER_S) -> dict[str, Any]:
+        """Block on the job's stream until the answer to ``request_id`` arrives, for ``deadline_s`` at most:
+        then the job fails with a diag naming the service and the step, and this returns a failed answer."""
+        end = time.monotonic() + deadline_s
+        while (left := end - time.monotonic()) > 0:
+            block_ms = max(1, int(left * 1000))
+            for entry_id, event in await bus.read_events(self.r, self.job.panda_id, self.last_event, block_ms):
                 self.last_event = entry_id
                 await self.r.hset(bus.job_key(self.job.panda_id), "last_event", entry_id)
                 if event.get("request_id") == request_id and event.get("type") == type_:
                     return event
                 await self.on_event(event)
+        return await self.no_answer(request_id, type_, deadline_s)
+
+    async def no_answer(self, request_id: str, type_: str, deadline_s: float) -> dict[str, Any]:
+        """The answer a service never gave: the job fails (a payload still running is killed first)."""
+        service, code = NO_ANSWER.get(type_, ("service", ErrorCode.PILOT_EXCEPTION))
+        diag = clip_diag(f"no answer from the {service} to request {request_id} ({type_}) within {deadline_s:.4g} s")
+        log.error("job %s: %s", self.job.panda_id, diag)
+        self.result.fail(code, diag)
+        if type_ == "payload_finished":
+            with contextlib.suppress(Exception):
+                await self._kill_payload(diag)
+        return {"type": type_, "request_id": request_id, "no_answer": True, "ok": False, "error_code": int(code),
+                "diag": diag, "pilot_error_code": int(code), "pilot_error_diag": diag, "files": []}
 
     async def on_event(self, event: dict[str, Any]) -> None:
         kind = event.get("type")
@@ -117,7 +138,9 @@ class JobRun(StageSteps, EventServiceSteps):
             log.info("job %s: server command %r ignored for this kind of job", self.job.panda_id, command)
 
     def heartbeat_period(self) -> float:
-        return min(DEBUG_HEARTBEAT_S, self.config.heartbeat_s) if self.debug else self.config.heartbeat_s
+        """The configured period, never under the floor (a config from the environment is not checked)."""
+        period = min(DEBUG_HEARTBEAT_S, self.config.heartbeat_s) if self.debug else self.config.heartbeat_s
+        return max(limits.HEARTBEAT_S[0], period)
 
     def stdout_tail(self, limit: int = STDOUT_TAIL_BYTES) -> str:
         path = self.workdir / "payload.stdout"
@@ -290,6 +313,18 @@ class JobRun(StageSteps, EventServiceSteps):
                 update["stdout"] = self.stdout_tail()
             await self.outbox.put(update)
 
+    def log_staged(self) -> bool:
+        """Whether the job's log tarball reached storage."""
+        return self.job.log is not None and any(
+            f.get("lfn") == self.job.log.lfn and f.get("status") == "done" for f in self.staged)
+
+    def removable(self) -> bool:
+        """Whether the job's work dir may go: its final update delivered, and its log staged out (a job without a
+        log: finished). A dir kept (``--keep-workdirs``, or a failure) says why the job ended as it did."""
+        if self.config.keep_workdirs or not self.result.final_delivered:
+            return False
+        return self.log_staged() if self.job.log is not None else self.result.state == "finished"
+
     def _request_id(self, step: str) -> str:
         return f"{self.job.panda_id}:{self.job.attempt_nr}:{step}"
 
@@ -319,7 +354,7 @@ class JobRun(StageSteps, EventServiceSteps):
                else {}),
         })
         try:
-            self.payload = await self.wait_for(request_id, "payload_finished")
+            self.payload = await self.wait_for(request_id, "payload_finished", self.payload_deadline())
         finally:
             self.stop_watchdog()
         self.payload_running = False
@@ -330,6 +365,11 @@ class JobRun(StageSteps, EventServiceSteps):
         self.result.exe_error_diag = clip_diag(p.get("exe_error_diag") or "")
         if self.kill_reason is None and p.get("pilot_error_code"):
             self.result.fail(p["pilot_error_code"], p.get("pilot_error_diag") or "payload failed")
+
+    def payload_deadline(self) -> float:
+        """The job's wall time or the slot's end, whichever comes first, and the time a kill takes."""
+        until_end = self.budget.end - time.time() if self.budget is not None else None
+        return deadlines.payload_deadline(self.job.max_walltime, until_end)
 
     def payload_env(self) -> dict[str, str]:
         job = self.job

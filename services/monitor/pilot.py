@@ -12,6 +12,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -272,6 +273,9 @@ class Pilot:
             run.result.final_delivered = await self.outbox.send(run.update_fields(final=True))
             result = run.result
         self.running.pop(job.panda_id, None)
+        if run.removable():  # a multi-job pilot must not fill the slot's scratch with its jobs' inputs and outputs
+            await asyncio.to_thread(shutil.rmtree, run.workdir, True)
+            log.info("job %s: work dir %s removed", job.panda_id, run.workdir)
         self.record(asdict(result))
 
     async def reject(self, exc: JobDefinitionError, raw: Any) -> None:

@@ -22,6 +22,7 @@ class MonitorService(Service):
         super().__init__(config)
         launched = float(os.environ.get("NODEPILOT_LAUNCHED_AT", "0")) or None
         self.pilot = Pilot(config, self.redis, launched)
+        self.threads = 8 + 3 * self.pilot.ledger.max_jobs  # each job's watchdog measures its work dir in threads
 
     def main(self) -> Coroutine[Any, Any, int]:
         return self.pilot.run()

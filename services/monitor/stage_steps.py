@@ -9,7 +9,7 @@ import time
 import uuid
 from typing import TYPE_CHECKING, Any
 
-from nodepilot import bus, experiments
+from nodepilot import bus, deadlines, experiments
 from nodepilot.errors import ErrorCode, clip_diag
 from services.monitor.catalog import write_input_catalog
 from services.monitor.parts import JobParts
@@ -32,12 +32,24 @@ class StageSteps(JobParts):
     async def _stage(self, kind: str, activity: str, **fields: Any) -> dict[str, Any]:
         request_id = self._request_id(kind)
         self.set_step(kind)
+        endpoints = self._endpoints(activity)
         await bus.publish(self.r, bus.STAGER_REQUESTS, {
             "kind": kind, "job_id": self.job.panda_id, "request_id": request_id,
-            "workdir": str(self.workdir), "endpoints": self._endpoints(activity), "task_id": self.job.task_id,
+            "workdir": str(self.workdir), "endpoints": endpoints, "task_id": self.job.task_id,
             **({"alt_stageout": self.job.alt_stage_out} if kind != "stagein" else {}), **fields,
         })
-        return await self.wait_for(request_id, f"{kind}_done")
+        return await self.wait_for(request_id, f"{kind}_done", self._stage_deadline(fields, len(endpoints)))
+
+    def _stage_deadline(self, fields: dict[str, Any], endpoints: int) -> float:
+        """The stager's own bounds over the request's files: every copy timed out on every attempt."""
+        files = fields.get("files") or []
+        sizes = [f.get("fsize") for f in files] if files else [deadlines.LOG_SIZE_GUESS]
+        stager = self.config.queuedata.stager if isinstance(self.config.queuedata.stager, dict) else {}
+        attempts, cap = stager.get("attempts"), stager.get("backoff_cap_s")
+        return deadlines.stage_deadline(
+            [s if isinstance(s, int) else None for s in sizes], endpoints + 1,  # + 1: an alternative endpoint
+            attempts if isinstance(attempts, int) and attempts > 0 else deadlines.STAGER_ATTEMPTS,
+            float(cap) if isinstance(cap, int | float) and cap >= 0 else deadlines.STAGER_BACKOFF_CAP_S)
 
     async def stage_in(self) -> None:
         t = time.monotonic()

@@ -12,12 +12,14 @@ import functools
 import logging
 import os
 import signal
+import time
 import uuid
 from pathlib import Path
 
 log = logging.getLogger(__name__)
 
 PREFIX = "nodepilot-"
+LEFTOVER_AGE_S = 60.0
 
 
 def _own_cgroup_dir() -> Path | None:
@@ -134,3 +136,25 @@ class PayloadCgroup:
         except OSError:
             return False
         return True
+
+
+def remove_empty_leftovers(min_age_s: float = LEFTOVER_AGE_S) -> list[Path]:
+    """Remove the payload cgroups under our base that no process is in and that are older than ``min_age_s``
+    (left by a runner that was killed; a younger one may be another runner's, about to be joined). Those with
+    processes stay (a payload that may be adopted). Returns those removed."""
+    base = delegated_base()
+    removed: list[Path] = []
+    if base is None:
+        return removed
+    now = time.time()
+    for path in base.glob(f"{PREFIX}*"):
+        try:
+            if now - path.stat().st_mtime < min_age_s:
+                continue
+            path.rmdir()  # fails (EBUSY) while a process is in it
+        except OSError:
+            continue
+        removed.append(path)
+    if removed:
+        log.info("removed %d empty payload cgroups left behind: %s", len(removed), ", ".join(p.name for p in removed))
+    return removed

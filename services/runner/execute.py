@@ -296,6 +296,12 @@ def start(job_id: int, request_id: str, workdir: Path, script: str, env: dict[st
     return Payload(proc, job_id, request_id, cgroup=cgroup, isolation=isolation, status_path=status_path)
 
 
+async def finish_cleanups(timeout: float) -> None:
+    """Let the removals of ended payloads' cgroups finish (a stopping runner: bounded)."""
+    if _cleanups:
+        await asyncio.wait(list(_cleanups), timeout=timeout)
+
+
 async def remove_when_empty(cgroup: PayloadCgroup, timeout: float = 30.0) -> None:
     """The kernel empties a killed cgroup in a moment; remove it then (bounded, off the job's path)."""
     deadline = time.monotonic() + timeout

@@ -16,7 +16,6 @@ import signal
 import time
 import uuid
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from fastapi import FastAPI, HTTPException
@@ -27,7 +26,17 @@ from nodepilot.config import PilotConfig
 from nodepilot.errors import ErrorCode, clip_diag
 from nodepilot.service import Service
 from services.runner.adoption import adopt, find_shim, host_tag, kill_orphaned, process_identity
-from services.runner.execute import Ended, Payload, ended_from_status, payload_env, read_status, start, status_file
+from services.runner.cgroup import remove_empty_leftovers
+from services.runner.execute import (
+    Ended,
+    Payload,
+    ended_from_status,
+    finish_cleanups,
+    payload_env,
+    read_status,
+    start,
+    status_file,
+)
 from services.runner.isolation import Isolation, write_note
 from services.runner.metrics import collector as metrics_collector
 from services.runner.metrics import exit_label
@@ -49,6 +58,10 @@ RETRY_S = 2.0  # between attempts to read the stream again after Redis failed
 
 class RunnerService(Service):
     name = "runner"
+    # its payloads' stop (STOP_GRACE_S, then SIGKILL), their reports and their cgroups' removal, all before
+    # the launcher's SIGKILL (launcher.STOP_GRACE): cut short, they would outlive the runner
+    stop_wait_s = STOP_GRACE_S + 6.0
+    threads = CONCURRENCY + 8  # a thread per running payload blocks in wait4, and its sampler needs one at times
 
     def __init__(self, config: PilotConfig) -> None:
         super().__init__(config)
@@ -84,16 +97,17 @@ class RunnerService(Service):
             return {"job_id": job_id, "request_id": request_id, "pids": pids}
 
     async def _consume(self) -> None:
-        # a thread per running payload blocks in wait4: the default pool (cpus + 4) would run out
-        asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(CONCURRENCY + 8, "runner"))
         # a failed read is retried in place: the payloads keep running and their handlers waiting
         consumer = bus.Consumer(self.redis, bus.RUNNER_REQUESTS, "runner", "runner", self.handle,
-                                concurrency=CONCURRENCY, retry_s=RETRY_S)
+                                concurrency=CONCURRENCY, retry_s=RETRY_S, on_error=self.answer_failure)
+        await asyncio.to_thread(remove_empty_leftovers)  # of a runner that was killed (SIGKILL: no clean-up)
         try:
             await consumer.run()
         finally:
             await self._stop_payloads()
             await consumer.aclose()
+            # the killed payloads' cgroups go with the runner, not minutes later (or never)
+            await finish_cleanups(2.0)
 
     async def _stop_payloads(self) -> None:
         """The runner stops: kill its payloads and let their handlers report them (bounded)."""
@@ -103,11 +117,22 @@ class RunnerService(Service):
             payload.kill(STOP_GRACE_S, "the runner stopped")
         if waiting:
             _done, pending = await asyncio.wait([asyncio.ensure_future(w) for w in waiting],
-                                               timeout=STOP_GRACE_S + 5)
+                                               timeout=STOP_GRACE_S + 3)
             for task in pending:
                 task.cancel()
 
     # --- one request ---------------------------------------------------------------------
+    async def answer_failure(self, message: dict[str, Any], exc: BaseException) -> None:
+        """A run request whose handler raised gets its payload_finished with a pilot error code."""
+        job_id, request_id = bus.job_id_of(message.get("job_id")), message.get("request_id")
+        if job_id is None or message.get("action") != "run":
+            return  # kills and signals are not waited for
+        request_id = request_id if isinstance(request_id, str) else ""
+        if request_id and (await self._state(job_id, request_id)).get("state") == "finished":
+            return  # answered already
+        diag = self.internal_error(f"run request {request_id}", exc)
+        await self._finish(job_id, request_id, Outcome(ErrorCode.PILOT_EXCEPTION, diag))
+
     async def handle(self, entry_id: str, message: dict[str, Any]) -> None:
         job_id, action = bus.job_id_of(message.get("job_id")), message.get("action")
         request_id = message.get("request_id")
@@ -183,8 +208,9 @@ class RunnerService(Service):
             if announce:
                 await self._announce(payload)
             ended = await payload.wait()
-        except asyncio.CancelledError:
-            payload.kill_now("the runner stopped")  # not left running unwatched
+        except BaseException as exc:  # stopped, or a bug: the payload is not left running unwatched
+            payload.kill_now("the runner stopped" if isinstance(exc, asyncio.CancelledError)
+                             else f"the runner failed: {exc!r}")
             raise
         finally:
             self.payloads.pop(request_id, None)

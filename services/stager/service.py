@@ -12,7 +12,6 @@ import contextlib
 import json
 import logging
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -48,6 +47,8 @@ class StagerService(Service):
     def __init__(self, config: PilotConfig) -> None:
         super().__init__(config)
         self.settings = StagerSettings.from_queue(config.queuedata)
+        # one thread per file copy (the pilot-wide bound), a few more for tarballs and abandoned copies
+        self.threads = self.settings.transfers_per_pilot + 8
         self.stats = StagerMetrics(self.metrics)
         self.catalogues = Catalogues(config.queuedata)  # rucio:// endpoints (services/stager/catalogue.py)
         trace_url = self.settings.trace_url or self.catalogues.trace_url()
@@ -69,14 +70,20 @@ class StagerService(Service):
                 "requests_in_flight": len(self._running), "copysetup": self.copysetup.view()}
 
     async def _consume(self) -> None:
-        # one thread per file copy (the pilot-wide bound), a few more for tarballs and abandoned copies
-        workers = self.settings.transfers_per_pilot + 8
-        asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(workers, "stager"))
         consumer = bus.Consumer(self.redis, bus.STAGER_REQUESTS, "stager", "stager", self.handle,
-                                concurrency=CONSUMER_CONCURRENCY)
+                                concurrency=CONSUMER_CONCURRENCY, on_error=self.answer_failure)
         await self.consume_or_stop(consumer)
 
     # --- one request -------------------------------------------------------------------
+    async def answer_failure(self, message: dict[str, Any], exc: BaseException) -> None:
+        """A request whose handler raised gets its ``<kind>_done``, every file failed."""
+        job_id, kind = bus.job_id_of(message.get("job_id")), message.get("kind")
+        if job_id is None or kind not in KINDS:
+            return
+        diag = self.internal_error(str(kind), exc)
+        result = _summary(failed_files(lfns_of(message), diag), time.monotonic(), (ErrorCode.PILOT_EXCEPTION, diag))
+        await bus.emit(self.redis, job_id, self.name, f"{kind}_done", request_id=message.get("request_id"), **result)
+
     async def handle(self, entry_id: str, message: dict[str, Any]) -> None:
         job_id, kind = bus.job_id_of(message.get("job_id")), message.get("kind")
         if job_id is None or kind not in KINDS:

@@ -10,6 +10,7 @@ import logging
 from dataclasses import dataclass, fields
 from typing import Any
 
+from nodepilot.deadlines import STAGER_ATTEMPTS, STAGER_BACKOFF_CAP_S
 from nodepilot.queue.model import Endpoint, QueueData
 from nodepilot.values import flag
 
@@ -31,9 +32,9 @@ BOUNDS: dict[str, tuple[float, float]] = {
 
 @dataclass(frozen=True)
 class StagerSettings:
-    attempts: int = 3  # per endpoint, on transient errors only
+    attempts: int = STAGER_ATTEMPTS  # per endpoint, on transient errors only
     backoff_s: float = 1.0  # first retry's pause; doubles per retry, with jitter
-    backoff_cap_s: float = 30.0
+    backoff_cap_s: float = STAGER_BACKOFF_CAP_S
     files_per_request: int = 4
     transfers_per_pilot: int = 8  # over every request at once
     trace_url: str = ""  # empty: no traces

@@ -53,15 +53,17 @@ def test_a_victim_killed_at_a_random_moment_of_each_job(site, job_server, victim
     assert not [t.line for t in trials if t.problems]
 
 
-def test_redis_killed_mid_payload_comes_back_from_its_append_only_file(site, job_server):
+@pytest.mark.parametrize("mode", [(), ("--in-process",)], ids=["processes", "in-process"])
+def test_redis_killed_mid_payload_comes_back_from_its_append_only_file(site, job_server, mode):
     """A deterministic case of the above: Redis dies while the payload runs (every service holds
-    connections, the runner's request is pending, the monitor blocks on the job's stream)."""
+    connections, the runner's request is pending, the monitor blocks on the job's stream); the same
+    in both modes (one restart policy, nodepilot/supervision.py)."""
     job = merge_job(8900)
     job["jobPars"] = job["jobPars"].replace(f"sleep {PAYLOAD_S};",
                                             "touch started; while [ ! -e go ]; do sleep 0.05; done;")
     add_jobs(site, job)
     log_path = site / "pilot.log"
-    pilot = start_pilot(site, job_server.url, log_path, 1)
+    pilot = start_pilot(site, job_server.url, log_path, 1, *mode)
     try:
         workdir = site / "work" / "PanDA_Pilot-8900"
         deadline = time.monotonic() + 30

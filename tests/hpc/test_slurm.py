@@ -81,7 +81,8 @@ def test_front_end_plans_one_worker_per_node(monkeypatch, tmp_path):
     assert command[:6] == ["srun", "--nodes=1", "--ntasks=1", "-w", "cn02", "--job-name=nodepilot-cn02"]
     tail = command[command.index("nodepilot"):]
     assert tail[:5] == ["nodepilot", "start", "--in-process", "--api", "relay"]
-    assert tail[tail.index("--redis-url") + 1] == "redis://:pw@fe:6379/0"
+    assert "--redis-url" not in tail and not any("pw" in arg for arg in command)  # ps shows argv to everyone
+    assert workers[1].env == {"NODEPILOT_REDIS_URL": "redis://:pw@fe:6379/0"}  # srun passes it on
     assert tail[tail.index("--slots") + 1] == "auto" and tail[tail.index("--queuedata") + 1] == "/etc/q.json"
     assert tail[tail.index("--workdir") + 1] == str(tmp_path / "cn02-1")
     per_cores = plan_workers(config, FrontendSettings(launch="slurm", cores_per_worker=4))

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from nodepilot import bus, experiments
+from nodepilot import bus, exitcodes, experiments
 from nodepilot.experiments.generic import GenericExperiment
 from nodepilot.experiments.toyexp import ToyExperiment
 from nodepilot.job import parse_job
@@ -36,14 +36,16 @@ def site_dir(tmp_path: Path) -> Path:
     return site
 
 
-def run_job(tmp_path: Path, redis_url: str, job_def: dict, *extra: str, **queue: object) -> tuple[str, Path]:
+def run_job(tmp_path: Path, redis_url: str, job_def: dict, *extra: str, code: int = exitcodes.OK,
+            **queue: object) -> tuple[str, Path]:
+    """``nodepilot run`` of the job; ``code``: its exit code (exitcodes.JOB_FAILED for a job that fails)."""
     # plain mode: the site's files live under /tmp here, which a sandbox replaces by its own /tmp
     # (the payload's isolation is tested in tests/runner; setup and plug-ins do not depend on it)
     queue.setdefault("isolation", {"mode": "none"})
     pilot = start_pilot(tmp_path, job_def, "--redis-url", redis_url, *extra,
                         queue=queuedata(tmp_path, tmp_path / "se", **queue))
     out = finish(pilot, timeout=60)
-    assert pilot.process.returncode == 0, pilot.stderr.read_text()[-3000:]
+    assert pilot.process.returncode == code, pilot.stderr.read_text()[-3000:]
     return out, pilot.workdir / f"PanDA_Pilot-{job_def['PandaID']}"
 
 
@@ -95,7 +97,8 @@ def test_generic_with_envsetup_sourced_in_the_payload_shell(tmp_path: Path, redi
 def test_a_failing_envsetup_fails_the_job_with_1110_and_the_payload_never_runs(tmp_path: Path,
                                                                                 redis_url: str) -> None:
     spec = job(4202, "bash", "-c 'touch ran.txt; echo x > out.txt'")
-    _out, workdir = run_job(tmp_path, redis_url, spec, envsetup=f"source '{site_dir(tmp_path)}/missing.sh'")
+    _out, workdir = run_job(tmp_path, redis_url, spec, envsetup=f"source '{site_dir(tmp_path)}/missing.sh'",
+                            code=exitcodes.JOB_FAILED)
     update = final(tmp_path / "work", 4202)
     assert update["state"] == "failed" and update["pilotErrorCode"] == 1110, update
     assert "envsetup failed" in update["pilotErrorDiag"], update
@@ -135,7 +138,7 @@ def test_toyexp_through_the_pilot(tmp_path: Path, redis_url: str) -> None:
 def test_toyexp_failure_from_its_report_and_queue_selection(tmp_path: Path, redis_url: str) -> None:
     spec = job(4203, "bash", f"-c \"{TOY_PAYLOAD.format(status=65, message='bad input')}\"", swRelease="2.0.1")
     # no --pilot-user: the queue data names the experiment
-    run_job(tmp_path, redis_url, spec, envsetup=toy_site(tmp_path), pilot_user="toyexp")
+    run_job(tmp_path, redis_url, spec, envsetup=toy_site(tmp_path), pilot_user="toyexp", code=exitcodes.JOB_FAILED)
     update = final(tmp_path / "work", 4203)
     assert update["state"] == "failed" and update["pilotErrorCode"] == 1305
     assert update["exeErrorCode"] == 65 and update["exeErrorDiag"] == "bad input"

@@ -59,3 +59,37 @@ def test_the_payload_cgroup_is_removed_after_the_job(rds, pilot_config):
 def cgroup_of(pid: int) -> str:
     with open(f"/proc/{pid}/cgroup") as f:
         return f.read()
+
+
+def test_a_stopped_runner_leaves_no_payload_and_no_cgroup(rds, pilot_config):
+    """SIGINT or SIGTERM of the runner while a payload that ignores SIGTERM runs: the payload is killed,
+    and its cgroup is gone by the time the runner has exited (not minutes later)."""
+    import os
+    import signal
+    import time
+
+    from services.runner.cgroup import PREFIX
+
+    base = delegated_base()
+    leftover = base / f"{PREFIX}999-leftover"  # an empty one of a runner killed earlier
+    leftover.mkdir()
+    os.utime(leftover, (time.time() - 3600,) * 2)
+    young = base / f"{PREFIX}998-young"  # maybe another runner's, about to be joined: left alone
+    young.mkdir()
+    marker = f"314.{random.randrange(10**6):06d}"
+    for signum, job_id in ((signal.SIGINT, 123), (signal.SIGTERM, 124)):
+        with running_service("runner", pilot_config) as proc:
+            wait_until(lambda: not leftover.exists(), 5, "the empty leftover cgroup removed at start")
+            run(rds, pilot_config, job_id, "bash", f"-c 'trap \"\" TERM; sleep {marker}'", sample_interval=30)
+            wait_until(lambda j=job_id: list(base.glob(f"{PREFIX}{j}-*")) and processes_with(marker), 10,
+                       "the payload running in its cgroup")
+            t0 = time.monotonic()
+            proc.send_signal(signum)
+            proc.wait(15)
+            stopped_s = time.monotonic() - t0
+            assert not list(base.glob(f"{PREFIX}{job_id}-*")), f"cgroup left after {signum!r}"
+            assert not processes_with(marker)
+            assert stopped_s < 10  # within the launcher's grace (it SIGKILLs a service after 10 s)
+            assert finished(rds, job_id, timeout=1)["pilot_error_code"]  # reported as stopped
+    assert young.is_dir()
+    young.rmdir()

@@ -26,6 +26,7 @@ from typing import BinaryIO, ClassVar, TypeVar
 from urllib.parse import urlsplit
 
 from nodepilot.checksums import CHUNK, Adler32
+from nodepilot.deadlines import TRANSFER_GRACE_S, TRANSFER_TIMEOUT_BASE_S, TRANSFER_TIMEOUT_PER_MB_S
 from nodepilot.job import Checksum
 from nodepilot.plugins import load_all
 
@@ -192,9 +193,10 @@ class Mover:
     schemes: ClassVar[tuple[str, ...]] = ()
     can_query_checksum: ClassVar[bool] = False
     supports_direct_access: ClassVar[bool] = False
-    timeout_base_s: float = 400.0
-    timeout_per_mb_s: float = 1.0
-    grace_s: float = 5.0  # after a timeout: time the thread gets to stop and clean up
+    # the monitor's stage deadlines (nodepilot/deadlines.py) are built on the same bounds
+    timeout_base_s: float = TRANSFER_TIMEOUT_BASE_S
+    timeout_per_mb_s: float = TRANSFER_TIMEOUT_PER_MB_S
+    grace_s: float = TRANSFER_GRACE_S  # after a timeout: time the thread gets to stop and clean up
 
     def timeout_for(self, size: int | None) -> float:
         return self.timeout_base_s + self.timeout_per_mb_s * (size or 0) / 1e6
