@@ -63,8 +63,10 @@ def _settled(directory: Path, names: tuple[str, ...], closed: set[str]) -> tuple
     return None, pending
 
 
-async def wait_for_file(directory: Path, names: tuple[str, ...], timeout: float) -> Path | None:
-    """The first of ``names`` written whole in ``directory``, waiting up to ``timeout`` s; None if none came."""
+async def wait_for_file(directory: Path, names: tuple[str, ...], timeout: float, settle: bool = True) -> Path | None:
+    """The first of ``names`` written whole in ``directory``, waiting up to ``timeout`` s; None if none came.
+    A file that is there but still being written at the end gets ``SETTLE_S`` more (``settle``): a job spec
+    Harvester is writing is not "no job", even with a wait of 0."""
     inotify = INotify()
     loop = asyncio.get_running_loop()
     woken = asyncio.Event()
@@ -84,7 +86,10 @@ async def wait_for_file(directory: Path, names: tuple[str, ...], timeout: float)
                     woken.clear()
                     closed.update(e.name for e in inotify.read(timeout=0) if e.name in names)
         except TimeoutError:
-            return _settled(directory, names, closed)[0]
+            found, pending = _settled(directory, names, closed)
+            if found is None and pending and settle:
+                return await wait_for_file(directory, names, SETTLE_S + 0.1, settle=False)
+            return found
         finally:
             loop.remove_reader(inotify.fileno())
     finally:
