@@ -7,12 +7,12 @@ from __future__ import annotations
 import json
 import platform
 import re
-import time
 
 import httpx
 
 from tests.e2e.conftest import add_jobs, final_update, kill_if_running, write_queuedata
 from tests.e2e.test_signals_and_healing import start_pilot, wait_for_file
+from tests.waiting import wait_until
 
 
 def test_heartbeats_carry_the_figures_so_far_and_the_final_update_has_meta_data(site, job_server):
@@ -26,14 +26,9 @@ def test_heartbeats_carry_the_figures_so_far_and_the_final_update_has_meta_data(
     workdir = site / "work" / "PanDA_Pilot-5301"
     try:
         wait_for_file(workdir / "started")
-        deadline = time.monotonic() + 30
-        while True:
-            beats = [u for u in job_server.jobs()[5301]["updates"]
-                     if u.get("job_status") == "running" and u.get("cpu_consumption_time", 0) >= 1]
-            if beats:
-                break
-            assert time.monotonic() < deadline, job_server.jobs()[5301]["updates"]
-            time.sleep(0.1)
+        beats = wait_until(lambda: [u for u in job_server.jobs()[5301]["updates"]
+                                    if u.get("job_status") == "running" and u.get("cpu_consumption_time", 0) >= 1],
+                           30, "a running heartbeat with a second of CPU")
         (workdir / "go").touch()
         output, _ = pilot.communicate(timeout=60)
     finally:
