@@ -20,6 +20,7 @@ from nodepilot import bus
 from nodepilot.values import flag
 
 OPEN = "relay:jumbo:open"
+SHARE_MARK = "_jumboShare"  # in a share's definition: its number (other workers hold ranges of the job too)
 FINAL_STATES = ("finished", "failed")
 SUMMED = ("nEvents", "cpuConsumptionTime", "coreCount", "nInputFiles", "totRBYTES", "totWBYTES",
           "totRCHAR", "totWCHAR")
@@ -40,8 +41,9 @@ def _renamed(lfn: str, share: int) -> str:
 
 
 def share_definition(raw: dict[str, Any], share: int) -> dict[str, Any]:
-    """The definition share ``share`` runs: the job's own for the first, renamed outputs for the others."""
-    definition = dict(raw)
+    """The definition share ``share`` runs: the job's own for the first, renamed outputs for the others;
+    each marked as a share (``SHARE_MARK``): other workers hold ranges of the same job."""
+    definition = {**raw, SHARE_MARK: share}
     if share <= 1:
         return definition
     for key in ("outFiles", "logFile"):

@@ -36,6 +36,7 @@ class StartRequest:
     zip_outputs: int = 0  # 0: each output staged on its own; K: zips of up to K outputs
     zip_seconds: float = DEFAULT_ZIP_SECONDS  # a zip goes out this long after its first output, even if short
     objstore_id: int | None = None  # the es_events endpoint's numeric id, named in every range report
+    shared: bool = False  # a share of a jumbo job: ranges of the job this eventclient does not hold are others'
 
     @classmethod
     def parse(cls, job_id: int, m: dict[str, Any]) -> StartRequest:
@@ -57,6 +58,7 @@ class StartRequest:
                 zip_outputs=max(0, int(m.get("zip_outputs") or 0)),
                 zip_seconds=max(0.0, float(m.get("zip_seconds") or DEFAULT_ZIP_SECONDS)),
                 objstore_id=None if m.get("objstore_id") in (None, "") else int(m["objstore_id"]),
+                shared=m.get("shared") is True,
             )
         except (TypeError, ValueError) as exc:
             raise BadRequest(f"malformed number: {exc}") from None

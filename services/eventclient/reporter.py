@@ -70,10 +70,11 @@ def unsent(store: RangeStore) -> list[RangeRecord]:
 
 class Reporter:
     def __init__(self, store: RangeStore, source: RangeSource, batch: int, interval_s: float,
-                 objstore_id: int | None = None) -> None:
+                 objstore_id: int | None = None, shared: bool = False) -> None:
         self.store, self.source = store, source
         self.batch, self.interval_s = max(1, batch), max(0.0, interval_s)
         self.objstore_id = objstore_id
+        self.shared = shared  # other eventclients hold ranges of this job (a jumbo job's share)
         self.failures = 0
         self._flushing = asyncio.Lock()  # one flush at a time: the final one waits for a running one
 
@@ -140,8 +141,9 @@ class Reporter:
 
     async def _fail_lost(self) -> None:
         """Ranges the source handed out in an answer that never reached the store (an eventclient
-        killed during the call) are failed as recoverable (1224: the server dispatches them again)."""
-        lookup = getattr(self.source, "handed_out", None)
+        killed during the call) are failed as recoverable (1224: the server dispatches them again). Not
+        for a share of a jumbo job: the job's ranges this eventclient does not hold are the other shares'."""
+        lookup = None if self.shared else getattr(self.source, "handed_out", None)
         try:
             held = await lookup() if lookup is not None else None
         except Exception as exc:

@@ -126,7 +126,8 @@ class JobSession:
         self.source = make_source(self.config, s.job_id, s.jobset_id, s.task_id, s.ranges_file, s.report_file,
                                   s.workdir)
         self.fetcher.source = self.source
-        self.reporter = Reporter(self.store, self.source, s.report_batch, s.report_interval_s, s.objstore_id)
+        self.reporter = Reporter(self.store, self.source, s.report_batch, s.report_interval_s, s.objstore_id,
+                                 shared=s.shared)
         reporter = self.reporter
         self._tasks = [
             asyncio.create_task(self._keep_running("the stager's answers", lambda: self.stageout.follow(

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from nodepilot import bus, deadlines
 from nodepilot.errors import ErrorCode, clip_diag
+from nodepilot.jumbo import SHARE_MARK
 from services.monitor.parts import JobParts
 
 log = logging.getLogger(__name__)
@@ -32,6 +33,7 @@ class EventServiceSteps(JobParts):
             "jobset_id": job.jobset_id or 0, "task_id": job.task_id, "batch": ES_BATCH,
             **{k: v for k, v in self.config.queuedata.es.items() if k in ("batch", "zip_outputs", "zip_seconds")},
             "endpoints": self._endpoints("es_events"), "objstore_id": self._objstore_id(),
+            "shared": SHARE_MARK in job.raw,  # a jumbo job's share: the job's other ranges are other workers'
             "scope_out": job.outputs[0].scope if job.outputs else (job.log.scope if job.log else ""),
             "ranges_file": self.config.ranges_file or None,
             "report_file": str(self.workdir.parent / f"ranges-{job.panda_id}.jsonl") if self.config.ranges_file

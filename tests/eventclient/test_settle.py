@@ -140,3 +140,25 @@ def test_answers_pair_with_flattened_ranges():
     assert answered(ids, [True, None, False]) == {"a": True, "b": False, "c": False}
     assert answered(ids, [True]) == dict.fromkeys(ids, False)  # cannot be paired: look every one up
     assert answered(ids, None) == dict.fromkeys(ids)
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_ranges_handed_out_but_never_received_are_failed_unless_the_job_is_shared(redis_url, tmp_path, shared):
+    """A range the server handed out in an answer that never arrived is failed at the end (1224); in a share of
+    a jumbo job, the job's ranges this eventclient does not hold are the other shares' and are left alone."""
+    class HandedOut(ServerLike):
+        async def handed_out(self) -> list[str]:
+            return ["77-9-1-99-1"]  # held by the server as handed out, unknown to this eventclient
+
+    source = HandedOut([])
+
+    async def scenario() -> None:
+        r = bus.connect(redis_url)
+        store = RangeStore(r, 9)
+        await store.reset()
+        await Reporter(store, source, batch=10, interval_s=0.05, objstore_id=42, shared=shared).flush_final()
+        await r.aclose()
+
+    asyncio.run(scenario())
+    failed = [ids for version, ids in source.calls if version == 0]
+    assert failed == ([] if shared else [["77-9-1-99-1"]])

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import json
 
-from nodepilot.jumbo import merge_finals, share_definition
+from nodepilot.jumbo import SHARE_MARK, merge_finals, share_definition
 
 
 def test_share_definitions_write_distinct_files():
     raw = {"PandaID": 1, "outFiles": "es1.log.tgz,hits.root", "logFile": "es1.log.tgz", "logGUID": "g-1"}
-    assert share_definition(raw, 1) == raw
+    assert share_definition(raw, 1) == {**raw, SHARE_MARK: 1}  # marked: other workers hold ranges of the job
     second = share_definition(raw, 2)
     assert second["outFiles"] == "es1_2.log.tgz,hits_2.root" and second["logFile"] == "es1_2.log.tgz"
+    assert second[SHARE_MARK] == 2
     assert "logGUID" not in second and raw["logGUID"] == "g-1"  # the job's own definition is untouched
 
 
