@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -20,6 +21,10 @@ import redis
 
 from nodepilot.config import PilotConfig
 from nodepilot.http import uds_client
+
+# the benchmarks read each payload's stamps in its job's work dir afterwards: the pilots they start keep
+# their work dirs (a pilot removes them by default once a job's log is out)
+os.environ.setdefault("NODEPILOT_KEEP_WORKDIRS", "1")
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
