@@ -14,6 +14,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from services.eventclient.settle import HANDED_OUT
+
 if TYPE_CHECKING:
     from nodepilot.config import PilotConfig
 
@@ -66,23 +68,23 @@ class ServerRangeSource:
         return returns if isinstance(returns, list) else None
 
     async def statuses(self, range_ids: list[str]) -> dict[str, dict[str, Any]] | None:
-        lookup = getattr(self.client, "get_event_range_statuses", None)
-        if lookup is None or not range_ids:
+        if not range_ids:
             return None
-        task_id = self.task_id if self.task_id is not None else int(range_ids[0].split("-", 1)[0])
-        status_client: EventStatusClient = self.client  # type: ignore[assignment]
-        held = await status_client.get_event_range_statuses(self.job_id, task_id)
-        return {rid: held[rid] for rid in range_ids if rid in held}
+        held = await self._held(self.task_id if self.task_id is not None else int(range_ids[0].split("-", 1)[0]))
+        return None if held is None else {rid: held[rid] for rid in range_ids if rid in held}
 
     async def handed_out(self) -> list[str] | None:
         """The ranges of this job the server holds as handed out and not reported (``sent``, or
         ``running`` in our own server's ledger); None when it cannot tell."""
-        lookup = getattr(self.client, "get_event_range_statuses", None)
-        if lookup is None or self.task_id is None:
+        held = await self._held(self.task_id) if self.task_id is not None else None
+        return None if held is None else [rid for rid, item in held.items() if item.get("status") in HANDED_OUT]
+
+    async def _held(self, task_id: int) -> dict[str, dict[str, Any]] | None:
+        """The job's ranges as the server holds them; None when the client cannot look them up."""
+        if getattr(self.client, "get_event_range_statuses", None) is None:
             return None
         status_client: EventStatusClient = self.client  # type: ignore[assignment]
-        held = await status_client.get_event_range_statuses(self.job_id, self.task_id)
-        return [rid for rid, item in held.items() if str(item.get("status")) in ("sent", "running")]
+        return await status_client.get_event_range_statuses(self.job_id, task_id)
 
     async def aclose(self) -> None:
         await self.client.aclose()

@@ -14,7 +14,6 @@ import redis.asyncio as aioredis
 from nodepilot.job import Job
 from nodepilot.queue.model import QueueData
 from nodepilot.usage import read_usage
-from nodepilot.values import measured
 
 MAX_SCAN_ENTRIES = 100_000
 GIB = 1024**3
@@ -76,7 +75,6 @@ class Check:
         return Firing(self.code, f"{what} {fmt(value)} is {relation} the limit {fmt(limit)}{note}")
 
 
-number = measured  # a measured number from the usage hash (None: not measured yet)
 
 
 def largest_file(workdir: Path, names: Iterable[str]) -> tuple[str, int | None]:

@@ -6,7 +6,8 @@ means the pilot received SIGXCPU from the batch system, which is not what happen
 
 from __future__ import annotations
 
-from services.monitor.checks.base import CheckContext, Firing, fmt_seconds, number
+from nodepilot.values import measured
+from services.monitor.checks.base import CheckContext, Firing, fmt_seconds
 from services.monitor.checks.walltime import TimeLimitCheck
 
 
@@ -16,6 +17,6 @@ class CputimeCheck(TimeLimitCheck):
     async def check(self, ctx: CheckContext) -> Firing | None:
         if self.limit_s is None:
             return self.compare("CPU time", None, None)
-        cpu = number((await ctx.usage()).get("cpu_s"))
+        cpu = measured((await ctx.usage()).get("cpu_s"))
         return self.compare("CPU time of the payload's processes", cpu, self.limit_s, fmt=fmt_seconds,
                             note=" (maxCpuCount)")

@@ -8,7 +8,8 @@ from __future__ import annotations
 from nodepilot.errors import ErrorCode
 from nodepilot.job import Job
 from nodepilot.queue.model import QueueData
-from services.monitor.checks.base import Check, CheckContext, Firing, number
+from nodepilot.values import measured
+from services.monitor.checks.base import Check, CheckContext, Firing
 
 FACTOR = 2
 
@@ -40,5 +41,5 @@ class MemoryCheck(Check):
     async def check(self, ctx: CheckContext) -> Firing | None:
         if self.limit_kb is None:
             return self.compare("PSS", None, None)
-        pss = number((await ctx.usage()).get("pss_kb"))
+        pss = measured((await ctx.usage()).get("pss_kb"))
         return self.compare("PSS of the payload's processes", pss, self.limit_kb, fmt=fmt_kb)
