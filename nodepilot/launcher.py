@@ -79,11 +79,11 @@ class Launcher:
         os.environ.setdefault("NODEPILOT_LAUNCHED_AT", str(time.time()))
         from nodepilot.registry import service_class
 
-        # import, instantiate and build each service's app once here: forked children share
-        # these pages (an app alone is ~8 MB private per process when built after the fork)
+        # import, instantiate and build each service's app and HTTP settings once here: forked children
+        # share these pages (what a child builds or imports itself is private to it)
         for name in SERVICES:
             instance = service_class(name)(self.config)
-            _ = instance.app
+            _ = instance.http_config  # the app with it
             self.instances[name] = instance
         if self.config.server.startswith("https"):
             from nodepilot.panda.api_v1 import tls_context

@@ -44,6 +44,7 @@ class Service:
         self.stop_signal: int | None = None
         self.started = time.time()
         self._app: FastAPI | None = None
+        self._http_config: uvicorn.Config | None = None
         self.early_signals: list[int] = []  # arrived before the event loop's handlers were set
         self.owns_loop = True  # False in-process: the loop and its thread pool are shared (nodepilot/inprocess.py)
         self.metrics = CollectorRegistry()  # a service registers its own collectors here; /metrics shows them
@@ -97,6 +98,18 @@ class Service:
             self._app = self.build_app()
         return self._app
 
+    @property
+    def http_config(self) -> uvicorn.Config:
+        """uvicorn's settings for this service's socket, loaded (protocol classes imported, app wrapped)
+        once: the launcher loads them before forking, so no service imports or builds them on its own."""
+        if self._http_config is None:
+            config = uvicorn.Config(self.app, uds=str(self.config.socket_path(self.name)), log_level="warning",
+                                    log_config=None, lifespan="off", http="h11", ws="none",
+                                    timeout_graceful_shutdown=2)
+            config.load()
+            self._http_config = config
+        return self._http_config
+
     def build_app(self) -> FastAPI:
         app = FastAPI(title=f"nodepilot {self.name}", docs_url=None, redoc_url=None)
 
@@ -128,10 +141,7 @@ class Service:
         sock = self.config.socket_path(self.name)
         with contextlib.suppress(FileNotFoundError):
             sock.unlink()
-        server = QuietServer(
-            uvicorn.Config(self.app, uds=str(sock), log_level="warning", lifespan="off",
-                           timeout_graceful_shutdown=2)
-        )
+        server = QuietServer(self.http_config)
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGUSR1,
                        signal.SIGXCPU, signal.SIGBUS):
