@@ -18,14 +18,18 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import uvicorn
-from fastapi import FastAPI, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute
 
 from nodepilot import bus
 from nodepilot.config import PilotConfig
 from nodepilot.errors import clip_diag
 from nodepilot.logs import setup_logging
 from nodepilot.metrics import register_common
+from nodepilot.webapi import api_app, json_route, server_config
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +47,7 @@ class Service:
         self.stopping = asyncio.Event()
         self.stop_signal: int | None = None
         self.started = time.time()
-        self._app: FastAPI | None = None
+        self._app: Starlette | None = None
         self._http_config: uvicorn.Config | None = None
         self.early_signals: list[int] = []  # arrived before the event loop's handlers were set
         self.owns_loop = True  # False in-process: the loop and its thread pool are shared (nodepilot/inprocess.py)
@@ -58,8 +62,9 @@ class Service:
         """Background workers that run until the service stops."""
         return []
 
-    def add_routes(self, app: FastAPI) -> None:
-        """Routes beyond /healthz and /status."""
+    def routes(self) -> list[BaseRoute]:
+        """Routes beyond /healthz, /status and /metrics (nodepilot/webapi.py)."""
+        return []
 
     def add_metrics(self, registry: CollectorRegistry) -> None:
         """Metrics beyond the common ones (nodepilot/metrics.py); read at scrape time where possible."""
@@ -92,7 +97,7 @@ class Service:
 
     # --- plumbing --------------------------------------------------------------------
     @property
-    def app(self) -> FastAPI:
+    def app(self) -> Starlette:
         """Built once; the launcher builds it before forking so the children share its pages."""
         if self._app is None:
             self._app = self.build_app()
@@ -103,34 +108,26 @@ class Service:
         """uvicorn's settings for this service's socket, loaded (protocol classes imported, app wrapped)
         once: the launcher loads them before forking, so no service imports or builds them on its own."""
         if self._http_config is None:
-            config = uvicorn.Config(self.app, uds=str(self.config.socket_path(self.name)), log_level="warning",
-                                    log_config=None, lifespan="off", http="h11", ws="none",
-                                    timeout_graceful_shutdown=2)
-            config.load()
-            self._http_config = config
+            self._http_config = server_config(self.app, uds=str(self.config.socket_path(self.name)),
+                                              timeout_graceful_shutdown=2)
         return self._http_config
 
-    def build_app(self) -> FastAPI:
-        app = FastAPI(title=f"nodepilot {self.name}", docs_url=None, redoc_url=None)
-
-        @app.get("/healthz")
-        async def healthz() -> dict[str, Any]:
+    def build_app(self) -> Starlette:
+        async def healthz(_request: Request) -> dict[str, Any]:
             await self.redis.ping()
             return {"ok": True, "service": self.name, "pid": os.getpid()}
 
-        @app.get("/status")
-        async def status() -> dict[str, Any]:
+        async def status(_request: Request) -> dict[str, Any]:
             return {"service": self.name, "uptime_s": round(time.time() - self.started, 3),
                     **await self.status()}
 
-        @app.get("/metrics")
-        async def metrics() -> Response:
+        async def metrics(_request: Request) -> Response:
             return Response(generate_latest(self.metrics), media_type=CONTENT_TYPE_LATEST)
 
         register_common(self.metrics, self.name, self.started)
         self.add_metrics(self.metrics)
-        self.add_routes(app)
-        return app
+        return api_app([json_route("/healthz", healthz), json_route("/status", status),
+                        json_route("/metrics", metrics), *self.routes()])
 
     async def serve(self) -> int:
         if self.owns_loop:  # in-process, one pool sized for every service is set before they start

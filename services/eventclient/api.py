@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
-import uvicorn
 from pydantic import ValidationError
 
 from nodepilot.service import QuietServer
+from nodepilot.webapi import server_config
 from services.eventclient.payload import MAX_RANGES_PER_CALL, DoneBody, FailedBody, PayloadBackend, Refused
 
 SOCKET_NAME = "events.sock"
@@ -141,8 +141,7 @@ class PayloadServer:
 
     async def open(self) -> None:
         sock = bind_unix(self.path)
-        server = QuietServer(uvicorn.Config(self.app, log_level="warning", lifespan="off", access_log=False,
-                                            timeout_graceful_shutdown=2))
+        server = QuietServer(server_config(self.app, access_log=False, timeout_graceful_shutdown=2))
         self._server, self._task = server, asyncio.create_task(server.serve(sockets=[sock]))
         loop = asyncio.get_running_loop()
         deadline = loop.time() + START_TIMEOUT_S

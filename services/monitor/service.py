@@ -7,10 +7,12 @@ import os
 from collections.abc import Coroutine
 from typing import Any
 
-from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
+from starlette.requests import Request
+from starlette.routing import BaseRoute
 
 from nodepilot.service import Service
+from nodepilot.webapi import json_route
 from services.monitor import metrics, web
 from services.monitor.pilot import Pilot
 
@@ -52,10 +54,9 @@ class MonitorService(Service):
     def add_metrics(self, registry: CollectorRegistry) -> None:
         registry.register(metrics.install(self.pilot))
 
-    def add_routes(self, app: FastAPI) -> None:
-        app.include_router(web.router(self.pilot))
-
-        @app.post("/stop")
-        async def stop() -> dict[str, Any]:
+    def routes(self) -> list[BaseRoute]:
+        async def stop(_request: Request) -> dict[str, Any]:
             await self.pilot.on_signal(15)
             return {"stopping": True}
+
+        return [*web.routes(self.pilot), json_route("/stop", stop, methods=("POST",))]

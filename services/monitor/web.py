@@ -16,13 +16,16 @@ import socket
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import uvicorn
-from fastapi import APIRouter, FastAPI, HTTPException
-from fastapi.responses import FileResponse, RedirectResponse
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import FileResponse, RedirectResponse
+from starlette.routing import BaseRoute
 
 from nodepilot.reports import read_limited
 from nodepilot.service import QuietServer
 from nodepilot.usage import USAGE_FILE
+from nodepilot.webapi import api_app, json_route, number, server_config
 from services.monitor.metrics import jobs
 
 if TYPE_CHECKING:
@@ -36,37 +39,32 @@ MAX_POINTS = 1000  # a long job's series is thinned to this many samples
 MAX_USAGE_BYTES = 64 * 1024 * 1024
 
 
-def router(pilot: Pilot) -> APIRouter:
-    routes = APIRouter()
+def routes(pilot: Pilot) -> list[BaseRoute]:
+    """The page and its data (read-only), on the monitor's socket and on the optional TCP port."""
 
-    @routes.get("/ui", include_in_schema=False)
-    async def ui_root() -> RedirectResponse:
+    async def ui_root(_request: Request) -> RedirectResponse:
         return RedirectResponse("/ui/")
 
-    @routes.get("/ui/", include_in_schema=False)
-    async def index() -> FileResponse:
-        return await page("")
-
-    @routes.get("/ui/{name}", include_in_schema=False)
-    async def page(name: str) -> FileResponse:
+    async def page(request: Request) -> FileResponse:
+        name = request.path_params.get("name", "")
         if name not in PAGES:
             raise HTTPException(404, "no such page")
         return FileResponse(STATIC / PAGES[name], headers={"Cache-Control": "no-cache"})
 
-    @routes.get("/api/jobs")
-    async def job_list() -> dict[str, Any]:
+    async def job_list(_request: Request) -> dict[str, Any]:
         config = pilot.config
         return {"queue": config.queue, "node": config.node, "current": pilot.current.job.panda_id
                 if pilot.current else None, "jobs": jobs(pilot)}
 
-    @routes.get("/api/jobs/{job_id}/usage")
-    async def usage(job_id: int) -> dict[str, Any]:
+    async def usage(request: Request) -> dict[str, Any]:
+        job_id = number(request.path_params["job_id"], "job_id", int)
         if not any(j.get("panda_id") == job_id for j in jobs(pilot)):
             raise HTTPException(404, f"job {job_id} is not one of this pilot's")
         path = Path(pilot.config.work_dir).resolve() / f"PanDA_Pilot-{job_id}" / USAGE_FILE
         return await asyncio.to_thread(read_series, path)
 
-    return routes
+    return [json_route("/ui", ui_root), json_route("/ui/", page), json_route("/ui/{name}", page),
+            json_route("/api/jobs", job_list), json_route("/api/jobs/{job_id}/usage", usage)]
 
 
 def read_series(path: Path) -> dict[str, Any]:
@@ -87,16 +85,13 @@ def read_series(path: Path) -> dict[str, Any]:
     return {"samples": thinned, "total": len(samples)}
 
 
-def web_app(pilot: Pilot) -> FastAPI:
+def web_app(pilot: Pilot) -> Starlette:
     """The page and its data alone, for the TCP port."""
-    app = FastAPI(title="nodepilot monitor (read-only)", docs_url=None, redoc_url=None, openapi_url=None)
-    app.include_router(router(pilot))
 
-    @app.get("/", include_in_schema=False)
-    async def root() -> RedirectResponse:
+    async def root(_request: Request) -> RedirectResponse:
         return RedirectResponse("/ui/")
 
-    return app
+    return api_app([json_route("/", root), *routes(pilot)])
 
 
 async def serve_tcp(pilot: Pilot, port: int) -> None:
@@ -109,8 +104,7 @@ async def serve_tcp(pilot: Pilot, port: int) -> None:
         sock.close()
         log.error("web page not served on 127.0.0.1:%s: %s", port, exc)
         return
-    server = QuietServer(uvicorn.Config(web_app(pilot), log_level="warning", lifespan="off",
-                                        timeout_graceful_shutdown=1))
+    server = QuietServer(server_config(web_app(pilot), timeout_graceful_shutdown=1))
     log.info("web page on http://127.0.0.1:%s/ui/", port)
     task = asyncio.ensure_future(server.serve(sockets=[sock]))
     try:

@@ -18,13 +18,16 @@ import uuid
 from collections import Counter
 from typing import Any
 
-from fastapi import FastAPI, HTTPException
 from prometheus_client import CollectorRegistry
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.routing import BaseRoute
 
 from nodepilot import bus, experiments
 from nodepilot.config import PilotConfig
 from nodepilot.errors import ErrorCode, clip_diag
 from nodepilot.service import Service
+from nodepilot.webapi import json_route, number
 from services.runner.adoption import adopt, find_shim, host_tag, kill_orphaned, process_identity
 from services.runner.cgroup import remove_empty_leftovers
 from services.runner.execute import (
@@ -86,15 +89,19 @@ class RunnerService(Service):
     def add_metrics(self, registry: CollectorRegistry) -> None:
         registry.register(metrics_collector(lambda: len(self.payloads), self.exits))
 
-    def add_routes(self, app: FastAPI) -> None:
-        @app.post("/kill/{job_id}")
-        async def kill(job_id: int, grace_seconds: float = DEFAULT_GRACE_S,
-                       reason: str = "kill requested through the runner's API") -> dict[str, Any]:
+    def routes(self) -> list[BaseRoute]:
+        async def kill(request: Request) -> dict[str, Any]:
+            job_id = number(request.path_params["job_id"], "job_id", int)
+            grace_seconds = number(request.query_params.get("grace_seconds"), "grace_seconds", float,
+                                   DEFAULT_GRACE_S)
+            reason = request.query_params.get("reason", "kill requested through the runner's API")
             request_id = f"api:kill:{uuid.uuid4().hex[:8]}"
             pids = await self._kill(job_id, request_id, grace(grace_seconds), reason)
             if not pids:
                 raise HTTPException(404, f"no payload of job {job_id} is running")
             return {"job_id": job_id, "request_id": request_id, "pids": pids}
+
+        return [json_route("/kill/{job_id}", kill, methods=("POST",))]
 
     async def _consume(self) -> None:
         # a failed read is retried in place: the payloads keep running and their handlers waiting
