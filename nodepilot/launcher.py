@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import importlib
 import logging
 import multiprocessing
 import multiprocessing.connection
@@ -34,6 +35,10 @@ log = logging.getLogger("nodepilot.launcher")
 HEALTH_TIMEOUT = 30.0
 STOP_GRACE = 10.0
 GRACEFUL_STOP_BUDGET = 120.0
+# what httpx imports on a client's first connection (the monitor's to the server, the launcher's to the
+# services' sockets): imported once here rather than by each of them after the fork (~2 MB each)
+FIRST_USE_IMPORTS = ("httpcore", "httpcore._backends.anyio", "httpcore._backends.sync", "anyio._backends._asyncio",
+                     "certifi")
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGUSR1, signal.SIGXCPU, signal.SIGBUS)
 
 
@@ -85,6 +90,9 @@ class Launcher:
             instance = service_class(name)(self.config)
             _ = instance.http_config  # the app with it
             self.instances[name] = instance
+        for module in FIRST_USE_IMPORTS:
+            with contextlib.suppress(ImportError):
+                importlib.import_module(module)
         if self.config.server.startswith("https"):
             from nodepilot.panda.api_v1 import tls_context
 
