@@ -53,6 +53,17 @@ def kind_of(p: psutil.Process, workdir: str) -> str:
     return "payload" if p.cwd().startswith(f"{workdir}/PanDA_Pilot-") else "pilot"
 
 
+def role_of(p: psutil.Process, root_pid: int) -> str:
+    """Which pilot process: "launcher" (the one started), a service (named np-<service> by the launcher),
+    "redis", or "other" (a helper process)."""
+    if p.pid == root_pid:
+        return "launcher"
+    name = p.name()
+    if "redis-server" in name:
+        return "redis"
+    return name[3:] if name.startswith("np-") else "other"
+
+
 class PilotSampler(threading.Thread):
     """Samples PSS and CPU time of the pilot's processes every 100 ms: ``peak_kb`` the pilot without
     Redis, ``redis_peak_kb`` Redis alone, ``with_redis_peak_kb`` both (payloads never). CPU: the
@@ -62,6 +73,7 @@ class PilotSampler(threading.Thread):
         super().__init__(daemon=True)
         self.root_pid, self.workdir, self.stop = root_pid, str(workdir), threading.Event()
         self.peak_kb = self.redis_peak_kb = self.with_redis_peak_kb = 0
+        self.roles_at_peak: dict[str, int] = {}  # PSS (kB) of each pilot process when pilot + Redis peaked
         self.cpu: dict[int, float] = {}  # latest CPU seconds per pilot process (Redis included)
         self.cpu_series: list[tuple[float, float]] = []  # (time, CPU seconds of all pilot processes)
 
@@ -73,10 +85,15 @@ class PilotSampler(threading.Thread):
             except psutil.Error:
                 continue
             pss = {"pilot": 0, "redis": 0, "payload": 0}
+            roles: dict[str, int] = {}
             for p in procs:
                 try:
                     kind = kind_of(p, self.workdir)
-                    pss[kind] += p.memory_full_info().pss // 1024
+                    kb = p.memory_full_info().pss // 1024
+                    pss[kind] += kb
+                    if kind != "payload":
+                        role = role_of(p, self.root_pid)
+                        roles[role] = roles.get(role, 0) + kb
                     if kind != "payload":
                         times = p.cpu_times()
                         self.cpu[p.pid] = times.user + times.system
@@ -84,7 +101,8 @@ class PilotSampler(threading.Thread):
                     pass
             self.peak_kb = max(self.peak_kb, pss["pilot"])
             self.redis_peak_kb = max(self.redis_peak_kb, pss["redis"])
-            self.with_redis_peak_kb = max(self.with_redis_peak_kb, pss["pilot"] + pss["redis"])
+            if pss["pilot"] + pss["redis"] > self.with_redis_peak_kb:
+                self.with_redis_peak_kb, self.roles_at_peak = pss["pilot"] + pss["redis"], roles
             self.cpu_series.append((time.time(), sum(self.cpu.values())))
 
     def cpu_between(self, t0: float, t1: float) -> float:
@@ -93,7 +111,8 @@ class PilotSampler(threading.Thread):
         return inside[-1] - inside[0] if len(inside) > 1 else 0.0
 
 
-def run_case(jobs: list[dict], se_seed: Path | None = None, sample: bool = False) -> dict:
+def run_case(jobs: list[dict], se_seed: Path | None = None, sample: bool = False,
+             options: tuple[str, ...] = ()) -> dict:
     base = Path(tempfile.mkdtemp(prefix="np-bench-"))
     try:
         (base / "jobs").mkdir()
@@ -108,7 +127,7 @@ def run_case(jobs: list[dict], se_seed: Path | None = None, sample: bool = False
         try:
             t_launch = time.time()
             proc = subprocess.Popen([*NODEPILOT, "start", "--queue", "BENCH", "--server", server.url,
-                                     "--workdir", str(base / "work"), "--se-dir", str(base / "se")],
+                                     "--workdir", str(base / "work"), "--se-dir", str(base / "se"), *options],
                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             sampler = PilotSampler(proc.pid, base / "work")
             if sample:
@@ -121,6 +140,7 @@ def run_case(jobs: list[dict], se_seed: Path | None = None, sample: bool = False
             server.process.wait(10)
         out = {"launch": t_launch, "exit": t_exit, "pss_mb": sampler.peak_kb / 1024,
                "redis_pss_mb": sampler.redis_peak_kb / 1024, "with_redis_pss_mb": sampler.with_redis_peak_kb / 1024,
+               "pss_by_process_mb": {k: v / 1024 for k, v in sampler.roles_at_peak.items()},
                "code": proc.returncode, "sampler": sampler}
         for j in jobs:
             wd = base / "work" / f"PanDA_Pilot-{j['PandaID']}"

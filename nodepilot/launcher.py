@@ -25,7 +25,7 @@ from typing import Any
 from nodepilot import exitcodes
 from nodepilot.config import SERVICES, PilotConfig
 from nodepilot.http import uds_client
-from nodepilot.proc import die_with_parent
+from nodepilot.proc import die_with_parent, name_process
 from nodepilot.redis_server import EmbeddedRedis, RedisStartError
 from nodepilot.service import Service, run_instance
 from nodepilot.supervision import RestartPolicy, restart_redis, spawn_pilot_redis
@@ -46,6 +46,7 @@ def _service_main(instance: Service) -> None:
     """Entry of a forked service process: runs the launcher's pristine copy of the service."""
     os.setpgid(0, 0)
     die_with_parent()
+    name_process(f"np-{instance.name}")
     for signum in FORWARDED:  # kept until the service's own handlers are in place, then replayed
         signal.signal(signum, lambda signum, _frame: instance.early_signals.append(signum))
     signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED)  # blocked by the launcher around the fork
