@@ -40,7 +40,7 @@ def _run_dir(work_dir: Path, given: str) -> str:
 def _prepare(config: PilotConfig, preflight: bool, logger: logging.Logger) -> int:
     """The queue data read and checked (and, for ``start``, the preflight): an exit code."""
     from nodepilot import experiments
-    from nodepilot.queue.loader import load as load_queue
+    from nodepilot.queue.apart import load_apart as load_queue  # pydantic never imported by this process
     from nodepilot.queue.preflight import PreflightError, run_preflight
 
     try:

@@ -7,12 +7,14 @@ scheme one of the activity's copytools serves: that copytool's mover moves the f
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from nodepilot.queue import roles
-from nodepilot.queue.model import Endpoint
-from nodepilot.queue.schema import CricQueue, DdmEndpoint, QueueConfigError
+from nodepilot.queue.model import Endpoint, QueueConfigError
+
+if TYPE_CHECKING:  # pydantic models: imported where queue data is read (nodepilot/queue/apart.py)
+    from nodepilot.queue.schema import CricQueue, DdmEndpoint
 
 # copytool names of queue definitions -> our movers (services/stager/movers)
 COPYTOOL_MOVERS = {

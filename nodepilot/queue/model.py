@@ -12,6 +12,11 @@ from nodepilot.queue.roles import first_present
 LOCAL_SE_ID = 1  # the built-in local SE's endpoint id (objstoreID of event-range reports to it)
 
 
+class QueueConfigError(ValueError):
+    """A queue input that cannot be used: the message is one line naming the file, the field and what was
+    expected."""
+
+
 @dataclass
 class Endpoint:
     """A storage endpoint: a name the server knows (ddmEndpoint) and where it is."""

@@ -12,12 +12,10 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
+from nodepilot.queue.model import QueueConfigError
+
 NULLS = ("", "null", "none")
-
-
-class QueueConfigError(ValueError):
-    """A queue input that cannot be used: the message is one line naming the file, the field and what was
-    expected."""
+__all__ = ["QueueConfigError"]  # defined beside the model: raised where pydantic is not imported
 
 
 def _literal_dict(value: Any) -> Any:

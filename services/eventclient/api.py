@@ -21,11 +21,17 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
-from pydantic import ValidationError
-
 from nodepilot.service import QuietServer
 from nodepilot.webapi import server_config
-from services.eventclient.payload import MAX_RANGES_PER_CALL, DoneBody, FailedBody, PayloadBackend, Refused
+from services.eventclient.payload import (
+    MAX_RANGES_PER_CALL,
+    DoneBody,
+    FailedBody,
+    Invalid,
+    PayloadBackend,
+    Refused,
+    parse_json,
+)
 
 SOCKET_NAME = "events.sock"
 SUN_PATH_MAX = 100  # bytes a Unix socket path may safely have (sun_path is 108 with its NUL)
@@ -52,8 +58,8 @@ class PayloadApp:
             status = 200
         except Refused as exc:
             status, answer = exc.status, {"detail": exc.detail}
-        except ValidationError as exc:
-            status, answer = 422, {"detail": exc.errors(include_url=False, include_context=False, include_input=False)}
+        except Invalid as exc:
+            status, answer = 422, {"detail": exc.detail()}
         data = json.dumps(answer, separators=(",", ":")).encode()
         await send({"type": "http.response.start", "status": status,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(data))]})
@@ -69,9 +75,9 @@ class PayloadApp:
         if len(parts) == 3 and parts[0] == "ranges" and parts[2] in ("done", "failed"):
             _allow(method, "POST")
             if parts[2] == "done":
-                return await self.backend.done(parts[1], DoneBody.model_validate_json(body or b"null"))
+                return await self.backend.done(parts[1], DoneBody.parse(parse_json(body or b"null")))
             given = body.strip() not in (b"", b"null")  # the body is optional
-            return await self.backend.fail(parts[1], FailedBody.model_validate_json(body) if given else FailedBody())
+            return await self.backend.fail(parts[1], FailedBody.parse(parse_json(body)) if given else FailedBody())
         if parts == ["softkill"]:
             _allow(method, "POST")
             return await self.backend.softkill()

@@ -4,11 +4,13 @@
 
 from __future__ import annotations
 
-from typing import Any, Protocol
-
-from pydantic import BaseModel, Field
+import json
+import math
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
 
 MAX_RANGES_PER_CALL = 1000
+N = TypeVar("N", int, float)
 
 
 class Refused(Exception):
@@ -19,17 +21,90 @@ class Refused(Exception):
         self.status, self.detail = status, detail
 
 
-class DoneBody(BaseModel):
-    output: str = Field(description="the range's output file, a name in the job's work dir")
+class Invalid(ValueError):
+    """A malformed request body: the field and what is wrong with it (HTTP answers 422, lines 400)."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field}: {problem}")
+        self.field, self.problem = field, problem
+
+    def detail(self) -> list[dict[str, Any]]:
+        """In the shape of FastAPI's validation errors."""
+        return [{"type": "value_error", "loc": ["body", self.field], "msg": self.problem}]
+
+
+# The two bodies are validated by hand rather than by pydantic models: they are two flat records, and
+# pydantic would be the only reason for every pilot process to import it (~5 MB each; nodepilot/webapi.py).
+# Numbers may come as JSON numbers or as text (the line protocol's words), as a lax validator takes them.
+@dataclass(frozen=True)
+class DoneBody:
+    output: str  # the range's output file, a name in the job's work dir
     cpu_s: float | None = None
     wall_s: float | None = None
     n_events: int | None = None
-    next: int = Field(0, ge=0, le=MAX_RANGES_PER_CALL, description="hand out this many more ranges in the answer")
+    next: int = 0  # hand out this many more ranges in the answer
+
+    @classmethod
+    def parse(cls, data: Any) -> DoneBody:
+        fields = _record(data)
+        output = fields.get("output")
+        if not isinstance(output, str):
+            raise Invalid("output", "a file name (text) is required")
+        nxt = _number(fields, "next", int)
+        if nxt is not None and not 0 <= nxt <= MAX_RANGES_PER_CALL:
+            raise Invalid("next", f"must be from 0 to {MAX_RANGES_PER_CALL}, not {nxt}")
+        return cls(output=output, cpu_s=_number(fields, "cpu_s", float), wall_s=_number(fields, "wall_s", float),
+                   n_events=_number(fields, "n_events", int), next=nxt or 0)
 
 
-class FailedBody(BaseModel):
+@dataclass(frozen=True)
+class FailedBody:
     error_code: int | None = None
     diag: str | None = None
+
+    @classmethod
+    def parse(cls, data: Any) -> FailedBody:
+        fields = _record(data)
+        diag = fields.get("diag")
+        if diag is not None and not isinstance(diag, str):
+            raise Invalid("diag", "must be text")
+        return cls(error_code=_number(fields, "error_code", int), diag=diag)
+
+
+def parse_json(raw: bytes) -> Any:
+    try:
+        return json.loads(raw)
+    except ValueError:
+        raise Invalid("body", "not valid JSON") from None
+
+
+def _record(data: Any) -> dict[str, Any]:
+    if not isinstance(data, dict):
+        raise Invalid("body", "a JSON object is required")
+    return data
+
+
+def _number(fields: dict[str, Any], name: str, kind: type[N]) -> N | None:
+    """An optional number: a JSON number, or text that reads as one (an integer takes no fraction)."""
+    value = fields.get(name)
+    if value is None:
+        return None
+    what = "an integer" if kind is int else "a number"
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise Invalid(name, f"must be {what}")
+    if kind is int and isinstance(value, int):
+        return value  # type: ignore[return-value]
+    try:
+        number = float(value)
+    except ValueError:
+        raise Invalid(name, f"must be {what}, not {str(value)[:50]!r}") from None
+    if not math.isfinite(number):
+        raise Invalid(name, "must be a finite number")
+    if kind is float:
+        return number  # type: ignore[return-value]
+    if not number.is_integer():
+        raise Invalid(name, f"must be {what}, not {str(value)[:50]!r}")
+    return int(value) if isinstance(value, str) and value.strip().lstrip("+-").isdigit() else int(number)  # type: ignore[return-value]
 
 
 class PayloadBackend(Protocol):
