@@ -75,7 +75,6 @@ def _launch(config: PilotConfig, in_process: bool = False, preflight: bool = Fal
     from nodepilot.launcher import Launcher
     from nodepilot.rundir import RunDirBusy, check_work_dir, lock_run_dir
     from nodepilot.service import setup_logging
-    from nodepilot.summary import print_summary
 
     progress_wanted = _progress_wanted()
     if progress_wanted:
@@ -115,6 +114,8 @@ def _launch(config: PilotConfig, in_process: bool = False, preflight: bool = Fal
         if progress is not None:
             progress.stop()
         run_lock.release()
+    from nodepilot.summary import print_summary  # rich: not on the way to the first payload
+
     print_summary(Path(config.run_dir) / "summary.json")
     return code
 

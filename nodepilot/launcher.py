@@ -23,10 +23,9 @@ from typing import Any
 
 from nodepilot import exitcodes
 from nodepilot.config import SERVICES, PilotConfig
-from nodepilot.http import uds_client
 from nodepilot.proc import die_with_parent
 from nodepilot.redis_server import EmbeddedRedis, RedisStartError
-from nodepilot.service import Service, run_instance
+from nodepilot.service import Service, import_first_use_modules, run_instance
 from nodepilot.supervision import RestartPolicy, restart_redis, spawn_pilot_redis
 
 log = logging.getLogger("nodepilot.launcher")
@@ -68,6 +67,8 @@ class Launcher:
         self.signal_received: int | None = None
         self.stop_deadline: float | None = None
         self._wake_r, self._wake_w = os.pipe()
+        self._ready_r, self._ready_w = os.pipe()  # each service writes its name there once it is healthy
+        os.set_blocking(self._ready_w, False)  # never read after the start: a restarted service must not block
 
     # --- start --------------------------------------------------------------------------
     def prepare(self) -> None:
@@ -77,21 +78,25 @@ class Launcher:
             self.config.redis_url = self.redis.url
         self.config.save()
         os.environ.setdefault("NODEPILOT_LAUNCHED_AT", str(time.time()))
-        from nodepilot.registry import service_class
-
-        # import, instantiate and build each service's app once here: forked children share
-        # these pages (an app alone is ~8 MB private per process when built after the fork)
-        for name in SERVICES:
-            instance = service_class(name)(self.config)
-            _ = instance.app
-            self.instances[name] = instance
         if self.config.server.startswith("https"):
             from nodepilot.panda.api_v1 import tls_context
 
             tls_context()  # built once, shared by the forked monitor
+        import_first_use_modules()
         if self.redis is not None:
             self.redis.wait_ready()
             self._redis_fd = _pidfd(self.redis.process.pid)
+
+    def build(self, name: str) -> None:
+        """Import, instantiate and build a service's app here, just before its fork: the child shares these
+        pages (an app alone is ~8 MB private per process when built after the fork). One at a time, in the
+        order of SERVICES, so that the monitor asks for the first job while the others are still built."""
+        from nodepilot.registry import service_class
+
+        instance = service_class(name)(self.config)
+        instance.ready_fd = self._ready_w
+        _ = instance.app
+        self.instances[name] = instance
         gc.freeze()
 
     def spawn(self, name: str) -> None:
@@ -106,26 +111,27 @@ class Launcher:
         log.debug("started %s (pid %s)", name, proc.pid)
 
     def wait_healthy(self, timeout: float = HEALTH_TIMEOUT) -> None:
+        """Until every service said it is healthy (serving, and Redis answers: what /healthz tells), woken by
+        their word or by a death, never polling; the monitor may be done already (no job)."""
         deadline = time.monotonic() + timeout
         pending = set(SERVICES)
-        while pending and time.monotonic() < deadline:  # bounded start-up wait
+        while pending:  # bounded start-up wait
             for name in list(pending):
                 proc = self.procs[name]
-                if not proc.is_alive():
-                    if name == "monitor":  # the pilot may be done already (no job)
-                        pending.discard(name)
-                        continue
-                    proc.join()
-                    if not self._restart(name, proc.exitcode):
-                        raise RuntimeError(f"{name} keeps dying during start-up (exit {proc.exitcode})")
+                if proc.is_alive():
                     continue
-                sock = self.config.socket_path(name)
-                if sock.exists():
-                    with contextlib.suppress(Exception), uds_client(sock, timeout=2) as client:
-                        if client.get("/healthz").status_code == 200:
-                            pending.discard(name)
-            if pending:
-                time.sleep(0.01)
+                if name == "monitor":
+                    pending.discard(name)
+                    continue
+                proc.join()
+                if not self._restart(name, proc.exitcode):
+                    raise RuntimeError(f"{name} keeps dying during start-up (exit {proc.exitcode})")
+            left = deadline - time.monotonic()
+            if not pending or left <= 0:
+                break
+            handles = [self._ready_r, *(self.procs[name].sentinel for name in pending)]
+            if self._ready_r in multiprocessing.connection.wait(handles, timeout=left):
+                pending.difference_update(os.read(self._ready_r, 4096).decode().split())
         if pending:
             raise RuntimeError(f"not healthy within {timeout:.0f} s: {', '.join(sorted(pending))}")
 
@@ -234,13 +240,14 @@ class Launcher:
         self.catch_signals()
         try:
             self.prepare()
+            for name in SERVICES:  # the monitor first: it asks for the first job while the others are built
+                self.build(name)
+                self.spawn(name)
         except (RedisStartError, OSError) as exc:
             log.error("cannot start: %s", exc)
             self.stop()
             return exitcodes.SERVICES
         try:
-            for name in SERVICES:
-                self.spawn(name)
             self.wait_healthy()
             return self.supervise()
         except RuntimeError as exc:
