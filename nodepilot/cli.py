@@ -1,6 +1,5 @@
 """The ``nodepilot`` command."""
 
-from __future__ import annotations
 
 import logging
 import os
