@@ -38,6 +38,7 @@ FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGUSR1, sign
 
 def _service_main(instance: Service) -> None:
     """Entry of a forked service process: runs the launcher's pristine copy of the service."""
+    gc.enable()  # off in the launcher while it starts (nodepilot/cli.py)
     os.setpgid(0, 0)
     die_with_parent()
     for signum in FORWARDED:  # kept until the service's own handlers are in place, then replayed
@@ -247,6 +248,8 @@ class Launcher:
             log.error("cannot start: %s", exc)
             self.stop()
             return exitcodes.SERVICES
+        finally:
+            gc.enable()  # off while the start-up loaded its modules (nodepilot/cli.py)
         try:
             self.wait_healthy()
             return self.supervise()
