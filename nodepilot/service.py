@@ -185,7 +185,11 @@ class Service:
     async def _announce_ready(self, server: QuietServer) -> None:
         """What /healthz tells, said once without being asked: the launcher waits for it instead of polling."""
         await server.up.wait()
-        await self.redis.ping()
+        try:
+            await self.redis.ping()  # retried by the client for a while (bus.connect)
+        except Exception as exc:
+            log.warning("%s not healthy: Redis does not answer (%s)", self.name, exc)
+            return
         assert self.ready_fd is not None
         with contextlib.suppress(OSError):  # a launcher gone: nobody to tell
             os.write(self.ready_fd, f"{self.name}\n".encode())
