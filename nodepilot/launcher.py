@@ -79,6 +79,15 @@ class Launcher:
             self.config.redis_url = self.redis.url
         self.config.save()
         os.environ.setdefault("NODEPILOT_LAUNCHED_AT", str(time.time()))
+        from nodepilot.registry import service_class
+
+        # import, instantiate and build each service's app once here: forked children share
+        # these pages (an app alone is ~8 MB private per process when built after the fork)
+        for name in SERVICES:
+            instance = service_class(name)(self.config)
+            instance.ready_fd = self._ready_w
+            _ = instance.app
+            self.instances[name] = instance
         if self.config.server.startswith("https"):
             from nodepilot.panda.api_v1 import tls_context
 
@@ -87,17 +96,6 @@ class Launcher:
         if self.redis is not None:
             self.redis.wait_ready()
             self._redis_fd = _pidfd(self.redis.process.pid)
-
-    def build(self, name: str) -> None:
-        """Import, instantiate and build a service's app here, just before its fork: the child shares these
-        pages (an app alone is ~8 MB private per process when built after the fork). One at a time, in the
-        order of SERVICES, so that the monitor asks for the first job while the others are still built."""
-        from nodepilot.registry import service_class
-
-        instance = service_class(name)(self.config)
-        instance.ready_fd = self._ready_w
-        _ = instance.app
-        self.instances[name] = instance
         gc.freeze()
 
     def spawn(self, name: str) -> None:
@@ -121,7 +119,7 @@ class Launcher:
                 proc = self.procs[name]
                 if proc.is_alive():
                     continue
-                if name == "monitor":
+                if name == "monitor":  # the pilot may be done already (no job)
                     pending.discard(name)
                     continue
                 proc.join()
@@ -241,8 +239,7 @@ class Launcher:
         self.catch_signals()
         try:
             self.prepare()
-            for name in SERVICES:  # the monitor first: it asks for the first job while the others are built
-                self.build(name)
+            for name in SERVICES:
                 self.spawn(name)
         except (RedisStartError, OSError) as exc:
             log.error("cannot start: %s", exc)
