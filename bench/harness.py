@@ -28,6 +28,9 @@ os.environ.setdefault("NODEPILOT_KEEP_WORKDIRS", "1")
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
+# the processes started here run this tree's code, never another copy the interpreter has installed
+if os.environ.get("PYTHONPATH", "").split(os.pathsep)[0] != str(ROOT):
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
 NODEPILOT = [sys.executable, "-m", "nodepilot"]
 ES_SCOPE_OUT = "demo.es"  # an event-service job has no output but its log: range outputs go to the log's scope
 FINAL_RANGE_STATES = ("finished", "failed", "fatal")

@@ -1,7 +1,6 @@
 """The ``nodepilot`` command."""
 
-from __future__ import annotations
-
+import gc
 import logging
 import os
 import sys
@@ -107,6 +106,7 @@ def _launch(config: PilotConfig, in_process: bool = False, preflight: bool = Fal
         if in_process:
             from nodepilot.inprocess import run_in_process
 
+            gc.enable()
             code = run_in_process(config)
         else:
             code = Launcher(config).run()
@@ -371,6 +371,9 @@ app.command()(summary)
 def main() -> None:
     args = sys.argv[1:]
     if args[:1] == ["start"]:  # the reference pilot's options without a use here: accepted, said once
+        # no cyclic collections while the start-up loads its modules (~10% of their time): the launcher
+        # enables them again once its services are forked, each service at once (nodepilot/launcher.py)
+        gc.disable()
         from nodepilot.panda.harvester_mode import push_access_point
         from nodepilot.refargs import split_ignored
 

@@ -2,8 +2,6 @@
 ``nodepilot summary`` (the jobs table of a finished pilot), ``nodepilot status`` (a live view), and
 the log-format option they share with the others. Bad input gets one line and exit code 2, never a traceback."""
 
-from __future__ import annotations
-
 import os
 from pathlib import Path
 from typing import Annotated

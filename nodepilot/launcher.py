@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import importlib
 import logging
 import multiprocessing
 import multiprocessing.connection
@@ -24,10 +23,9 @@ from typing import Any
 
 from nodepilot import exitcodes
 from nodepilot.config import SERVICES, PilotConfig
-from nodepilot.http import uds_client
 from nodepilot.proc import die_with_parent, name_process
 from nodepilot.redis_server import EmbeddedRedis, RedisStartError
-from nodepilot.service import Service, run_instance
+from nodepilot.service import Service, import_first_use_modules, run_instance
 from nodepilot.supervision import RestartPolicy, restart_redis, spawn_pilot_redis
 
 log = logging.getLogger("nodepilot.launcher")
@@ -35,15 +33,12 @@ log = logging.getLogger("nodepilot.launcher")
 HEALTH_TIMEOUT = 30.0
 STOP_GRACE = 10.0
 GRACEFUL_STOP_BUDGET = 120.0
-# what httpx imports on a client's first connection (the monitor's to the server, the launcher's to the
-# services' sockets): imported once here rather than by each of them after the fork (~2 MB each)
-FIRST_USE_IMPORTS = ("httpcore", "httpcore._backends.anyio", "httpcore._backends.sync", "anyio._backends._asyncio",
-                     "certifi")
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGUSR1, signal.SIGXCPU, signal.SIGBUS)
 
 
 def _service_main(instance: Service) -> None:
     """Entry of a forked service process: runs the launcher's pristine copy of the service."""
+    gc.enable()  # off in the launcher while it starts (nodepilot/cli.py)
     os.setpgid(0, 0)
     die_with_parent()
     name_process(f"np-{instance.name}")
@@ -74,6 +69,8 @@ class Launcher:
         self.signal_received: int | None = None
         self.stop_deadline: float | None = None
         self._wake_r, self._wake_w = os.pipe()
+        self._ready_r, self._ready_w = os.pipe()  # each service writes its name there once it is healthy
+        os.set_blocking(self._ready_w, False)  # never read after the start: a restarted service must not block
 
     # --- start --------------------------------------------------------------------------
     def prepare(self) -> None:
@@ -89,15 +86,14 @@ class Launcher:
         # share these pages (what a child builds or imports itself is private to it)
         for name in SERVICES:
             instance = service_class(name)(self.config)
+            instance.ready_fd = self._ready_w
             _ = instance.http_config  # the app with it
             self.instances[name] = instance
-        for module in FIRST_USE_IMPORTS:
-            with contextlib.suppress(ImportError):
-                importlib.import_module(module)
         if self.config.server.startswith("https"):
             from nodepilot.panda.api_v1 import tls_context
 
             tls_context()  # built once, shared by the forked monitor
+        import_first_use_modules()
         if self.redis is not None:
             self.redis.wait_ready()
             self._redis_fd = _pidfd(self.redis.process.pid)
@@ -115,26 +111,27 @@ class Launcher:
         log.debug("started %s (pid %s)", name, proc.pid)
 
     def wait_healthy(self, timeout: float = HEALTH_TIMEOUT) -> None:
+        """Until every service said it is healthy (serving, and Redis answers: what /healthz tells), woken by
+        their word or by a death, never polling; the monitor may be done already (no job)."""
         deadline = time.monotonic() + timeout
         pending = set(SERVICES)
-        while pending and time.monotonic() < deadline:  # bounded start-up wait
+        while pending:  # bounded start-up wait
             for name in list(pending):
                 proc = self.procs[name]
-                if not proc.is_alive():
-                    if name == "monitor":  # the pilot may be done already (no job)
-                        pending.discard(name)
-                        continue
-                    proc.join()
-                    if not self._restart(name, proc.exitcode):
-                        raise RuntimeError(f"{name} keeps dying during start-up (exit {proc.exitcode})")
+                if proc.is_alive():
                     continue
-                sock = self.config.socket_path(name)
-                if sock.exists():
-                    with contextlib.suppress(Exception), uds_client(sock, timeout=2) as client:
-                        if client.get("/healthz").status_code == 200:
-                            pending.discard(name)
-            if pending:
-                time.sleep(0.01)
+                if name == "monitor":  # the pilot may be done already (no job)
+                    pending.discard(name)
+                    continue
+                proc.join()
+                if not self._restart(name, proc.exitcode):
+                    raise RuntimeError(f"{name} keeps dying during start-up (exit {proc.exitcode})")
+            left = deadline - time.monotonic()
+            if not pending or left <= 0:
+                break
+            handles = [self._ready_r, *(self.procs[name].sentinel for name in pending)]
+            if self._ready_r in multiprocessing.connection.wait(handles, timeout=left):
+                pending.difference_update(os.read(self._ready_r, 4096).decode().split())
         if pending:
             raise RuntimeError(f"not healthy within {timeout:.0f} s: {', '.join(sorted(pending))}")
 
@@ -243,13 +240,15 @@ class Launcher:
         self.catch_signals()
         try:
             self.prepare()
+            for name in SERVICES:
+                self.spawn(name)
         except (RedisStartError, OSError) as exc:
             log.error("cannot start: %s", exc)
             self.stop()
             return exitcodes.SERVICES
+        finally:
+            gc.enable()  # off while the start-up loaded its modules (nodepilot/cli.py)
         try:
-            for name in SERVICES:
-                self.spawn(name)
             self.wait_healthy()
             return self.supervise()
         except RuntimeError as exc:

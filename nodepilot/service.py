@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import logging
 import os
 import signal
@@ -34,6 +35,15 @@ from nodepilot.webapi import api_app, json_route, server_config
 log = logging.getLogger(__name__)
 
 STOP_WAIT_S = 3.0
+# what httpx imports only on a client's first connection (httpcore, its anyio backend, the CA bundle's
+# locator): imported by the launcher before it forks, they are not imported again by each service on the way
+# to the first payload, and their pages are shared (uvicorn's are imported by loading its settings)
+FIRST_USE_MODULES = ("httpcore", "httpcore._backends.anyio", "anyio._backends._asyncio", "certifi")
+
+
+def import_first_use_modules() -> None:
+    for name in FIRST_USE_MODULES:
+        importlib.import_module(name)
 
 
 class Service:
@@ -51,6 +61,7 @@ class Service:
         self._http_config: uvicorn.Config | None = None
         self.early_signals: list[int] = []  # arrived before the event loop's handlers were set
         self.owns_loop = True  # False in-process: the loop and its thread pool are shared (nodepilot/inprocess.py)
+        self.ready_fd: int | None = None  # the launcher's: its name is written there once it serves and Redis answers
         self.metrics = CollectorRegistry()  # a service registers its own collectors here; /metrics shows them
 
     # --- what a service defines ----------------------------------------------------
@@ -148,6 +159,8 @@ class Service:
 
         background = [asyncio.create_task(w) for w in self.workers()]
         http = asyncio.create_task(server.serve())
+        if self.ready_fd is not None:
+            background.append(asyncio.create_task(self._announce_ready(server)))
         stop = asyncio.create_task(self.stopping.wait())
         waiting = {stop, http} | ({main_task} if main_task else set())
         done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
@@ -174,6 +187,18 @@ class Service:
             sock.unlink()
         return code
 
+    async def _announce_ready(self, server: QuietServer) -> None:
+        """What /healthz tells, said once without being asked: the launcher waits for it instead of polling."""
+        await server.up.wait()
+        try:
+            await self.redis.ping()  # retried by the client for a while (bus.connect)
+        except Exception as exc:
+            log.warning("%s not healthy: Redis does not answer (%s)", self.name, exc)
+            return
+        assert self.ready_fd is not None
+        with contextlib.suppress(OSError):  # a launcher gone: nobody to tell
+            os.write(self.ready_fd, f"{self.name}\n".encode())
+
 
 def _result_code(task: asyncio.Task[Any]) -> int:
     if task.cancelled():
@@ -194,6 +219,12 @@ class QuietServer(uvicorn.Server):
     def __init__(self, config: uvicorn.Config) -> None:
         super().__init__(config)
         self._exit = asyncio.Event()
+        self.up = asyncio.Event()  # set once it accepts connections
+
+    async def startup(self, sockets: list[Any] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started:
+            self.up.set()
 
     async def main_loop(self) -> None:
         await self._exit.wait()

@@ -1,8 +1,6 @@
 """``nodepilot serve``: the job server's one command line (the ``nodepilot`` command registers it).
 Cheap to import: the server itself is imported when the command runs."""
 
-from __future__ import annotations
-
 from pathlib import Path
 from typing import Annotated
 
