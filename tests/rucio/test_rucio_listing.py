@@ -14,7 +14,7 @@ from bench.rucio_server import SCOPE, RucioServer
 from nodepilot.job import FileSpec
 from nodepilot.queue.model import Endpoint
 from services.stager.attempts import FileWork
-from services.stager.movers.rucio import RucioMover
+from services.stager.movers.rucio import RucioMover, RucioSettings
 from services.stager.movers.rucio_client import RucioError
 from services.stager.paths import deterministic_path
 from services.stager.request import Request
@@ -102,3 +102,15 @@ def test_files_an_interrupted_listing_did_not_answer_ask_for_themselves(rucio_se
     assert failed[:-1] == [None] * len(lfns)
     assert failed[-1].error_code == 1100 and unknown in failed[-1].diag
     assert spy.calls == [len(lfns) + 1] + [1] * (len(lfns) + 1 - 2)  # each but the two answered before the break
+
+
+def test_lan_replicas_alike_come_in_the_requests_order():
+    """Rucio lists replicas in no particular order (no geoip sorting asked): LAN RSEs equal in scheme and
+    priority keep the request's (the queue's) order; WAN ones come after every LAN one."""
+    mover = RucioMover(None, {})
+    mover.settings = RucioSettings(allow_wan=True)
+    pfns = {f"root://{rse.lower()}.example:1094//data/f.dat": {"rse": rse, "type": "DISK", "priority": 1}
+            for rse in ("FAR", "SECOND", "FIRST")}
+    chosen, skipped = mover._choose({"pfns": pfns}, {"FIRST": 0, "SECOND": 1}, "f.dat")
+    assert [e.name for e in chosen] == ["FIRST", "SECOND", "FAR"] and skipped == []
+    assert chosen[0].url == "root://first.example:1094//data"

@@ -210,20 +210,20 @@ class RucioMover(Mover):
     async def _read_listing(self, dids: list[tuple[str, str]],
                             entries: dict[tuple[str, str], asyncio.Future[list[dict[str, Any]] | None]]) -> None:
         """Resolve each DID's entry as its line arrives: ``[line]``, ``[]`` when Rucio's answer ended
-        without it, None when the call failed before it."""
+        without it, None when the call failed before it (whatever the failure: no file waits forever)."""
+        outcome: list[dict[str, Any]] | None = None
         try:
             async for item in self.client.replicas(dids, list(self.settings.schemes), self.settings.site):
                 entry = entries.get((item.get("scope"), item.get("name")))
                 if entry is not None and not entry.done():
                     entry.set_result([item])
+            outcome = []
         except (RucioError, ValueError, AttributeError) as exc:
             log.info("Rucio: list_replicas of %d files: %s; each file not answered asks for itself", len(dids), exc)
-            outcome: list[dict[str, Any]] | None = None
-        else:
-            outcome = []
-        for entry in entries.values():
-            if not entry.done():
-                entry.set_result(outcome)
+        finally:
+            for entry in entries.values():
+                if not entry.done():
+                    entry.set_result(outcome)
 
     def _list(self, dids: list[tuple[str, str]]) -> Awaitable[list[dict[str, Any]]]:
         return self.client.list_replicas(dids, list(self.settings.schemes), self.settings.site)
