@@ -213,7 +213,7 @@ class RucioMover(Mover):
         without it, None when the call failed before it (whatever the failure: no file waits forever)."""
         outcome: list[dict[str, Any]] | None = None
         try:
-            async for item in self.client.replicas(dids, list(self.settings.schemes), self.settings.site):
+            async for item in self.client.replicas(dids, *self._query()):
                 entry = entries.get((item.get("scope"), item.get("name")))
                 if entry is not None and not entry.done():
                     entry.set_result([item])
@@ -226,7 +226,13 @@ class RucioMover(Mover):
                     entry.set_result(outcome)
 
     def _list(self, dids: list[tuple[str, str]]) -> Awaitable[list[dict[str, Any]]]:
-        return self.client.list_replicas(dids, list(self.settings.schemes), self.settings.site)
+        return self.client.list_replicas(dids, *self._query())
+
+    def _query(self) -> tuple[list[str], str, str]:
+        """Schemes, client site and sort of a ``list_replicas`` call. Rucio's ``geoip`` sorting (nearest
+        WAN replica first) only when WAN replicas may be read: it costs the server lookups per file, and
+        LAN replicas are ordered here (the request's order), whatever Rucio's order of them."""
+        return list(self.settings.schemes), self.settings.site, "geoip" if self.settings.allow_wan else "random"
 
     def _choose(self, item: dict[str, Any], lan: dict[str, int], lfn: str) -> tuple[list[Endpoint], list[str]]:
         """One URL per RSE, LAN first, then by scheme preference and Rucio's priority; LAN RSEs alike so far

@@ -213,18 +213,18 @@ class RucioClient:
         return reply
 
     # --- the calls ----------------------------------------------------------------------------------
-    async def list_replicas(self, dids: list[tuple[str, str]], schemes: list[str], site: str) -> list[dict[str, Any]]:
-        return [item async for item in self.replicas(dids, schemes, site)]
+    async def list_replicas(self, dids: list[tuple[str, str]], schemes: list[str], site: str,
+                            sort: str = "") -> list[dict[str, Any]]:
+        return [item async for item in self.replicas(dids, schemes, site, sort)]
 
-    async def replicas(self, dids: list[tuple[str, str]], schemes: list[str],
-                       site: str) -> AsyncIterator[dict[str, Any]]:
+    async def replicas(self, dids: list[tuple[str, str]], schemes: list[str], site: str,
+                       sort: str = "") -> AsyncIterator[dict[str, Any]]:
         """``list_replicas``, each file's entry as soon as Rucio streams it (one JSON line per file).
-        Rucio's own sorting of WAN replicas is not asked for: its default (``geoip``) needs a GeoIP
-        database and costs the server a few configuration lookups per file; the mover orders replicas
-        by itself (services/stager/movers/rucio.py)."""
+        ``sort``: Rucio's order of the WAN replicas of a file ("": Rucio's default, ``geoip``)."""
         body: dict[str, Any] = {"dids": [{"scope": s, "name": n} for s, n in dids], "schemes": schemes or None,
-                                "unavailable": False, "all_states": False, "resolve_archives": False,
-                                "sort": "random"}
+                                "unavailable": False, "all_states": False, "resolve_archives": False}
+        if sort:
+            body["sort"] = sort
         if site:
             body["client_location"] = {"site": site}
         async with self.opened("list_replicas", "POST", "/replicas/list", json=body,
