@@ -16,7 +16,9 @@ Target: nodepilot <= 1.05 x the best raw tool.
 Rucio (``--no-rucio`` skips it): the same files on the XRootD RSE of a real Rucio server
 (bench/rucio_server.py; its venv is made on first use), staged in through the ``rucio`` mover
 (replicas listed by Rucio, copied by the XRootD mover, a trace per file sent to Rucio) against the
-XRootD mover alone. Target: Rucio <= 1.1 x the XRootD mover alone.
+XRootD mover alone. Target: Rucio <= 1.1 x the XRootD mover alone. Printed too: the ratio of each round
+(its two runs follow each other: less swayed by whatever else loads the machine) and the CPU time the
+Rucio server spent per stage-in (its calls and its traces; both cases send the same traces to it).
 """
 
 from __future__ import annotations
@@ -104,10 +106,13 @@ def run_commands(commands: list[list[str]], parallel: int, env: dict[str, str] |
     return time.monotonic() - started
 
 
-def measure(cases: dict[str, Callable[[], float]], repeat: int, workdir: Path) -> dict[str, float]:
+def measure(cases: dict[str, Callable[[], float]], repeat: int, workdir: Path,
+            times: dict[str, list[float]] | None = None) -> dict[str, float]:
     """Median wall time of each case. The cases take turns (one run of each per round), each run on an
-    empty destination after a sync, so no case pays for the write-back of another's copies."""
-    times: dict[str, list[float]] = {name: [] for name in cases}
+    empty destination after a sync, so no case pays for the write-back of another's copies. ``times``,
+    when given, gets every run's wall time too."""
+    times = {} if times is None else times
+    times.update({name: [] for name in cases})
     for _ in range(repeat):
         for name, case in cases.items():
             shutil.rmtree(workdir, ignore_errors=True)
@@ -219,17 +224,36 @@ def bench_rucio(args: argparse.Namespace, config: PilotConfig, stager: Stager, d
                     for f in files]
         rucio.tool("register", {"replicas": {"XRD_RSE": replicas}})
         config.queuedata.stager = {**config.queuedata.stager, "rucio": {}}
+        server_cpu: dict[str, list[float]] = {}
+
+        def on_rucio(name: str, case: Callable[[], float]) -> Callable[[], float]:
+            """The case, and what Rucio's server spent on it: its calls and its traces (delivered before
+            the CPU is read, after the wall time is taken)."""
+            def run() -> float:
+                before = rucio.cpu_seconds()
+                wall = case()
+                stager.drain_traces()
+                server_cpu.setdefault(name, []).append(rucio.cpu_seconds() - before)
+                return wall
+            return run
+
+        walls: dict[str, list[float]] = {}
         with mock.patch.dict(os.environ, {"RUCIO_CONFIG": str(rucio.client_config)}), \
                 running_service("stager", config):
             through = {"nodepilot stager, rucio mover": lambda: stager.stage_in("rucio:///XRD_RSE", files, dst)}
             measure(through, 1, dst)  # warm-up: token, connections
-            rows = measure({**through, "nodepilot stager, xrootd mover alone":
-                            lambda: stager.stage_in(xrd.url, files, dst)}, args.repeat, dst)
+            cases = {**through, "nodepilot stager, xrootd mover alone": lambda: stager.stage_in(xrd.url, files, dst)}
+            rows = measure({name: on_rucio(name, case) for name, case in cases.items()}, args.repeat, dst, walls)
         traces = len(rucio.traces())
     rucio_wall, alone = rows["nodepilot stager, rucio mover"], rows["nodepilot stager, xrootd mover alone"]
     print(f"\nRucio (list_replicas, then root://127.0.0.1; {traces} traces reached Rucio)")
+    print(f"  {'case':<36} {'wall s':>8} {'MB/s':>8} {'Rucio CPU ms':>12}")
     for name, wall in rows.items():
-        print(f"  {name:<36} {wall:8.3f} {total_mb / wall:8.0f} MB/s")
+        print(f"  {name:<36} {wall:8.3f} {total_mb / wall:8.0f} {1000 * statistics.median(server_cpu[name]):12.0f}")
+    paired = [r / a for r, a in zip(walls["nodepilot stager, rucio mover"],
+                                    walls["nodepilot stager, xrootd mover alone"], strict=True)]
+    print(f"  each round, rucio / xrootd alone: {' '.join(f'{r:.3f}' for r in paired)} "
+          f"(median {statistics.median(paired):.3f})")
     ratio = rucio_wall / alone
     print(f"  rucio / xrootd alone = {ratio:.3f} (target <= {RUCIO_TARGET}): "
           f"{'OK' if ratio <= RUCIO_TARGET else 'SLOWER'}")

@@ -47,7 +47,6 @@ DEFAULT_SCHEMES = ("root", "davs", "https", "file")  # preference order among th
 REGISTRATION_VALUES = ("pilot", "server")
 RUCIO_TRIES, RUCIO_BACKOFF_S, RUCIO_BACKOFF_CAP_S = 3, 0.5, 5.0  # per Rucio call, on transient errors
 LISTINGS_KEPT = 64  # requests whose listings are kept (for their files still to start, and retries)
-FIRST_BATCH = 4  # inputs in the first list_replicas call of a request (the stager's default files at once)
 
 
 @dataclass(frozen=True)
@@ -104,8 +103,9 @@ class RucioMover(Mover):
         self.settings = RucioSettings.from_queue(queue)
         self.config = RucioConfig.load((queue.stager or {}).get("rucio") if queue is not None else None, environ)
         self._client: RucioClient | None = None
-        # request id -> the list_replicas call answering each of its inputs (the latest requests only)
-        self._listings: dict[str, dict[tuple[str, str], asyncio.Future[list[dict[str, Any]]]]] = {}
+        # request id -> each of its inputs' entry in the request's list_replicas answer (the latest requests only)
+        self._listings: dict[str, dict[tuple[str, str], asyncio.Future[list[dict[str, Any]] | None]]] = {}
+        self._readers: set[asyncio.Future[None]] = set()
 
     @property
     def client(self) -> RucioClient:
@@ -160,7 +160,7 @@ class RucioMover(Mover):
     # --- stage-in -----------------------------------------------------------------------------------
     async def _replicas(self, work: FileWork) -> FileResult | None:
         spec = work.spec
-        lan = {rse_of(e) for e in work.endpoints}
+        lan = {rse_of(e): i for i, e in reversed(list(enumerate(work.endpoints)))}  # RSE -> its first place
         items = await self._listing(work)
         item = next((i for i in items if i.get("scope") == spec.scope and i.get("name") == spec.lfn), None)
         if item is None:
@@ -184,40 +184,61 @@ class RucioMover(Mover):
         return None
 
     async def _listing(self, work: FileWork) -> list[dict[str, Any]]:
-        """The replicas of the file, from the calls made for the whole request by its first file: one for
-        the first ``FIRST_BATCH`` inputs (copying starts after it), one for the rest (answered while those
-        copy). Calls are what costs here, more than the DIDs in them. A file whose batch failed (a retry)
-        asks for itself."""
+        """The file's entry in Rucio's answer to one ``list_replicas`` call for the whole request, made by
+        its first file and read as Rucio streams it (a line per file): each file goes on to its copy as soon
+        as its own line arrives, while Rucio is still listing the others. One call rather than one per file
+        or per batch: Rucio's fixed cost per call is most of what a listing costs it. A file the call did
+        not answer for (it failed or broke off first; a retry) asks for itself."""
         request, spec = work.request, work.spec
         did = (spec.scope, spec.lfn)
         key = request.request_id or f"{request.job_id}:{id(request)}"
-        batches = self._listings.get(key)
-        if batches is None:
+        entries = self._listings.get(key)
+        if entries is None:
             dids = list(dict.fromkeys((f.scope, f.lfn) for f in request.files))
-            first = asyncio.ensure_future(self._list(dids[:FIRST_BATCH]))
-            batches = dict.fromkeys(dids[:FIRST_BATCH], first)
-            rest = dids[FIRST_BATCH:]
-            if rest:  # asked once the first is answered: Rucio, one request at a time, might take it first
-                batches |= dict.fromkeys(rest, asyncio.ensure_future(self._after(first, rest)))
-            self._listings[key] = batches
+            loop = asyncio.get_running_loop()
+            entries = {d: loop.create_future() for d in dids}
+            self._listings[key] = entries
             while len(self._listings) > LISTINGS_KEPT:
                 del self._listings[next(iter(self._listings))]
-        task = batches.get(did)
-        if task is None or (task.done() and task.exception() is not None):
-            return await self._list([did])
-        return await asyncio.shield(task)
+            reader = asyncio.ensure_future(self._read_listing(dids, entries))
+            self._readers.add(reader)  # kept until done: the loop holds tasks only weakly
+            reader.add_done_callback(self._readers.discard)
+        entry = entries.get(did)
+        items = None if entry is None else await asyncio.shield(entry)
+        return items if items is not None else await self._list([did])
 
-    async def _after(self, first: asyncio.Future[Any], dids: list[tuple[str, str]]) -> list[dict[str, Any]]:
-        await asyncio.wait({first})
-        return await self._list(dids)
+    async def _read_listing(self, dids: list[tuple[str, str]],
+                            entries: dict[tuple[str, str], asyncio.Future[list[dict[str, Any]] | None]]) -> None:
+        """Resolve each DID's entry as its line arrives: ``[line]``, ``[]`` when Rucio's answer ended
+        without it, None when the call failed before it (whatever the failure: no file waits forever)."""
+        outcome: list[dict[str, Any]] | None = None
+        try:
+            async for item in self.client.replicas(dids, *self._query()):
+                entry = entries.get((item.get("scope"), item.get("name")))
+                if entry is not None and not entry.done():
+                    entry.set_result([item])
+            outcome = []
+        except (RucioError, ValueError, AttributeError) as exc:
+            log.info("Rucio: list_replicas of %d files: %s; each file not answered asks for itself", len(dids), exc)
+        finally:
+            for entry in entries.values():
+                if not entry.done():
+                    entry.set_result(outcome)
 
     def _list(self, dids: list[tuple[str, str]]) -> Awaitable[list[dict[str, Any]]]:
-        return self.client.list_replicas(dids, list(self.settings.schemes), self.settings.site)
+        return self.client.list_replicas(dids, *self._query())
 
-    def _choose(self, item: dict[str, Any], lan: set[str], lfn: str) -> tuple[list[Endpoint], list[str]]:
-        """One URL per RSE, LAN first, then by scheme preference and Rucio's priority."""
+    def _query(self) -> tuple[list[str], str, str]:
+        """Schemes, client site and sort of a ``list_replicas`` call. Rucio's ``geoip`` sorting (nearest
+        WAN replica first) only when WAN replicas may be read: it costs the server lookups per file, and
+        LAN replicas are ordered here (the request's order), whatever Rucio's order of them."""
+        return list(self.settings.schemes), self.settings.site, "geoip" if self.settings.allow_wan else "random"
+
+    def _choose(self, item: dict[str, Any], lan: dict[str, int], lfn: str) -> tuple[list[Endpoint], list[str]]:
+        """One URL per RSE, LAN first, then by scheme preference and Rucio's priority; LAN RSEs alike so far
+        in the request's order of them (Rucio lists replicas in no particular order)."""
         known = mover_classes()
-        ranked: list[tuple[tuple[int, int, int], str, str]] = []
+        ranked: list[tuple[tuple[int, int, int, int], str, str]] = []
         skipped: list[str] = []
         for pfn, info in (item.get("pfns") or {}).items():
             rse, scheme = str(info.get("rse", "")), urlsplit(pfn).scheme.lower()
@@ -231,7 +252,8 @@ class RucioMover(Mover):
             elif split_pfn(pfn, lfn) is None:
                 skipped.append(f"{rse}: {pfn} does not end with the file name")
             else:
-                key = (0 if is_lan else 1, self.settings.schemes.index(scheme), int(info.get("priority") or 0))
+                key = (0 if is_lan else 1, self.settings.schemes.index(scheme), int(info.get("priority") or 0),
+                       lan.get(rse, 0))
                 ranked.append((key, rse, pfn))
         chosen: dict[str, str] = {}
         for _, rse, pfn in sorted(ranked):

@@ -16,18 +16,21 @@ from __future__ import annotations
 
 import asyncio
 import configparser
+import contextlib
 import json
 import logging
 import os
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote
 
 if TYPE_CHECKING:
     import httpx
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 AUTH_TYPES = ("userpass", "x509", "x509_proxy", "oidc", "token")
 TIMEOUT_S = 30.0
@@ -159,24 +162,49 @@ class RucioClient:
             return self._token
 
     async def call(self, what: str, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        """One authenticated call; a 401 (token expired) fetches a new token once."""
+        """One authenticated call, its answer read whole; a 401 (token expired) fetches a new token once."""
+        async with self.opened(what, method, path, **kwargs) as reply:
+            await self._read(what, reply.aread())
+            return reply
+
+    @contextlib.asynccontextmanager
+    async def opened(self, what: str, method: str, path: str, **kwargs: Any) -> AsyncIterator[httpx.Response]:
+        """An authenticated call whose answer is read as it comes (``_read`` each part of it): a
+        successful answer, or RucioError; a 401 (token expired) fetches a new token once."""
         token = await self._token_now()
         for retry in (False, True):
-            headers = {"X-Rucio-Auth-Token": token, **kwargs.pop("headers", {})}
-            reply = await self._send(what, method, f"{self.config.host}{path}", headers, **kwargs)
+            headers = {"X-Rucio-Auth-Token": token, **kwargs.get("headers", {})}
+            reply = await self._send(what, method, f"{self.config.host}{path}", headers, stream=True,
+                                     **{k: v for k, v in kwargs.items() if k != "headers"})
             if reply.status_code != 401 or retry:
                 break
+            await reply.aclose()
             token = await self._token_now(stale=token)
-        if not reply.is_success:
-            kind, message = _rucio_error(reply)
-            raise RucioError(what, reply.status_code, kind, message)
-        return reply
+        try:
+            if not reply.is_success:
+                await self._read(what, reply.aread())
+                kind, message = _rucio_error(reply)
+                raise RucioError(what, reply.status_code, kind, message)
+            yield reply
+        finally:
+            await reply.aclose()
 
-    async def _send(self, what: str, method: str, url: str, headers: dict[str, str], **kwargs: Any) -> httpx.Response:
+    async def _read(self, what: str, part: Awaitable[T]) -> T:
+        """A part of an answer being read; a broken answer is RucioError (no answer, transient)."""
         import httpx
 
         try:
-            reply = await self.http.request(method, url, headers=headers, **kwargs)
+            return await part
+        except httpx.HTTPError as exc:
+            raise RucioError(what, message=f"{exc.__class__.__name__} reading the answer") from None
+
+    async def _send(self, what: str, method: str, url: str, headers: dict[str, str], stream: bool = False,
+                    **kwargs: Any) -> httpx.Response:
+        import httpx
+
+        try:
+            request = self.http.build_request(method, url, headers=headers, **kwargs)
+            reply = await self.http.send(request, stream=stream)
         except httpx.HTTPError as exc:
             raise RucioError(what, message=f"{exc.__class__.__name__} talking to {url.split('?')[0]}") from None
         if what == "authentication" and not reply.is_success:
@@ -185,14 +213,30 @@ class RucioClient:
         return reply
 
     # --- the calls ----------------------------------------------------------------------------------
-    async def list_replicas(self, dids: list[tuple[str, str]], schemes: list[str], site: str) -> list[dict[str, Any]]:
+    async def list_replicas(self, dids: list[tuple[str, str]], schemes: list[str], site: str,
+                            sort: str = "") -> list[dict[str, Any]]:
+        return [item async for item in self.replicas(dids, schemes, site, sort)]
+
+    async def replicas(self, dids: list[tuple[str, str]], schemes: list[str], site: str,
+                       sort: str = "") -> AsyncIterator[dict[str, Any]]:
+        """``list_replicas``, each file's entry as soon as Rucio streams it (one JSON line per file).
+        ``sort``: Rucio's order of the WAN replicas of a file ("": Rucio's default, ``geoip``)."""
         body: dict[str, Any] = {"dids": [{"scope": s, "name": n} for s, n in dids], "schemes": schemes or None,
                                 "unavailable": False, "all_states": False, "resolve_archives": False}
+        if sort:
+            body["sort"] = sort
         if site:
             body["client_location"] = {"site": site}
-        reply = await self.call("list_replicas", "POST", "/replicas/list", json=body,
-                                headers={"Accept": "application/x-json-stream"})
-        return [json.loads(line) for line in reply.text.splitlines() if line.strip()]
+        async with self.opened("list_replicas", "POST", "/replicas/list", json=body,
+                               headers={"Accept": "application/x-json-stream"}) as reply:
+            lines = reply.aiter_lines()
+            while True:
+                try:
+                    line = await self._read("list_replicas", anext(lines))
+                except StopAsyncIteration:
+                    return
+                if line.strip():
+                    yield json.loads(line)
 
     async def protocols(self, rse: str) -> list[dict[str, Any]]:
         reply = await self.call("protocols", "GET", f"/rses/{quote(rse)}/protocols")

@@ -1,0 +1,116 @@
+"""How the ``rucio`` mover lists a request's inputs, against the real Rucio server: one streamed
+``list_replicas`` call for the whole request, each file going on as soon as its own line arrived; a
+call that breaks off makes each file it did not answer for ask for itself."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from bench.rucio_server import SCOPE, RucioServer
+from nodepilot.job import FileSpec
+from nodepilot.queue.model import Endpoint
+from services.stager.attempts import FileWork
+from services.stager.movers.rucio import RucioMover, RucioSettings
+from services.stager.movers.rucio_client import RucioError
+from services.stager.paths import deterministic_path
+from services.stager.request import Request
+from tests.rucio.test_rucio_stager import LAN, name
+from tests.stager.test_stager_service import adler32
+
+
+def seeded(server: RucioServer, count: int) -> list[str]:
+    """``count`` small files on the LAN RSE, registered in one go."""
+    lfns = [name(f"listed{i}") for i in range(count)]
+    replicas = []
+    for lfn in lfns:
+        data = lfn.encode() * 10
+        server.xrootd.put(deterministic_path(SCOPE, lfn), data)
+        replicas.append({"scope": SCOPE, "name": lfn, "bytes": len(data), "adler32": adler32(data)})
+    server.tool("register", {"replicas": {LAN: replicas}})
+    return lfns
+
+
+def works(lfns: list[str], tmp_path: Path) -> list[FileWork]:
+    endpoints = [Endpoint(LAN, f"rucio:///{LAN}")]
+    request = Request("stagein", 601, "601:1:stagein", tmp_path, endpoints,
+                      [FileSpec(lfn=lfn, scope=SCOPE) for lfn in lfns])
+    return [FileWork(request, spec, None, list(endpoints), deterministic_path(SCOPE, spec.lfn))
+            for spec in request.files]
+
+
+class Spy:
+    """The DIDs in each of the mover's ``list_replicas`` calls (a file's own call goes through the same
+    stream); ``break_after`` ends the first answer with a RucioError after that many lines (an answer cut
+    off half-way)."""
+
+    def __init__(self, mover: RucioMover, break_after: int | None = None) -> None:
+        self.calls: list[int] = []
+        self.stream_ended = 0.0
+        replicas = mover.client.replicas
+
+        async def streamed(dids: list[tuple[str, str]], *args: Any) -> AsyncIterator[dict[str, Any]]:
+            self.calls.append(len(dids))
+            first = len(self.calls) == 1
+            n = 0
+            async for item in replicas(dids, *args):
+                if first and n == break_after:
+                    raise RucioError("list_replicas", message="RemoteProtocolError reading the answer")
+                n += 1
+                yield item
+            if first:
+                self.stream_ended = time.monotonic()
+
+        mover.client.replicas = streamed  # type: ignore[method-assign]
+
+
+async def prepared(mover: RucioMover, todo: list[FileWork]) -> list[tuple[Any, float]]:
+    async def one(work: FileWork) -> tuple[Any, float]:
+        failed = await mover.prepare(work)
+        return failed, time.monotonic()
+
+    try:
+        return list(await asyncio.gather(*(one(w) for w in todo)))
+    finally:
+        await mover.client.close()
+
+
+def test_one_streamed_call_for_the_request_and_files_go_on_before_its_end(rucio_server, tmp_path):
+    lfns = seeded(rucio_server, 30)
+    mover = RucioMover(None, {"RUCIO_CONFIG": str(rucio_server.client_config)})
+    spy = Spy(mover)
+    todo = works(lfns, tmp_path)
+    results = asyncio.run(prepared(mover, todo))
+    assert [failed for failed, _ in results] == [None] * len(lfns)
+    assert spy.calls == [len(lfns)]
+    assert min(done for _, done in results) < spy.stream_ended  # the first files did not wait for the last
+    for work in todo:
+        assert work.endpoints[0].name == LAN and work.endpoints[0].url.startswith("root://127.0.0.1:")
+        assert work.relative == work.spec.lfn and work.size == len(work.spec.lfn.encode() * 10)
+
+
+def test_files_an_interrupted_listing_did_not_answer_ask_for_themselves(rucio_server, tmp_path):
+    lfns = seeded(rucio_server, 6)
+    unknown = name("unknown")
+    mover = RucioMover(None, {"RUCIO_CONFIG": str(rucio_server.client_config)})
+    spy = Spy(mover, break_after=2)
+    results = asyncio.run(prepared(mover, works([*lfns, unknown], tmp_path)))
+    failed = [f for f, _ in results]
+    assert failed[:-1] == [None] * len(lfns)
+    assert failed[-1].error_code == 1100 and unknown in failed[-1].diag
+    assert spy.calls == [len(lfns) + 1] + [1] * (len(lfns) + 1 - 2)  # each but the two answered before the break
+
+
+def test_lan_replicas_alike_come_in_the_requests_order():
+    """Rucio lists replicas in no particular order (no geoip sorting asked): LAN RSEs equal in scheme and
+    priority keep the request's (the queue's) order; WAN ones come after every LAN one."""
+    mover = RucioMover(None, {})
+    mover.settings = RucioSettings(allow_wan=True)
+    pfns = {f"root://{rse.lower()}.example:1094//data/f.dat": {"rse": rse, "type": "DISK", "priority": 1}
+            for rse in ("FAR", "SECOND", "FIRST")}
+    chosen, skipped = mover._choose({"pfns": pfns}, {"FIRST": 0, "SECOND": 1}, "f.dat")
+    assert [e.name for e in chosen] == ["FIRST", "SECOND", "FAR"] and skipped == []
+    assert chosen[0].url == "root://first.example:1094//data"
