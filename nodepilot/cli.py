@@ -63,20 +63,15 @@ def _prepare(config: PilotConfig, preflight: bool, logger: logging.Logger) -> in
     return exitcodes.OK
 
 
-def _progress_wanted() -> bool:
-    """Progress lines on a terminal, for people (not with JSON logs, meant for a collector)."""
-    return sys.stdout.isatty() and os.environ.get("NODEPILOT_LOG_FORMAT", "plain") == "plain"
-
-
 def _launch(config: PilotConfig, in_process: bool = False, preflight: bool = False,
-            ignored: list[str] | None = None) -> int:
-    from nodepilot.banner import banner
-    from nodepilot.launcher import Launcher
-    from nodepilot.rundir import RunDirBusy, check_work_dir, lock_run_dir
-    from nodepilot.service import setup_logging
+            ignored: list[str] | None = None, job_failed_code: bool = False) -> int:
+    """Read and check what the pilot needs, then become the pilot's own process (nodepilot/boot.py): returns
+    only the exit code of what went wrong before."""
+    from nodepilot.boot import exec_pilot, progress_wanted
+    from nodepilot.logs import setup_logging
+    from nodepilot.rundir import check_work_dir
 
-    progress_wanted = _progress_wanted()
-    if progress_wanted:
+    if progress_wanted():
         os.environ.setdefault("NODEPILOT_LOG_LEVEL", "WARNING")  # the progress lines say what INFO lines would
     setup_logging("launcher")
     logger = logging.getLogger("nodepilot")
@@ -85,39 +80,13 @@ def _launch(config: PilotConfig, in_process: bool = False, preflight: bool = Fal
     code = _prepare(config, preflight, logger)
     if code != exitcodes.OK:
         return code
-    try:  # a work dir that can be written; one pilot per run dir, emptied but for summary.json at exit
+    try:  # a work dir that can be written
         check_work_dir(Path(config.work_dir))
-        run_lock = lock_run_dir(Path(config.run_dir))
-    except (RunDirBusy, OSError, ValueError) as exc:
+        config.make_dirs()
+    except (OSError, ValueError) as exc:
         logger.error("%s", exc)
         return exitcodes.USAGE
-    first_line = banner(config, "in-process" if in_process else "services as processes")
-    if progress_wanted:  # INFO lines are hidden on a terminal
-        typer.echo(first_line, err=True)
-    else:
-        logger.info("%s", first_line)
-    progress = None
-    if progress_wanted:
-        from nodepilot.progress import JobProgress
-
-        progress = JobProgress(Path(config.run_dir))
-        progress.start()
-    try:
-        if in_process:
-            from nodepilot.inprocess import run_in_process
-
-            gc.enable()
-            code = run_in_process(config)
-        else:
-            code = Launcher(config).run()
-    finally:
-        if progress is not None:
-            progress.stop()
-        run_lock.release()
-    from nodepilot.summary import print_summary  # rich: imported once the services are gone, not forked with them
-
-    print_summary(Path(config.run_dir) / "summary.json")
-    return code
+    exec_pilot(config, in_process, job_failed_code)
 
 
 QueueOpt = Annotated[str, typer.Option("--queue", "-q", envvar="NODEPILOT_QUEUE", help="PanDA queue")]
@@ -345,7 +314,6 @@ def run(
 ) -> None:
     """Run one job from a file with no server; updates go to <workdir>/updates.jsonl. Exit code 8 if it failed."""
     from nodepilot.panda.standalone import read_job_file
-    from nodepilot.summary import any_failed
 
     _log_format(log_format)
     try:
@@ -358,9 +326,7 @@ def run(
                          job_file=str(job_file.resolve()), updates_file=str(work / "updates.jsonl"),
                          ranges_file=str(ranges.resolve()) if ranges else "", pilot_user=pilot_user,
                          web_port=web_port, keep_workdirs=keep_workdirs)
-    code = _launch(config)
-    failed = code == exitcodes.OK and any_failed(Path(config.run_dir) / "summary.json")
-    raise typer.Exit(exitcodes.JOB_FAILED if failed else code)
+    raise typer.Exit(_launch(config, job_failed_code=True))
 
 
 app.command()(status)
