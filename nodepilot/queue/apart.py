@@ -26,10 +26,11 @@ ERRORS: dict[str, type[Exception]] = {"os": OSError, "value": ValueError}
 
 def _read(config: PilotConfig) -> dict[str, Any]:
     from nodepilot.queue.loader import load
+    from nodepilot.queue.sources import SourceFailed
 
     try:
         return {"queue": asdict(load(config))}
-    except OSError as exc:
+    except (OSError, SourceFailed) as exc:
         return {"error": "os", "message": str(exc)}
     except ValueError as exc:
         return {"error": "value", "message": str(exc)}

@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 from nodepilot.queue import activities, cric
 from nodepilot.queue.model import Endpoint, QueueData
 from nodepilot.queue.schema import CricQueue, Overlay, QueueConfigError, validate
-from nodepilot.queue.sources import Source, deep_merge, first_loaded, read_json_file
+from nodepilot.queue.sources import Source, SourceFailed, deep_merge, first_loaded, read_json_file
 
 if TYPE_CHECKING:
     from nodepilot.config import PilotConfig
@@ -54,7 +54,10 @@ def load(config: PilotConfig) -> QueueData:
     master: list[Source] = []
     if config.queuedata_file:
         own_where = config.queuedata_file
-        own_doc = read_json_file(Path(own_where))
+        try:
+            own_doc = read_json_file(Path(own_where))
+        except SourceFailed as exc:  # the file named on the command line: no other source stands in for it
+            raise QueueConfigError(f"{own_where}: {exc}") from None
         if is_cric(own_doc):
             master.append(Source("file", own_where))
             own_doc = None
