@@ -19,6 +19,8 @@ def kill_runner_mid_payload(rds, pilot_config, job_id: int) -> int:
     with running_service("runner", pilot_config) as proc:
         run(rds, pilot_config, job_id, "echo", WAIT_FOR_GO)
         pid = read_events(rds, job_id, {"payload_started"}, timeout=30)[-1]["pid"]
+        # started is not yet running: on a loaded machine the shell may not have written its mark yet
+        wait_until(lambda: (workdir(pilot_config, job_id) / "count.txt").exists(), 10, "the payload's first line")
         proc.kill()
         proc.wait(10)
     return pid
