@@ -1,17 +1,19 @@
-"""The pilot's own process: what ``nodepilot start`` and ``nodepilot run`` become once their command line and
-queue data are read and checked.
+"""The pilot's own process: what ``nodepilot start`` and ``nodepilot run`` become once their command line is
+read.
 
 The command line is parsed by typer, which builds a pydantic validator for every option; that memory, and the
 heap the parsing leaves fragmented, would stay in the pilot for its whole life and be inherited by every
 service it forks (about 6 MB of anonymous memory and 4 MB of libraries). So the command replaces itself
-(``exec``: the same process id, the same open terminal) with ``python -m nodepilot.boot RUN/pilot.json``, which
-imports only what the pilot runs, holds the run dir, starts the launcher or the in-process services, shows
-progress on a terminal and prints the closing summary.
+(``exec``: the same process id, the same open terminal) with ``python -m nodepilot.boot RUN/pilot.json``. That
+process has a forked child read the queue data (nodepilot/queue/apart.py) while it imports only what the
+pilot runs, checks the queue data and runs the preflight, holds the run dir, starts the launcher or the
+in-process services, shows progress on a terminal and prints the closing summary.
 """
 
 from __future__ import annotations
 
 import gc
+import importlib
 import logging
 import os
 import sys
@@ -21,8 +23,10 @@ from typing import NoReturn
 
 from nodepilot import exitcodes
 from nodepilot.config import PilotConfig
+from nodepilot.queue.apart import QueueReader
 
 IN_PROCESS = "--in-process"
+PREFLIGHT = "--preflight"  # nodepilot start: the checks run before any job is asked for
 JOB_FAILED_CODE = "--job-failed-code"  # nodepilot run: exit 8 when the pilot ended well but its job failed
 
 
@@ -31,12 +35,12 @@ def progress_wanted() -> bool:
     return sys.stdout.isatty() and os.environ.get("NODEPILOT_LOG_FORMAT", "plain") == "plain"
 
 
-def exec_pilot(config: PilotConfig, in_process: bool, job_failed_code: bool) -> NoReturn:
+def exec_pilot(config: PilotConfig, in_process: bool, preflight: bool, job_failed_code: bool) -> NoReturn:
     """Become the pilot's own process (see the module's docstring); never returns."""
     os.environ.setdefault("NODEPILOT_LAUNCHED_AT", str(time.time()))  # the start-up's clock starts here
     path = config.save()
     argv = [sys.executable, "-m", "nodepilot.boot", str(path)]
-    argv += [IN_PROCESS] * in_process + [JOB_FAILED_CODE] * job_failed_code
+    argv += [IN_PROCESS] * in_process + [PREFLIGHT] * preflight + [JOB_FAILED_CODE] * job_failed_code
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
     os.execv(sys.executable, argv)
@@ -83,6 +87,44 @@ def run_pilot(config: PilotConfig, in_process: bool) -> int:
     return code
 
 
+def prepare(config: PilotConfig, reader: QueueReader, preflight: bool) -> int:
+    """The queue data (being read by ``reader``) checked, and for ``start`` the preflight: an exit code."""
+    from nodepilot import experiments
+    from nodepilot.panda.harvester_mode import access_point_storage
+    from nodepilot.queue.preflight import PreflightError, run_preflight
+
+    logger = logging.getLogger("nodepilot")
+    try:
+        config.queuedata = reader.result()
+        if config.harvester_dir:  # push mode: Harvester's stager takes the files from the access point
+            access_point_storage(config.queuedata, Path(config.harvester_dir))
+        if config.stageout_attempts:
+            config.queuedata.stager["attempts"] = config.stageout_attempts
+        experiments.load(experiments.name_for(config.pilot_user, config.queuedata.pilot_user))
+        if preflight:
+            run_preflight(config)
+    except experiments.UnknownExperiment as exc:
+        logger.error("%s", exc)
+        return exitcodes.USAGE
+    except PreflightError as exc:
+        logger.error("%s", exc)
+        return exc.code
+    except (OSError, ValueError) as exc:
+        logger.error("queue data: %s", exc)
+        return exitcodes.USAGE
+    return exitcodes.OK
+
+
+def import_pilot(in_process: bool) -> None:
+    """What the pilot runs, imported while the queue data is read (the start-up's longest steps, side by side)."""
+    from nodepilot.config import SERVICES
+    from nodepilot.registry import service_class
+
+    importlib.import_module("nodepilot.inprocess" if in_process else "nodepilot.launcher")
+    for name in SERVICES:
+        service_class(name)
+
+
 def main(argv: list[str]) -> int:
     gc.disable()  # no cyclic collections while the start-up loads its modules (the launcher enables them)
     from nodepilot.logs import setup_logging
@@ -93,6 +135,11 @@ def main(argv: list[str]) -> int:
     except (IndexError, OSError, ValueError, TypeError) as exc:
         logging.getLogger("nodepilot").error("nodepilot.boot: no readable pilot.json given (%s)", exc)
         return exitcodes.USAGE
+    reader = QueueReader(config)
+    import_pilot(IN_PROCESS in argv)
+    code = prepare(config, reader, PREFLIGHT in argv)
+    if code != exitcodes.OK:
+        return code
     code = run_pilot(config, IN_PROCESS in argv)
     if JOB_FAILED_CODE in argv and code == exitcodes.OK:
         from nodepilot.summary import any_failed

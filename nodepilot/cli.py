@@ -16,7 +16,7 @@ from nodepilot.commands import set_log_format as _log_format
 from nodepilot.config import PilotConfig
 from nodepilot.jobserver.command import serve
 from nodepilot.limits import check_frontend, check_pilot
-from nodepilot.panda.harvester_mode import PushModeError, access_point_storage, enter_push_mode
+from nodepilot.panda.harvester_mode import PushModeError, enter_push_mode
 from nodepilot.refargs import REFERENCE_PORT, bool_option, check_resource_type, reference_url
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -36,37 +36,10 @@ def _run_dir(work_dir: Path, given: str) -> str:
     return tempfile.mkdtemp(prefix="nodepilot-")  # a deep work dir: sockets must stay short
 
 
-def _prepare(config: PilotConfig, preflight: bool, logger: logging.Logger) -> int:
-    """The queue data read and checked (and, for ``start``, the preflight): an exit code."""
-    from nodepilot import experiments
-    from nodepilot.queue.apart import load_apart as load_queue  # pydantic never imported by this process
-    from nodepilot.queue.preflight import PreflightError, run_preflight
-
-    try:
-        config.queuedata = load_queue(config)
-        if config.harvester_dir:  # push mode: Harvester's stager takes the files from the access point
-            access_point_storage(config.queuedata, Path(config.harvester_dir))
-        if config.stageout_attempts:
-            config.queuedata.stager["attempts"] = config.stageout_attempts
-        experiments.load(experiments.name_for(config.pilot_user, config.queuedata.pilot_user))
-        if preflight:
-            run_preflight(config)
-    except experiments.UnknownExperiment as exc:
-        logger.error("%s", exc)
-        return exitcodes.USAGE
-    except PreflightError as exc:
-        logger.error("%s", exc)
-        return exc.code
-    except (OSError, ValueError) as exc:
-        logger.error("queue data: %s", exc)
-        return exitcodes.USAGE
-    return exitcodes.OK
-
-
 def _launch(config: PilotConfig, in_process: bool = False, preflight: bool = False,
             ignored: list[str] | None = None, job_failed_code: bool = False) -> int:
-    """Read and check what the pilot needs, then become the pilot's own process (nodepilot/boot.py): returns
-    only the exit code of what went wrong before."""
+    """Become the pilot's own process (nodepilot/boot.py: it reads and checks the queue data, then runs the
+    pilot); returns only the exit code of what went wrong before."""
     from nodepilot.boot import exec_pilot, progress_wanted
     from nodepilot.logs import setup_logging
     from nodepilot.rundir import check_work_dir
@@ -77,16 +50,13 @@ def _launch(config: PilotConfig, in_process: bool = False, preflight: bool = Fal
     logger = logging.getLogger("nodepilot")
     if ignored:
         logger.warning("reference-pilot options accepted and ignored: %s", " ".join(ignored))
-    code = _prepare(config, preflight, logger)
-    if code != exitcodes.OK:
-        return code
     try:  # a work dir that can be written
         check_work_dir(Path(config.work_dir))
         config.make_dirs()
     except (OSError, ValueError) as exc:
         logger.error("%s", exc)
         return exitcodes.USAGE
-    exec_pilot(config, in_process, job_failed_code)
+    exec_pilot(config, in_process, preflight, job_failed_code)
 
 
 QueueOpt = Annotated[str, typer.Option("--queue", "-q", envvar="NODEPILOT_QUEUE", help="PanDA queue")]

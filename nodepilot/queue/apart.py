@@ -38,31 +38,42 @@ def _read(config: PilotConfig) -> dict[str, Any]:
         return {"error": "internal", "message": repr(exc)}
 
 
+class QueueReader:
+    """A forked child reading the queue data from the moment it is made (the caller goes on meanwhile)."""
+
+    def __init__(self, config: PilotConfig) -> None:
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()  # nothing buffered here is written twice
+        read_end, write_end = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: never returns
+            try:
+                os.close(read_end)
+                with os.fdopen(write_end, "w") as out:
+                    json.dump(_read(config), out)
+                for stream in (sys.stdout, sys.stderr):
+                    stream.flush()
+            finally:
+                os._exit(0)
+        os.close(write_end)
+        self.pid, self.answer = pid, os.fdopen(read_end)
+
+    def result(self) -> QueueData:
+        """The queue data, or the reading's one-line error (OSError, ValueError)."""
+        with self.answer:
+            raw = self.answer.read()
+        _, status = os.waitpid(self.pid, 0)
+        if not raw:
+            raise OSError(f"the queue data reader ended without an answer (wait status {status})")
+        reply = json.loads(raw)
+        if "queue" in reply:
+            return QueueData.from_dict(reply["queue"])
+        error = ERRORS.get(reply["error"])
+        if error is None:
+            raise RuntimeError(f"reading the queue data failed: {reply['message']}")
+        raise error(reply["message"])
+
+
 def load_apart(config: PilotConfig) -> QueueData:
     """``nodepilot.queue.loader.load(config)``, done by a forked child."""
-    for stream in (sys.stdout, sys.stderr):
-        stream.flush()  # nothing buffered here is written twice
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: never returns
-        try:
-            os.close(read_end)
-            with os.fdopen(write_end, "w") as out:
-                json.dump(_read(config), out)
-            for stream in (sys.stdout, sys.stderr):
-                stream.flush()
-        finally:
-            os._exit(0)
-    os.close(write_end)
-    with os.fdopen(read_end) as answer:
-        raw = answer.read()
-    _, status = os.waitpid(pid, 0)
-    if not raw:
-        raise OSError(f"the queue data reader ended without an answer (wait status {status})")
-    reply = json.loads(raw)
-    if "queue" in reply:
-        return QueueData.from_dict(reply["queue"])
-    error = ERRORS.get(reply["error"])
-    if error is None:
-        raise RuntimeError(f"reading the queue data failed: {reply['message']}")
-    raise error(reply["message"])
+    return QueueReader(config).result()
