@@ -47,5 +47,7 @@ def test_the_demo_runs_every_job_in_the_wheels_sandbox_without_a_system_bubblewr
     ends = {i: (final_update(j)["job_status"], int(final_update(j).get("pilot_error_code") or 0))
             for i, j in jobs.items()}
     assert ends == EXPECTED, ends
-    for panda_id in (1001, 1002, 1003):  # 1004's definition is broken: it never reaches a payload
+    # 1004's definition is broken (it never reaches a payload) but names its log: the log goes out all the same
+    assert [p.name for p in (demo / "se").rglob("demo.1004.log.tgz")] == ["demo.1004.log.tgz"]
+    for panda_id in (1001, 1002, 1003):
         assert "isolation=bwrap" in final_update(jobs[panda_id])["job_metrics"], jobs[panda_id]
