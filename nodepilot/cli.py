@@ -307,8 +307,8 @@ app.command()(summary)
 def main() -> None:
     args = sys.argv[1:]
     if args[:1] == ["start"]:  # the reference pilot's options without a use here: accepted, said once
-        # no cyclic collections while the start-up loads its modules (~10% of their time): the launcher
-        # enables them again once its services are forked, each service at once (nodepilot/launcher.py)
+        # no cyclic collections while the command line is read (~10% of its time): this process execs the
+        # pilot's own (nodepilot/boot.py), which starts the same way and enables them once its services run
         gc.disable()
         from nodepilot.panda.harvester_mode import push_access_point
         from nodepilot.refargs import split_ignored

@@ -73,7 +73,3 @@ class QueueReader:
             raise RuntimeError(f"reading the queue data failed: {reply['message']}")
         raise error(reply["message"])
 
-
-def load_apart(config: PilotConfig) -> QueueData:
-    """``nodepilot.queue.loader.load(config)``, done by a forked child."""
-    return QueueReader(config).result()

@@ -9,6 +9,8 @@ import math
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
+from nodepilot.values import whole_number
+
 MAX_RANGES_PER_CALL = 1000
 N = TypeVar("N", int, float)
 
@@ -89,22 +91,20 @@ def _number(fields: dict[str, Any], name: str, kind: type[N]) -> N | None:
     value = fields.get(name)
     if value is None:
         return None
-    what = "an integer" if kind is int else "a number"
+    if kind is int:
+        whole = whole_number(value)
+        if whole is None:
+            raise Invalid(name, f"must be an integer, not {str(value)[:50]!r}")
+        return whole  # type: ignore[return-value]
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise Invalid(name, f"must be {what}")
-    if kind is int and isinstance(value, int):
-        return value  # type: ignore[return-value]
+        raise Invalid(name, "must be a number")
     try:
         number = float(value)
     except ValueError:
-        raise Invalid(name, f"must be {what}, not {str(value)[:50]!r}") from None
+        raise Invalid(name, f"must be a number, not {str(value)[:50]!r}") from None
     if not math.isfinite(number):
         raise Invalid(name, "must be a finite number")
-    if kind is float:
-        return number  # type: ignore[return-value]
-    if not number.is_integer():
-        raise Invalid(name, f"must be {what}, not {str(value)[:50]!r}")
-    return int(value) if isinstance(value, str) and value.strip().lstrip("+-").isdigit() else int(number)  # type: ignore[return-value]
+    return number  # type: ignore[return-value]
 
 
 class PayloadBackend(Protocol):
