@@ -6,6 +6,10 @@ A trial is one job. Several trials share a pilot (``--max-jobs``), except for th
 monitor killed while it asks the server for the next job loses that job (the server dispatched it,
 the pilot never learnt of it: a window of the protocol, not of the pilot), so each monitor trial
 has a pilot of its own. The kill moment is counted from the appearance of the job's work dir.
+
+The stager runs only while it works for a job (stage-in, then stage-out: nodepilot/demand.py). In its trials the
+queue's copysetup takes STAGER_SETUP_S, longer than the payload: each stager holds its request that long, so a
+kill within the payload's length lands while the stager stages the job's inputs in.
 """
 
 from __future__ import annotations
@@ -22,12 +26,23 @@ from pathlib import Path
 
 import psutil
 
-from bench.harness import NODEPILOT, JobServer, add_jobs, es_job, final_update, kill_if_running, ranges, settled
+from bench.harness import (
+    NODEPILOT,
+    JobServer,
+    add_jobs,
+    es_job,
+    final_update,
+    kill_if_running,
+    ranges,
+    settled,
+    write_queuedata,
+)
 
 VICTIMS = ("monitor", "runner", "stager", "eventclient", "redis")
 PER_PILOT = 4  # at most MAX_RESTARTS kills of one victim per pilot
 PAYLOAD_S = 1.2  # the payload's own length (merge: one sleep; event service: 12 ranges of 0.1 s)
 ES_RANGES = 12
+STAGER_SETUP_S = PAYLOAD_S + 0.3  # each stager's copysetup: it holds its request that long
 INPUTS = ("demo.input.1.txt", "demo.input.2.txt")
 JOB_TIMEOUT_S = 60
 
@@ -187,11 +202,12 @@ def run_trials(site: Path, server: JobServer, victim: str, trials: int, base_id:
     ids = list(range(base_id, base_id + trials))
     add_jobs(site, *jobs_for(victim, ids))
     per_pilot = 1 if victim == "monitor" else PER_PILOT
+    options = ("--queuedata", write_queuedata(site, copysetup=f"sleep {STAGER_SETUP_S}")) if victim == "stager" else ()
     done: list[Trial] = []
     lengths: list[float] = []  # of the jobs so far, from the work dir to the final update at the server
     for first in range(0, len(ids), per_pilot):
         batch = ids[first:first + per_pilot]
-        pilot = start_pilot(site, server.url, log_path, len(batch))
+        pilot = start_pilot(site, server.url, log_path, len(batch), *options)
         try:
             for panda_id in batch:
                 started = wait_started(site, pilot, panda_id, log_path)

@@ -62,6 +62,16 @@ def start_job_server(jobs_dir: Path, base: Path, *options: str) -> JobServer:
     return JobServer(f"{scheme}://127.0.0.1:{port_file.read_text().strip()}", jobs_dir, proc)
 
 
+def write_queuedata(site: Path, **fields: object) -> str:
+    """``<site>/queuedata.json``: the site's SE for every activity, plus ``fields``; returns its path."""
+    eps = [{"name": "LOCAL_SE", "url": (site / "se").resolve().as_uri(), "id": 1}]
+    data = {"name": "LOCAL_TEST", "site": "LOCAL_TEST",
+            "endpoints": {a: eps for a in ("read_lan", "write_lan", "pl", "es_events")}, **fields}
+    path = site / "queuedata.json"
+    path.write_text(json.dumps(data))
+    return str(path)
+
+
 def add_jobs(site: Path, *jobs: dict | Path) -> None:
     for i, job in enumerate(jobs):
         if isinstance(job, Path):

@@ -10,6 +10,7 @@ Contract (one JSON object per stream entry, under the field ``data``):
 - ``pilot:jobs``         list of the job ids this pilot took, in order (monitor only)
 - ``pilot:outbox``       stream of server updates not yet delivered (monitor only)
 - ``runner:job:<id>:usage`` hash, the runner's latest sample of the payload tree (read by the watchdog)
+- ``runner:tally``       hash, payloads ended in this pilot (finished, failed, by exit): the runner's counts
 
 Work streams use consumer groups: at-least-once delivery, an entry is acknowledged only once
 its handler finished, and a restarted consumer first re-reads its own pending entries.
@@ -41,6 +42,7 @@ RUNNER_REQUESTS = "runner:requests"
 EVENTCLIENT_REQUESTS = "eventclient:requests"
 PILOT_JOBS = "pilot:jobs"
 PILOT_OUTBOX = "pilot:outbox"
+RUNNER_TALLY = "runner:tally"
 STREAM_MAXLEN = 10_000
 RECONNECT_RETRIES = 40  # back-off from 20 ms doubling to 1 s: ~35 s in all before a command fails
 
@@ -161,6 +163,11 @@ class Consumer:
         self._tasks: set[asyncio.Task[None]] = set()
         self._inflight: set[str] = set()
         self.handled = 0
+        self.on_settled: Callable[[], None] | None = None  # called after each request it handled
+
+    def busy(self) -> bool:
+        """Whether a request is in hand."""
+        return bool(self._inflight)
 
     async def run(self) -> None:
         while True:
@@ -226,15 +233,20 @@ class Consumer:
         except Exception as exc:
             log.exception("handler of %s failed on %s", self.stream, entry_id)
             if not await self._answer_failure(entry_id, message, exc):
-                self._inflight.discard(entry_id)  # stays pending: delivered again once idle
+                self._settle(entry_id)  # stays pending: delivered again once idle
                 return
         finally:
             self._slots.release()
         try:
             await self.r.xack(self.stream, self.group, entry_id)
         finally:  # not acknowledged (Redis gone): no longer kept fresh, so it is delivered again later
-            self._inflight.discard(entry_id)
+            self._settle(entry_id)
         self.handled += 1
+
+    def _settle(self, entry_id: str) -> None:
+        self._inflight.discard(entry_id)
+        if self.on_settled is not None:
+            self.on_settled()
 
     async def _answer_failure(self, entry_id: str, message: dict[str, Any], exc: BaseException) -> bool:
         """Whether the failed request may be acknowledged (answered, or nobody to answer it)."""

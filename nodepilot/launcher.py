@@ -1,7 +1,9 @@
 """Start, supervise and stop the pilot: an embedded Redis and the four services.
 
 Services run as separate processes forked from the launcher after their code is imported
-once (start-up in milliseconds; shared pages keep memory low). Each gets its own process
+once (start-up in milliseconds; shared pages keep memory low). The monitor and the runner start
+with the pilot; the others when the monitor needs them, and every service but the monitor retires
+when it is needed no more (nodepilot/demand.py). Each gets its own process
 group, so a Ctrl-C reaches the launcher only, which turns it into the monitor's graceful
 stop; the others stop when the monitor is done. A service that dies is restarted, and so is the
 embedded Redis (same socket and password; its append-only file in the run dir brings every key,
@@ -23,6 +25,7 @@ from typing import Any
 
 from nodepilot import exitcodes
 from nodepilot.config import SERVICES, PilotConfig
+from nodepilot.demand import EAGER, ON_DEMAND, RETIRE, DemandLedger
 from nodepilot.proc import die_with_parent, name_process
 from nodepilot.redis_server import EmbeddedRedis, RedisStartError
 from nodepilot.service import Service, import_first_use_modules, run_instance
@@ -36,15 +39,17 @@ GRACEFUL_STOP_BUDGET = 120.0
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGUSR1, signal.SIGXCPU, signal.SIGBUS)
 
 
-def _service_main(instance: Service) -> None:
+def _service_main(instance: Service, launcher_only: tuple[int, ...] = ()) -> None:
     """Entry of a forked service process: runs the launcher's pristine copy of the service."""
     gc.enable()  # off in the launcher while it starts (nodepilot/cli.py)
     os.setpgid(0, 0)
     die_with_parent()
     name_process(f"np-{instance.name}")
-    for signum in FORWARDED:  # kept until the service's own handlers are in place, then replayed
+    for fd in launcher_only:
+        os.close(fd)
+    for signum in (*FORWARDED, RETIRE):  # kept until the service's own handlers are in place, then replayed
         signal.signal(signum, lambda signum, _frame: instance.early_signals.append(signum))
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED)  # blocked by the launcher around the fork
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, (*FORWARDED, RETIRE))  # blocked by the launcher around the fork
     sys.exit(run_instance(instance))
 
 
@@ -71,6 +76,10 @@ class Launcher:
         self._wake_r, self._wake_w = os.pipe()
         self._ready_r, self._ready_w = os.pipe()  # each service writes its name there once it is healthy
         os.set_blocking(self._ready_w, False)  # never read after the start: a restarted service must not block
+        self._demand_r, self._demand_w = os.pipe()  # the monitor's needs (nodepilot/demand.py)
+        os.set_blocking(self._demand_r, False)
+        self.demand = DemandLedger()
+        self._retiring: set[str] = set()  # asked to retire, not ended yet
 
     # --- start --------------------------------------------------------------------------
     def prepare(self) -> None:
@@ -87,6 +96,8 @@ class Launcher:
         for name in SERVICES:
             instance = service_class(name)(self.config)
             instance.ready_fd = self._ready_w
+            if name == "monitor":
+                instance.demand_fd = self._demand_w
             _ = instance.http_config  # the app with it
             self.instances[name] = instance
         if self.config.server.startswith("https"):
@@ -100,21 +111,23 @@ class Launcher:
         gc.freeze()
 
     def spawn(self, name: str) -> None:
-        proc = self.ctx.Process(target=_service_main, args=(self.instances[name],), name=f"nodepilot-{name}")
+        proc = self.ctx.Process(target=_service_main, args=(self.instances[name], (self._demand_r,)),
+                                name=f"nodepilot-{name}")
         # the child keeps our signals blocked until it can hold them for its service (see _service_main)
-        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED)
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, (*FORWARDED, RETIRE))
         try:
             proc.start()
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         self.procs[name] = proc
+        self._retiring.discard(name)
         log.debug("started %s (pid %s)", name, proc.pid)
 
     def wait_healthy(self, timeout: float = HEALTH_TIMEOUT) -> None:
         """Until every service said it is healthy (serving, and Redis answers: what /healthz tells), woken by
         their word or by a death, never polling; the monitor may be done already (no job)."""
         deadline = time.monotonic() + timeout
-        pending = set(SERVICES)
+        pending = set(EAGER)
         while pending:  # bounded start-up wait
             for name in list(pending):
                 proc = self.procs[name]
@@ -129,8 +142,11 @@ class Launcher:
             left = deadline - time.monotonic()
             if not pending or left <= 0:
                 break
-            handles = [self._ready_r, *(self.procs[name].sentinel for name in pending)]
-            if self._ready_r in multiprocessing.connection.wait(handles, timeout=left):
+            handles = [self._ready_r, self._demand_r, *(self.procs[name].sentinel for name in pending)]
+            ready = multiprocessing.connection.wait(handles, timeout=left)
+            if self._demand_r in ready:  # a job's first step may need a service already
+                self.on_demand()
+            if self._ready_r in ready:
                 pending.difference_update(os.read(self._ready_r, 4096).decode().split())
         if pending:
             raise RuntimeError(f"not healthy within {timeout:.0f} s: {', '.join(sorted(pending))}")
@@ -149,7 +165,7 @@ class Launcher:
         """Block until the monitor ends; restart others that die; forward signals."""
         while True:
             monitor = self.procs["monitor"]
-            handles: list[Any] = [p.sentinel for p in self.procs.values()] + [self._wake_r]
+            handles: list[Any] = [p.sentinel for p in self.procs.values()] + [self._wake_r, self._demand_r]
             if self._redis_fd is not None:
                 handles.append(self._redis_fd)
             timeout = None
@@ -162,6 +178,8 @@ class Launcher:
             if self._wake_r in ready:
                 for signum in os.read(self._wake_r, 64):
                     self.forward(signum)
+            if self._demand_r in ready:
+                self.on_demand()
             if self._redis_fd is not None and self._redis_fd in ready and not self._redis_died():
                 return exitcodes.SERVICES
             if not monitor.is_alive():
@@ -171,13 +189,48 @@ class Launcher:
                     return code
                 if code is not None and code >= exitcodes.SIGNALLED and self.signal_received:
                     return code
+                self.on_demand()  # what the dead monitor said last, then forgotten: the new one says its own
+                self.demand.forget()
+                self._retire([name for name in ON_DEMAND if name in self.procs])
                 if not self._restart("monitor", code):
                     return exitcodes.SERVICES
             for name, proc in list(self.procs.items()):
                 if name != "monitor" and not proc.is_alive():
                     proc.join()
-                    if not self._restart(name, proc.exitcode):
+                    if name in self._retiring:
+                        self._retired(name, proc.exitcode)
+                    elif not self._restart(name, proc.exitcode):
                         self.forward(signal.SIGTERM)
+
+    # --- on demand (nodepilot/demand.py) ----------------------------------------------------
+    def on_demand(self) -> None:
+        """Read what the monitor needs now: start what it needs, retire what it no longer needs."""
+        try:
+            data = os.read(self._demand_r, 4096)
+        except BlockingIOError:
+            return
+        released = self.demand.feed(data)
+        for name in ON_DEMAND:
+            if self.demand.wanted(name) and name not in self.procs:
+                self.spawn(name)
+        self._retire([name for name in released if name in self.procs])
+
+    def _retire(self, names: list[str]) -> None:
+        for name in names:
+            proc = self.procs[name]
+            if name in self._retiring or not proc.pid:
+                continue
+            self._retiring.add(name)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc.pid, RETIRE)
+
+    def _retired(self, name: str, exitcode: int | None) -> None:
+        """``name`` ended after it was asked to retire; started again at once if it is needed again."""
+        del self.procs[name]
+        self._retiring.discard(name)
+        (log.debug if exitcode == 0 else log.warning)("%s retired (exit %s)", name, exitcode)
+        if self.demand.wanted(name):
+            self.spawn(name)
 
     def forward(self, signum: int) -> None:
         if self.signal_received is None:
@@ -240,7 +293,7 @@ class Launcher:
         self.catch_signals()
         try:
             self.prepare()
-            for name in SERVICES:
+            for name in EAGER:
                 self.spawn(name)
         except (RedisStartError, OSError) as exc:
             log.error("cannot start: %s", exc)

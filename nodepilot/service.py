@@ -27,6 +27,7 @@ from starlette.routing import BaseRoute
 
 from nodepilot import bus
 from nodepilot.config import PilotConfig
+from nodepilot.demand import RETIRE
 from nodepilot.errors import clip_diag
 from nodepilot.logs import setup_logging
 from nodepilot.metrics import register_common
@@ -62,6 +63,9 @@ class Service:
         self.early_signals: list[int] = []  # arrived before the event loop's handlers were set
         self.owns_loop = True  # False in-process: the loop and its thread pool are shared (nodepilot/inprocess.py)
         self.ready_fd: int | None = None  # the launcher's: its name is written there once it serves and Redis answers
+        self.demand_fd: int | None = None  # the monitor's: what it needs goes there (nodepilot/demand.py)
+        self.retiring = False  # asked to end once it holds no work (nodepilot/demand.py)
+        self._consumers: list[bus.Consumer] = []
         self.metrics = CollectorRegistry()  # a service registers its own collectors here; /metrics shows them
 
     # --- what a service defines ----------------------------------------------------
@@ -91,8 +95,30 @@ class Service:
         """The diag of a request this service failed on by a bug of its own."""
         return clip_diag(f"{self.name} internal error in {what}: {exc!r}")
 
+    def busy(self) -> bool:
+        """Whether it holds work now (a request in hand); a service whose work outlives its requests says so too,
+        and calls ``settled`` when that work ends."""
+        return any(consumer.busy() for consumer in self._consumers)
+
+    def track(self, consumer: bus.Consumer) -> bus.Consumer:
+        """``consumer``'s requests are this service's work: a retiring service ends when none is in hand."""
+        self._consumers.append(consumer)
+        consumer.on_settled = self.settled
+        return consumer
+
+    def settled(self) -> None:
+        """A piece of work ended: a retiring service that holds none any more ends now."""
+        if self.retiring and not self.busy():
+            self.stopping.set()
+
+    def retire(self) -> None:
+        """The launcher needs it no more: it ends once it holds no work (new requests read meanwhile are served)."""
+        self.retiring = True
+        self.settled()
+
     async def consume_or_stop(self, consumer: bus.Consumer) -> None:
         """Serve a work stream; if it cannot be read, stop (the launcher starts a fresh instance)."""
+        self.track(consumer)
         try:
             await consumer.run()
         except Exception:
@@ -154,8 +180,9 @@ class Service:
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGUSR1,
                        signal.SIGXCPU, signal.SIGBUS):
             loop.add_signal_handler(signum, self.on_signal, signum)
+        loop.add_signal_handler(RETIRE, self.retire)
         for signum in self.early_signals:
-            self.on_signal(signum)
+            self.retire() if signum == RETIRE else self.on_signal(signum)
 
         background = [asyncio.create_task(w) for w in self.workers()]
         http = asyncio.create_task(server.serve())
@@ -232,6 +259,19 @@ class QuietServer(uvicorn.Server):
     def request_exit(self) -> None:
         self.should_exit = True
         self._exit.set()
+
+    async def shutdown(self, sockets: list[Any] | None = None) -> None:
+        """uvicorn's, without its fixed 0.1 s pause for connections to close when none is open: a service
+        that retires between two steps of a job ends at once (nodepilot/demand.py), and so does the pilot."""
+        if self.server_state.connections or self.server_state.tasks:
+            await super().shutdown(sockets)
+            return
+        for server in self.servers:
+            server.close()
+        for sock in sockets or []:
+            sock.close()
+        if not self.force_exit:
+            await self.lifespan.shutdown()
 
     @contextlib.contextmanager
     def capture_signals(self):  # type: ignore[override]

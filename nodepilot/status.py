@@ -20,9 +20,10 @@ from rich.table import Table
 from rich.text import Text
 
 from nodepilot.config import SERVICES
+from nodepilot.demand import ON_DEMAND
 from nodepilot.http import uds_client
 
-Snapshot = dict[str, dict[str, Any] | None]  # service -> its /status (None: not reachable)
+Snapshot = dict[str, dict[str, Any] | None]  # service -> its /status (None: not reachable; left out: idle)
 STEPS = ("stagein", "payload", "stageout", "stagelog")
 
 
@@ -47,7 +48,8 @@ def fetch_one(sock: Path, timeout: float) -> dict[str, Any] | None:
 
 
 def fetch(run_dir: Path, services: Iterable[str] = SERVICES, timeout: float = 2.0) -> Snapshot:
-    names = list(services)
+    """Every service's status; a service started on demand that has no socket now is idle, and left out."""
+    names = [name for name in services if name not in ON_DEMAND or (run_dir / f"{name}.sock").exists()]
     with ThreadPoolExecutor(len(names)) as pool:
         results = pool.map(lambda name: fetch_one(run_dir / f"{name}.sock", timeout), names)
         return dict(zip(names, results, strict=True))
@@ -143,7 +145,10 @@ def render(snapshot: Snapshot, run_dir: Path) -> RenderableType:
     monitor = snapshot.get("monitor")
     up = [name for name, status in snapshot.items() if status is not None]
     down = [name for name, status in snapshot.items() if status is None]
+    idle = [name for name in SERVICES if name not in snapshot]  # started when a job's step needs them
     head = Text.assemble(("nodepilot ", "bold"), str(run_dir), "  services up: ", (", ".join(up) or "none", "green"))
+    if idle:
+        head.append(f"  idle (started when needed): {', '.join(idle)}")
     if down:
         head.append(f"  not reachable: {', '.join(down)}", style="red")
     if monitor is not None:
@@ -152,12 +157,9 @@ def render(snapshot: Snapshot, run_dir: Path) -> RenderableType:
     parts: list[RenderableType] = [head]
     if monitor is not None:
         parts.append(jobs_table(monitor))
-    if snapshot.get("runner"):
-        parts.append(payloads_table(snapshot["runner"] or {}))
-    if snapshot.get("stager"):
-        parts.append(transfers_table(snapshot["stager"] or {}))
-    if snapshot.get("eventclient"):
-        parts.append(ranges_table(snapshot["eventclient"] or {}))
+    for name, table in (("runner", payloads_table), ("stager", transfers_table), ("eventclient", ranges_table)):
+        if name in idle or snapshot.get(name):  # an idle service has nothing running: its table is empty
+            parts.append(table(snapshot.get(name) or {}))
     if monitor is not None:
         parts.append(checks_table(monitor))
     return Group(*parts)

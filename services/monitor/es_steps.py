@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from nodepilot import bus, deadlines
+from nodepilot import bus, deadlines, demand
 from nodepilot.errors import ErrorCode, clip_diag
 from nodepilot.jumbo import SHARE_MARK
 from services.monitor.parts import JobParts
@@ -25,7 +25,11 @@ class EventServiceSteps(JobParts):
         async def run_payload(self, extra_env: dict[str, str] | None = None) -> None: ...
 
     async def run_event_service(self) -> None:
-        """The eventclient serves ranges to the payload and stages each output out as it comes."""
+        """The eventclient serves ranges to the payload and stages each output out as it comes (by the stager)."""
+        with demand.need("eventclient", "stager"):
+            await self._event_service()
+
+    async def _event_service(self) -> None:
         job = self.job
         start_id = self._request_id("es-start")
         await bus.publish(self.r, bus.EVENTCLIENT_REQUESTS, {

@@ -20,7 +20,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from nodepilot import bus, deadlines, experiments, limits, logs
+from nodepilot import bus, deadlines, demand, experiments, limits, logs
 from nodepilot.config import PilotConfig
 from nodepilot.errors import ErrorCode, clip_diag
 from nodepilot.job import Job
@@ -157,7 +157,7 @@ class JobRun(StageSteps, EventServiceSteps):
         self.result.fail(ErrorCode.PILOT_EXCEPTION, f"pilot exception: {exc!r}")
         self.stop_watchdog()
         if self.step == "payload" and not self.payload:  # the payload may be running: stop it, wait for its end
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(Exception), demand.need("runner"):
                 async with asyncio.timeout(ABANDON_STOP_S):
                     await self._kill_payload("the pilot failed this job")
                     self.payload = await self.wait_for(self._request_id("run"), "payload_finished")
@@ -285,11 +285,14 @@ class JobRun(StageSteps, EventServiceSteps):
             if self.payload and (self.job.outputs or self.job.log is not None):  # the payload ran
                 await self.set_state("transferring")
                 await self.outbox.put(self.update_fields(final=False))
-            # an event-service job's outputs went out range by range; its declared (merged) outputs are the merge job's
-            if (not self.result.pilot_error_code or self.partial) and self.job.outputs and not self.job.event_service:
-                await self.stage_out()
-            if self.job.log is not None:
-                await self.stage_log()
+            with demand.need("stager") if self.job.outputs or self.job.log else contextlib.nullcontext():
+                # an event-service job's outputs went out range by range; its declared (merged) outputs are the
+                # merge job's
+                if ((not self.result.pilot_error_code or self.partial) and self.job.outputs
+                        and not self.job.event_service):
+                    await self.stage_out()
+                if self.job.log is not None:
+                    await self.stage_log()
             self.result.timings["stageout"] = time.monotonic() - t_out
         finally:
             heartbeat.cancel()
@@ -345,18 +348,19 @@ class JobRun(StageSteps, EventServiceSteps):
             log.exception("job %s: experiment plug-in failed", job.panda_id)
             self.result.fail(ErrorCode.SETUP_FAILED, f"experiment plug-in failed: {exc!r}")
             return
-        await bus.publish(self.r, bus.RUNNER_REQUESTS, {
-            "action": "run", "job_id": self.job.panda_id, "request_id": request_id,
-            "workdir": str(self.workdir), "command": self.job.transformation,
-            "args": self.job.job_pars, "env": env, "setup": setup, "experiment": experiment.name,
-            **({"container": container} if container else {}),
-            **({"sample_interval": interval} if (interval := self.config.queuedata.watchdog.get("sample_interval_s"))
-               else {}),
-        })
-        try:
-            self.payload = await self.wait_for(request_id, "payload_finished", self.payload_deadline())
-        finally:
-            self.stop_watchdog()
+        with demand.need("runner"):
+            await bus.publish(self.r, bus.RUNNER_REQUESTS, {
+                "action": "run", "job_id": self.job.panda_id, "request_id": request_id,
+                "workdir": str(self.workdir), "command": self.job.transformation,
+                "args": self.job.job_pars, "env": env, "setup": setup, "experiment": experiment.name,
+                **({"container": container} if container else {}),
+                **({"sample_interval": interval}
+                   if (interval := self.config.queuedata.watchdog.get("sample_interval_s")) else {}),
+            })
+            try:
+                self.payload = await self.wait_for(request_id, "payload_finished", self.payload_deadline())
+            finally:
+                self.stop_watchdog()
         self.payload_running = False
         self.result.timings["payload"] = time.monotonic() - t
         p = self.payload

@@ -11,6 +11,7 @@ from prometheus_client import CollectorRegistry
 from starlette.requests import Request
 from starlette.routing import BaseRoute
 
+from nodepilot import demand
 from nodepilot.service import Service
 from nodepilot.webapi import json_route
 from services.monitor import metrics, web
@@ -27,6 +28,7 @@ class MonitorService(Service):
         self.threads = 8 + 3 * self.pilot.ledger.max_jobs  # each job's watchdog measures its work dir in threads
 
     def main(self) -> Coroutine[Any, Any, int]:
+        demand.listen(self.demand_fd)  # the services its jobs' steps need are started for them (launcher only)
         return self.pilot.run()
 
     def workers(self) -> list[Coroutine[Any, Any, Any]]:

@@ -9,7 +9,7 @@ import time
 import uuid
 from typing import TYPE_CHECKING, Any
 
-from nodepilot import bus, deadlines, experiments
+from nodepilot import bus, deadlines, demand, experiments
 from nodepilot.errors import ErrorCode, clip_diag
 from services.monitor.catalog import write_input_catalog
 from services.monitor.parts import JobParts
@@ -33,12 +33,13 @@ class StageSteps(JobParts):
         request_id = self._request_id(kind)
         self.set_step(kind)
         endpoints = self._endpoints(activity)
-        await bus.publish(self.r, bus.STAGER_REQUESTS, {
-            "kind": kind, "job_id": self.job.panda_id, "request_id": request_id,
-            "workdir": str(self.workdir), "endpoints": endpoints, "task_id": self.job.task_id,
-            **({"alt_stageout": self.job.alt_stage_out} if kind != "stagein" else {}), **fields,
-        })
-        return await self.wait_for(request_id, f"{kind}_done", self._stage_deadline(fields, len(endpoints)))
+        with demand.need("stager"):
+            await bus.publish(self.r, bus.STAGER_REQUESTS, {
+                "kind": kind, "job_id": self.job.panda_id, "request_id": request_id,
+                "workdir": str(self.workdir), "endpoints": endpoints, "task_id": self.job.task_id,
+                **({"alt_stageout": self.job.alt_stage_out} if kind != "stagein" else {}), **fields,
+            })
+            return await self.wait_for(request_id, f"{kind}_done", self._stage_deadline(fields, len(endpoints)))
 
     def _stage_deadline(self, fields: dict[str, Any], endpoints: int) -> float:
         """The stager's own bounds over the request's files: every copy timed out on every attempt."""

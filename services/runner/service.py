@@ -57,6 +57,7 @@ CONCURRENCY = 64  # run handlers hold their slot for the payload's whole life: k
 STATE_TTL_S = 7 * 86400
 STOP_GRACE_S = 3.0  # the runner itself stops: its payloads get this long after SIGTERM
 RETRY_S = 2.0  # between attempts to read the stream again after Redis failed
+EXIT_PREFIX = "exit "  # bus.RUNNER_TALLY's fields: "finished", "failed", and "exit <exit_label>"
 
 
 class RunnerService(Service):
@@ -105,16 +106,26 @@ class RunnerService(Service):
 
     async def _consume(self) -> None:
         # a failed read is retried in place: the payloads keep running and their handlers waiting
-        consumer = bus.Consumer(self.redis, bus.RUNNER_REQUESTS, "runner", "runner", self.handle,
-                                concurrency=CONCURRENCY, retry_s=RETRY_S, on_error=self.answer_failure)
+        consumer = self.track(bus.Consumer(self.redis, bus.RUNNER_REQUESTS, "runner", "runner", self.handle,
+                                           concurrency=CONCURRENCY, retry_s=RETRY_S, on_error=self.answer_failure))
         await asyncio.to_thread(remove_empty_leftovers)  # of a runner that was killed (SIGKILL: no clean-up)
         try:
+            await self._load_tally()
             await consumer.run()
         finally:
             await self._stop_payloads()
             await consumer.aclose()
             # the killed payloads' cgroups go with the runner, not minutes later (or never)
             await finish_cleanups(2.0)
+
+    async def _load_tally(self) -> None:
+        """The pilot's payloads so far, counted by the runners before this one (it retires between jobs:
+        nodepilot/demand.py), so that its status and metrics count for the whole pilot."""
+        for name, value in (await self.redis.hgetall(bus.RUNNER_TALLY)).items():
+            if name.startswith(EXIT_PREFIX):
+                self.exits[name.removeprefix(EXIT_PREFIX)] = int(value)
+            elif name in self.counts:
+                self.counts[name] = int(value)
 
     async def _stop_payloads(self) -> None:
         """The runner stops: kill its payloads and let their handlers report them (bounded)."""
@@ -367,11 +378,14 @@ class RunnerService(Service):
             "start_time": start_time, "end_time": end_time, "wall_seconds": wall_seconds,
             **usage.to_dict(), **result.to_dict(), "isolation": isolation,
         }
-        self.counts["failed" if result.pilot_error_code else "finished"] += 1
-        self.exits[exit_label(ended)] += 1
+        outcome_name, label = "failed" if result.pilot_error_code else "finished", exit_label(ended)
+        self.counts[outcome_name] += 1
+        self.exits[label] += 1
         key = bus.service_state_key(self.name, job_id)
         async with self.redis.pipeline(transaction=True) as pipe:
             await bus.emit(pipe, job_id, self.name, "payload_finished", **fields)  # queued, not sent yet
+            pipe.hincrby(bus.RUNNER_TALLY, outcome_name, 1)
+            pipe.hincrby(bus.RUNNER_TALLY, f"{EXIT_PREFIX}{label}", 1)
             if request_id:
                 pipe.hset(key, request_id, json.dumps({"state": "finished", "end_time": end_time,
                                                        "pilot_error_code": result.pilot_error_code}))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -19,6 +18,7 @@ from bench.harness import (  # noqa: F401 (re-exported for the tests)
     final_update,
     kill_if_running,
     start_job_server,
+    write_queuedata,
 )
 
 
@@ -44,16 +44,6 @@ def job_server(site: Path) -> Iterator[JobServer]:
     yield server
     server.process.terminate()
     server.process.wait(10)
-
-
-def write_queuedata(site: Path, **fields: object) -> str:
-    """``<site>/queuedata.json``: the site's SE for every activity, plus ``fields``; returns its path."""
-    eps = [{"name": "LOCAL_SE", "url": (site / "se").resolve().as_uri(), "id": 1}]
-    data = {"name": "LOCAL_TEST", "site": "LOCAL_TEST",
-            "endpoints": {a: eps for a in ("read_lan", "write_lan", "pl", "es_events")}, **fields}
-    path = site / "queuedata.json"
-    path.write_text(json.dumps(data))
-    return str(path)
 
 
 def run_pilot(site: Path, server_url: str, *extra: str, timeout: float = 120) -> subprocess.CompletedProcess:

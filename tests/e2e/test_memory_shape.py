@@ -1,6 +1,7 @@
 """What a running pilot holds: its own process and every service it forks carry none of the command line's or
 the queue reading's libraries (typer's option validators, pydantic, FastAPI), each service is named for ``ps``,
-and the same process id runs from launch to exit (the command execs the pilot: nodepilot/boot.py)."""
+the same process id runs from launch to exit (the command execs the pilot: nodepilot/boot.py), and services
+run only while a step needs them (nodepilot/demand.py)."""
 
 from __future__ import annotations
 
@@ -36,7 +37,8 @@ def test_a_running_pilot_holds_only_what_it_runs(site: Path, job_server, mode: t
         if mode:
             assert not services
         else:
-            assert set(services) == {"np-monitor", "np-runner", "np-stager", "np-eventclient"}
+            # while the payload runs: no stager (it comes for the log), no event-service client (not an ES job)
+            assert set(services) == {"np-monitor", "np-runner"}
         assert not [pid for pid in (pilot.pid, *services.values()) if _holds_pydantic(pid)]
         assert "nodepilot.boot" in " ".join(launcher.cmdline())
         _out, err = pilot.communicate(timeout=120)

@@ -11,7 +11,7 @@ import time
 import psutil
 import pytest
 
-from tests.e2e.conftest import NODEPILOT, add_jobs, final_update, kill_if_running
+from tests.e2e.conftest import NODEPILOT, add_jobs, final_update, kill_if_running, write_queuedata
 
 
 def start_pilot(site, server_url: str, *extra: str) -> subprocess.Popen:
@@ -65,21 +65,23 @@ def test_sigterm_mid_payload_fails_job_with_1201_and_leaves_nothing(site, job_se
     assert not leftovers, output[-6000:]
 
 
-def test_a_killed_stager_is_restarted_and_the_job_completes(site, job_server):
+def test_a_stager_killed_with_a_request_in_hand_is_restarted_and_the_job_completes(site, job_server):
+    """The stager runs while it works for a job (nodepilot/demand.py): it is killed while it stages the outputs
+    out, held there by the queue's copysetup until the test lets it go; its successor serves the request."""
     add_jobs(site, {
-        "PandaID": 5002, "attemptNr": 1, "transformation": "bash",
-        "jobPars": "-c 'touch started; while [ ! -e go ]; do sleep 0.05; done; echo data > out.txt'",
+        "PandaID": 5002, "attemptNr": 1, "transformation": "bash", "jobPars": "-c 'echo data > out.txt'",
         "outFiles": "out.txt,l5002.tgz", "logFile": "l5002.tgz", "scopeOut": "demo.output", "scopeLog": "demo.log",
     })
-    pilot = start_pilot(site, job_server.url)
+    gate, go = site / "in_setup", site / "go"
+    queue = write_queuedata(site, copysetup=f"touch {gate}; while [ ! -e {go} ]; do sleep 0.05; done")
+    pilot = start_pilot(site, job_server.url, "--queuedata", queue)
     try:
-        workdir = site / "work" / "PanDA_Pilot-5002"
-        wait_for_file(workdir / "started")
+        wait_for_file(gate)
         # one Process object, taken before the kill: the launcher may reap the stager before we look again
         stager = psutil.Process(service_pids(pilot)["stager"])
         stager.kill()
         stager.wait(10)
-        (workdir / "go").touch()
+        go.touch()
         output, _ = pilot.communicate(timeout=60)
     finally:
         kill_if_running(pilot)
