@@ -212,7 +212,10 @@ class Launcher:
         released = self.demand.feed(data)
         for name in ON_DEMAND:
             if self.demand.wanted(name) and name not in self.procs:
-                self.spawn(name)
+                try:
+                    self.spawn(name)
+                except OSError as exc:  # no fork now (memory, process limit): the step's own time-out fails it
+                    log.error("cannot start %s: %s", name, exc)
         self._retire([name for name in released if name in self.procs])
 
     def _retire(self, names: list[str]) -> None:
