@@ -100,12 +100,23 @@ class Memcached(StorageServer):
         return ["memcached", "-s", str(self.socket), "-a", "0700", "-m", "64", *user]
 
     def ready(self) -> bool:
-        with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX) as s:
-            s.settimeout(1)
-            s.connect(str(self.socket))
-            s.sendall(b"version\r\n")
-            return s.recv(64).startswith(b"VERSION")
+        with contextlib.suppress(OSError):
+            return bool(self.stats())
         return False
+
+    def stats(self) -> dict[str, str]:
+        """memcached's ``stats`` (``curr_items``, ``get_hits``...)."""
+        with socket.socket(socket.AF_UNIX) as s:
+            s.settimeout(2)
+            s.connect(str(self.socket))
+            s.sendall(b"stats\r\n")
+            answer = b""
+            while not answer.endswith(b"END\r\n"):
+                part = s.recv(65536)
+                if not part:
+                    break
+                answer += part
+        return {f[1]: f[2] for f in (line.split() for line in answer.decode().splitlines()) if len(f) == 3}
 
 
 class RucioServer(StorageServer):
