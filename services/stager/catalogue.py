@@ -50,13 +50,21 @@ class Catalogues:
             return failed
         return await resolver.finish(work, await move(work))
 
-    def trace_url(self) -> str:
-        """The trace URL of the first catalogue the queue uses (an endpoint of its scheme, or settings
-        under its name in the queue's ``stager`` object); "" when none has one."""
+    def _used(self) -> list[Any]:
+        """The catalogues the queue uses (an endpoint of their scheme, or settings under their name in
+        the queue's ``stager`` object), in that order."""
         schemes = [urlsplit(e.url).scheme.lower() for eps in self.queue.endpoints.values() for e in eps]
         schemes += [k for k in (self.queue.stager or {}) if isinstance(k, str)]
-        for scheme in dict.fromkeys(schemes):
-            resolver = self._resolver(scheme)
-            if resolver is not None and resolver.trace_url():
-                return str(resolver.trace_url())
-        return ""
+        resolvers = (self._resolver(scheme) for scheme in dict.fromkeys(schemes))
+        return [r for r in resolvers if r is not None]
+
+    def trace_url(self) -> str:
+        """The trace URL of the first catalogue the queue uses that has one; "" when none has."""
+        return next((str(r.trace_url()) for r in self._used() if r.trace_url()), "")
+
+    async def warm(self) -> None:
+        """When the stager starts: what the queue's catalogues can do before any request (the ``rucio``
+        mover: its auth token)."""
+        for resolver in self._used():
+            if hasattr(resolver, "warm"):
+                await resolver.warm()

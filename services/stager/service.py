@@ -63,7 +63,7 @@ class StagerService(Service):
         self._jobs_running: dict[int, int] = {}  # job id -> requests of it in flight
 
     def workers(self) -> list[Any]:
-        return [self._consume(), self.traces.run()]
+        return [self._consume(), self.traces.run(), self.catalogues.warm()]
 
     async def status(self) -> dict[str, Any]:
         return {"transfers": [t.view() for t in self.transfers], **self.counts,

@@ -14,8 +14,9 @@ import pytest
 
 from bench.rucio_server import SCOPE, RucioServer
 from nodepilot.job import FileSpec
-from nodepilot.queue.model import Endpoint
+from nodepilot.queue.model import Endpoint, QueueData
 from services.stager.attempts import FileWork
+from services.stager.catalogue import Catalogues
 from services.stager.movers.rucio import RucioMover, RucioSettings
 from services.stager.movers.rucio_client import RucioError
 from services.stager.paths import deterministic_path
@@ -112,6 +113,43 @@ def test_the_listing_starts_when_the_request_arrives(rucio_server, tmp_path):
     before_any_file, results = asyncio.run(arrived())
     assert before_any_file == [len(lfns)]
     assert [failed for failed, _ in results] == [None] * len(lfns) and spy.calls == [len(lfns)]
+
+
+def test_the_token_is_fetched_when_the_stager_starts(rucio_server, tmp_path, monkeypatch):
+    """``Catalogues.warm`` (a stager worker from its start) gets the queue's Rucio token: the first request
+    finds it; a token Rucio refuses is only noted there."""
+    lfns = seeded(rucio_server, 2)
+    monkeypatch.setenv("RUCIO_CONFIG", str(rucio_server.client_config))
+    queue = QueueData.default("WARM", tmp_path)
+    queue.endpoints = {"read_lan": [Endpoint(LAN, f"rucio:///{LAN}")]}
+    catalogues = Catalogues(queue)
+    mover = catalogues._resolver("rucio")
+    asked: list[str] = []
+    fetch = mover.client._auth
+
+    async def counted() -> str:
+        asked.append("token")
+        return await fetch()
+
+    mover.client._auth = counted
+
+    async def started() -> list[str]:
+        await catalogues.warm()
+        at_start = list(asked)
+        results = await prepared(mover, works(lfns, tmp_path))
+        assert [failed for failed, _ in results] == [None] * len(lfns)
+        return at_start
+
+    assert asyncio.run(started()) == ["token"] and asked == ["token"]
+
+    refused = RucioMover(None, {"RUCIO_CONFIG": str(rucio_server.client_config)})
+    refused.config.password = "not-the-password"
+
+    async def refused_start() -> None:
+        await refused.warm()
+        await refused.client.close()
+
+    asyncio.run(refused_start())  # no exception: the first call asks again and fails with its own diag
 
 
 def test_a_request_is_not_listed_without_a_usable_configuration(tmp_path):

@@ -125,6 +125,16 @@ class RucioMover(Mover):
         raise TransferError(Reason.PROTOCOL, "rucio:// endpoints are resolved by the stager before a copy")
 
     # --- the stager's hooks -----------------------------------------------------------------------
+    async def warm(self) -> None:
+        """When the stager starts: the auth token, so that a pilot's first stage-in (often its only one)
+        does not wait for it. A failure is only noted: the first call tries again and says why."""
+        if self.config.problem():
+            return
+        try:
+            await self.client.authenticate()
+        except RucioError as exc:
+            log.info("Rucio: no token yet (%s); the first call asks again", exc)
+
     async def prepare(self, work: FileWork) -> FileResult | None:
         """Replace the work's ``rucio://`` endpoints with real ones; a FileResult when there are none."""
         failed = ErrorCode.STAGEIN_FAILED if work.direction == "in" else ErrorCode.STAGEOUT_FAILED
