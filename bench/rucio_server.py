@@ -4,8 +4,12 @@ Rucio (``RUCIO_VERSION`` from PyPI, with gunicorn) lives in a venv of its own, m
 kept (``NODEPILOT_RUCIO_VENV``, default ``~/.cache/nodepilot/rucio-<version>``): its pinned dependencies
 clash with the pilot's own, so it cannot share the pilot's venv. The server keeps its catalogue in
 SQLite and runs under gunicorn with one worker and one thread (SQLite takes one writer); traces are
-served (``/traces/``) and written to ``trace_file``. Two RSEs: ``XRD_RSE`` on an XRootD server (the
-tests' ``XRootDServer``) and ``POSIX_RSE`` on a local directory, both deterministic (hash paths).
+served (``/traces/``) and written to ``trace_file``. Like a production Rucio server it has a memcached
+(Rucio's one shared cache backend: RSE attributes and protocols, configuration values...), here one of
+its own on a Unix socket (Debian's ``memcached``, scripts/system-deps.sh); without it (not installed, or
+``NODEPILOT_RUCIO_CACHE=none`` to compare) each of those lookups is an SQL query. Two RSEs: ``XRD_RSE``
+on an XRootD server (the tests' ``XRootDServer``) and ``POSIX_RSE`` on a local directory, both
+deterministic (hash paths).
 
 ``RucioServer.tool(command, args)`` runs ``rucio_tool.py`` with Rucio's own client, to seed replicas
 and to check what the pilot registered, independently of the pilot's own Rucio client.
@@ -17,7 +21,9 @@ import contextlib
 import fcntl
 import json
 import os
+import pwd
 import shutil
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -67,6 +73,52 @@ def rucio_venv() -> Path:
     return venv
 
 
+class Memcached(StorageServer):
+    """Rucio's cache: a memcached on a Unix socket in its own directory (as ``nobody`` when we are root:
+    memcached refuses root), or None when memcached is not installed or ``NODEPILOT_RUCIO_CACHE=none``.
+    A memcached is never shared between servers: a cache that outlives its database answers with stale ids."""
+
+    name = "memcached"
+
+    @classmethod
+    def wanted(cls) -> Memcached | None:
+        if os.environ.get("NODEPILOT_RUCIO_CACHE", "") == "none" or shutil.which("memcached") is None:
+            return None
+        return cls()
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.user = "nobody" if os.geteuid() == 0 else ""
+        if self.user:
+            pw = pwd.getpwnam(self.user)
+            os.chown(self.base, pw.pw_uid, pw.pw_gid)  # memcached makes its socket after dropping root
+        self.socket = self.base / "memcached.sock"
+        self.url = f"unix:{self.socket}"
+
+    def command(self) -> list[str]:
+        user = ["-u", self.user] if self.user else []
+        return ["memcached", "-s", str(self.socket), "-a", "0700", "-m", "64", *user]
+
+    def ready(self) -> bool:
+        with contextlib.suppress(OSError):
+            return bool(self.stats())
+        return False
+
+    def stats(self) -> dict[str, str]:
+        """memcached's ``stats`` (``curr_items``, ``get_hits``...)."""
+        with socket.socket(socket.AF_UNIX) as s:
+            s.settimeout(2)
+            s.connect(str(self.socket))
+            s.sendall(b"stats\r\n")
+            answer = b""
+            while not answer.endswith(b"END\r\n"):
+                part = s.recv(65536)
+                if not part:
+                    break
+                answer += part
+        return {f[1]: f[2] for f in (line.split() for line in answer.decode().splitlines()) if len(f) == 3}
+
+
 class RucioServer(StorageServer):
     """Rucio with its two RSEs; ``client_config`` is a Rucio client configuration file for the pilot.
     ``start()`` makes the schema and root account, starts gunicorn, then adds the RSEs (once only)."""
@@ -89,6 +141,7 @@ class RucioServer(StorageServer):
         self.server_config = self.base / "rucio-server.cfg"
         self.client_config = self.base / "rucio.cfg"
         self._set_up = False
+        self.cache = Memcached.wanted()
         self._write_configs()
 
     # -- configuration ---------------------------------------------------------------------------
@@ -106,7 +159,8 @@ class RucioServer(StorageServer):
             "[api]\nendpoints_add = traces\n"
             f"[trace]\ntracedir = {self.trace_dir}\nbrokers =\nport = 61013\ntopic = /topic/rucio.tracer\n"
             "username = none\npassword = none\n"
-            "[monitor]\nenable_metrics = False\n[cache]\nurl = 127.0.0.1:1\n")
+            "[monitor]\nenable_metrics = False\n"
+            f"[cache]\nurl = {self.cache.url if self.cache else '127.0.0.1:1'}\n")  # 127.0.0.1:1: nothing there
         self.client_config.write_text(
             f"[client]\nrucio_host = {self.url}\nauth_host = {self.url}\nauth_type = userpass\n"
             f"username = {USERNAME}\npassword = {PASSWORD}\naccount = root\n"
@@ -135,6 +189,8 @@ class RucioServer(StorageServer):
         return False
 
     def start(self) -> None:
+        if self.cache is not None:
+            self.cache.start()  # before the server: Rucio looks for its cache once, when it starts
         if self._set_up:
             super().start()
             return
@@ -147,6 +203,11 @@ class RucioServer(StorageServer):
             {"name": "POSIX_RSE", "scheme": "file", "hostname": "localhost", "port": 0,
              "prefix": f"{self.posix_dir}/", "impl": "rucio.rse.protocols.posix.Default"}]})
         self._set_up = True
+
+    def close(self) -> None:
+        super().close()
+        if self.cache is not None:
+            self.cache.close()
 
     def cpu_seconds(self) -> float:
         """CPU time used so far by gunicorn and its worker (Linux /proc; 0 when unreadable): what the

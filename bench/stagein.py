@@ -14,7 +14,8 @@ sources are in the page cache for every case. xrdcp also runs without page reads
 Target: nodepilot <= 1.05 x the best raw tool.
 
 Rucio (``--no-rucio`` skips it): the same files on the XRootD RSE of a real Rucio server
-(bench/rucio_server.py; its venv is made on first use), staged in through the ``rucio`` mover
+(bench/rucio_server.py; its venv is made on first use; memcached as its cache when installed, as
+production servers have; the title line says which), staged in through the ``rucio`` mover
 (replicas listed by Rucio, copied by the XRootD mover, a trace per file sent to Rucio) against the
 XRootD mover alone. Target: Rucio <= 1.1 x the XRootD mover alone. Printed too: the ratio of each round
 (its two runs follow each other: less swayed by whatever else loads the machine) and the CPU time the
@@ -245,8 +246,9 @@ def bench_rucio(args: argparse.Namespace, config: PilotConfig, stager: Stager, d
             cases = {**through, "nodepilot stager, xrootd mover alone": lambda: stager.stage_in(xrd.url, files, dst)}
             rows = measure({name: on_rucio(name, case) for name, case in cases.items()}, args.repeat, dst, walls)
         traces = len(rucio.traces())
+        cache = "memcached" if rucio.cache is not None else "none"
     rucio_wall, alone = rows["nodepilot stager, rucio mover"], rows["nodepilot stager, xrootd mover alone"]
-    print(f"\nRucio (list_replicas, then root://127.0.0.1; {traces} traces reached Rucio)")
+    print(f"\nRucio (list_replicas, then root://127.0.0.1; Rucio's cache: {cache}; {traces} traces reached Rucio)")
     print(f"  {'case':<36} {'wall s':>8} {'MB/s':>8} {'Rucio CPU ms':>12}")
     for name, wall in rows.items():
         print(f"  {name:<36} {wall:8.3f} {total_mb / wall:8.0f} {1000 * statistics.median(server_cpu[name]):12.0f}")

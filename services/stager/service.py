@@ -63,7 +63,7 @@ class StagerService(Service):
         self._jobs_running: dict[int, int] = {}  # job id -> requests of it in flight
 
     def workers(self) -> list[Any]:
-        return [self._consume(), self.traces.run()]
+        return [self._consume(), self.traces.run(), self.catalogues.warm()]
 
     async def status(self) -> dict[str, Any]:
         return {"transfers": [t.view() for t in self.transfers], **self.counts,
@@ -135,6 +135,7 @@ class StagerService(Service):
         return _summary(files, started)
 
     async def _run(self, request: Request) -> list[FileResult]:
+        self.catalogues.begin(request)  # e.g. Rucio's listing of the inputs, beside the steps below
         if request.kind == "stagein" and self._jobs_running.get(request.job_id) == 1:
             await asyncio.to_thread(_remove_partials, request.workdir)
         try:

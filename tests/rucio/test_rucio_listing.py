@@ -1,6 +1,6 @@
 """How the ``rucio`` mover lists a request's inputs, against the real Rucio server: one streamed
-``list_replicas`` call for the whole request, each file going on as soon as its own line arrived; a
-call that breaks off makes each file it did not answer for ask for itself."""
+``list_replicas`` call for the whole request, started when the request arrives, each file going on as
+soon as its own line arrived; a call that breaks off makes each file it did not answer for ask for itself."""
 
 from __future__ import annotations
 
@@ -10,10 +10,13 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from bench.rucio_server import SCOPE, RucioServer
 from nodepilot.job import FileSpec
-from nodepilot.queue.model import Endpoint
+from nodepilot.queue.model import Endpoint, QueueData
 from services.stager.attempts import FileWork
+from services.stager.catalogue import Catalogues
 from services.stager.movers.rucio import RucioMover, RucioSettings
 from services.stager.movers.rucio_client import RucioError
 from services.stager.paths import deterministic_path
@@ -90,6 +93,89 @@ def test_one_streamed_call_for_the_request_and_files_go_on_before_its_end(rucio_
     for work in todo:
         assert work.endpoints[0].name == LAN and work.endpoints[0].url.startswith("root://127.0.0.1:")
         assert work.relative == work.spec.lfn and work.size == len(work.spec.lfn.encode() * 10)
+
+
+def test_the_listing_starts_when_the_request_arrives(rucio_server, tmp_path):
+    lfns = seeded(rucio_server, 4)
+    mover = RucioMover(None, {"RUCIO_CONFIG": str(rucio_server.client_config)})
+    spy = Spy(mover)
+    todo = works(lfns, tmp_path)
+    outgoing = Request("stageout", 602, "602:1:stageout", tmp_path, todo[0].request.endpoints,
+                       [FileSpec(lfn=name("out"), scope=SCOPE)])
+
+    async def arrived() -> tuple[list[int], list[tuple[Any, float]]]:
+        mover.begin(outgoing)  # a stage-out lists nothing
+        mover.begin(todo[0].request)
+        await asyncio.sleep(0)  # the listing's task takes its first step
+        before_any_file = list(spy.calls)
+        return before_any_file, await prepared(mover, todo)
+
+    before_any_file, results = asyncio.run(arrived())
+    assert before_any_file == [len(lfns)]
+    assert [failed for failed, _ in results] == [None] * len(lfns) and spy.calls == [len(lfns)]
+
+
+def test_the_token_is_fetched_when_the_stager_starts(rucio_server, tmp_path, monkeypatch):
+    """``Catalogues.warm`` (a stager worker from its start) gets the queue's Rucio token: the first request
+    finds it; a token Rucio refuses is only noted there."""
+    lfns = seeded(rucio_server, 2)
+    monkeypatch.setenv("RUCIO_CONFIG", str(rucio_server.client_config))
+    queue = QueueData.default("WARM", tmp_path)
+    queue.endpoints = {"read_lan": [Endpoint(LAN, f"rucio:///{LAN}")]}
+    catalogues = Catalogues(queue)
+    mover = catalogues._resolver("rucio")
+    asked: list[str] = []
+    fetch = mover.client._auth
+
+    async def counted() -> str:
+        asked.append("token")
+        return await fetch()
+
+    mover.client._auth = counted
+
+    async def started() -> list[str]:
+        await catalogues.warm()
+        at_start = list(asked)
+        results = await prepared(mover, works(lfns, tmp_path))
+        assert [failed for failed, _ in results] == [None] * len(lfns)
+        return at_start
+
+    assert asyncio.run(started()) == ["token"] and asked == ["token"]
+
+    refused = RucioMover(None, {"RUCIO_CONFIG": str(rucio_server.client_config)})
+    refused.config.password = "not-the-password"
+
+    async def refused_start() -> None:
+        await refused.warm()
+        await refused.client.close()
+
+    asyncio.run(refused_start())  # no exception: the first call asks again and fails with its own diag
+
+
+def test_a_request_is_not_listed_without_a_usable_configuration(tmp_path):
+    mover = RucioMover(None, {})  # no Rucio host: each file fails in prepare with one line, nothing is asked
+    spy = Spy(mover)
+
+    async def arrived() -> None:
+        mover.begin(works([name("any")], tmp_path)[0].request)
+        await asyncio.sleep(0)
+        await mover.client.close()
+
+    asyncio.run(arrived())
+    assert spy.calls == []
+
+
+def test_the_server_caches_what_a_listing_looks_up(rucio_server, tmp_path):
+    """The test server runs as production Rucio does, with memcached (Rucio goes on without a cache,
+    silently, when it cannot reach one)."""
+    if rucio_server.cache is None:
+        pytest.skip("no memcached here (make system-deps installs it)")
+    lfns = seeded(rucio_server, 2)
+    mover = RucioMover(None, {"RUCIO_CONFIG": str(rucio_server.client_config)})
+    before = int(rucio_server.cache.stats()["get_hits"])
+    asyncio.run(prepared(mover, works(lfns, tmp_path)))
+    stats = rucio_server.cache.stats()
+    assert int(stats["curr_items"]) > 0 and int(stats["get_hits"]) > before
 
 
 def test_files_an_interrupted_listing_did_not_answer_ask_for_themselves(rucio_server, tmp_path):

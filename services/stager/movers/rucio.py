@@ -36,7 +36,7 @@ from nodepilot.queue.model import Endpoint, QueueData
 from services.stager.attempts import FileWork
 from services.stager.movers.base import Mover, Reason, TransferError, mover_classes
 from services.stager.movers.rucio_client import RucioClient, RucioConfig, RucioError
-from services.stager.request import FileResult
+from services.stager.request import FileResult, Request
 from services.stager.retry import backoff_delay
 
 log = logging.getLogger(__name__)
@@ -125,6 +125,16 @@ class RucioMover(Mover):
         raise TransferError(Reason.PROTOCOL, "rucio:// endpoints are resolved by the stager before a copy")
 
     # --- the stager's hooks -----------------------------------------------------------------------
+    async def warm(self) -> None:
+        """When the stager starts: the auth token, so that a pilot's first stage-in (often its only one)
+        does not wait for it. A failure is only noted: the first call tries again and says why."""
+        if self.config.problem():
+            return
+        try:
+            await self.client.authenticate()
+        except RucioError as exc:
+            log.info("Rucio: no token yet (%s); the first call asks again", exc)
+
     async def prepare(self, work: FileWork) -> FileResult | None:
         """Replace the work's ``rucio://`` endpoints with real ones; a FileResult when there are none."""
         failed = ErrorCode.STAGEIN_FAILED if work.direction == "in" else ErrorCode.STAGEOUT_FAILED
@@ -183,14 +193,15 @@ class RucioMover(Mover):
                  ", ".join(f"{e.name} {e.url}" for e in work.endpoints))
         return None
 
-    async def _listing(self, work: FileWork) -> list[dict[str, Any]]:
-        """The file's entry in Rucio's answer to one ``list_replicas`` call for the whole request, made by
-        its first file and read as Rucio streams it (a line per file): each file goes on to its copy as soon
-        as its own line arrives, while Rucio is still listing the others. One call rather than one per file
-        or per batch: Rucio's fixed cost per call is most of what a listing costs it. A file the call did
-        not answer for (it failed or broke off first; a retry) asks for itself."""
-        request, spec = work.request, work.spec
-        did = (spec.scope, spec.lfn)
+    def begin(self, request: Request) -> None:
+        """Start a stage-in request's listing as soon as the request arrives, before its files reach
+        ``prepare``: Rucio's fixed cost per call then runs beside the stager's own steps of the request."""
+        if request.direction == "in" and not self.config.problem():
+            self._entries(request)
+
+    def _entries(self, request: Request) -> dict[tuple[str, str], asyncio.Future[list[dict[str, Any]] | None]]:
+        """Each of the request's inputs' entry in the answer to its one ``list_replicas`` call, the call
+        started by the first to ask (``begin`` or a file's ``prepare``)."""
         key = request.request_id or f"{request.job_id}:{id(request)}"
         entries = self._listings.get(key)
         if entries is None:
@@ -203,7 +214,16 @@ class RucioMover(Mover):
             reader = asyncio.ensure_future(self._read_listing(dids, entries))
             self._readers.add(reader)  # kept until done: the loop holds tasks only weakly
             reader.add_done_callback(self._readers.discard)
-        entry = entries.get(did)
+        return entries
+
+    async def _listing(self, work: FileWork) -> list[dict[str, Any]]:
+        """The file's entry in Rucio's answer to one ``list_replicas`` call for the whole request, read as
+        Rucio streams it (a line per file): each file goes on to its copy as soon as its own line arrives,
+        while Rucio is still listing the others. One call rather than one per file or per batch: Rucio's
+        fixed cost per call is most of what a listing costs it. A file the call did not answer for (it
+        failed or broke off first; a retry) asks for itself."""
+        did = (work.spec.scope, work.spec.lfn)
+        entry = self._entries(work.request).get(did)
         items = None if entry is None else await asyncio.shield(entry)
         return items if items is not None else await self._list([did])
 

@@ -161,6 +161,10 @@ class RucioClient:
                 self._token = await self._auth()
             return self._token
 
+    async def authenticate(self) -> None:
+        """Fetch the token now rather than on the first call (a stager does it when it starts)."""
+        await self._token_now()
+
     async def call(self, what: str, method: str, path: str, **kwargs: Any) -> httpx.Response:
         """One authenticated call, its answer read whole; a 401 (token expired) fetches a new token once."""
         async with self.opened(what, method, path, **kwargs) as reply:
