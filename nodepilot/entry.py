@@ -2,13 +2,13 @@
 process, which becomes the pilot, imports what the pilot runs.
 
 Reading the command line takes typer, which builds a pydantic validator for every option, and reading the
-queue data takes pydantic's models: about 20 MB and 150 ms that nothing needs once they are read. The child
-(``reader``) does both, as ``nodepilot.cli`` always has, and hands its result over through a pipe: the boot
-arguments (nodepilot/boot.py) and the environment the command set (log format and level, X.509 paths...).
-Meanwhile this process imports the launcher and the services. It runs the pilot from the answer, or, when the
-child ends without one (``--help``, a bad option, a queue it cannot use: said by the child, in one line), ends
-with the child's exit code. The pilot keeps the process id it was launched with, and no pilot process ever
-imports typer or pydantic.
+queue data may take pydantic's models: about 15 MB and 150 ms that nothing needs once they are read. The child
+does both (nodepilot/cli.py) and hands the result over through a pipe: the pilot's arguments (RUN/pilot.json
+and its flags: nodepilot/boot.py) and the environment the command set (log format and level, X.509 paths...),
+as an exec would pass them. Meanwhile this process imports the libraries the services are built on
+(``boot.preload``). It runs the pilot from the answer, or, when the child ends without one (``--help``, a bad
+option, a queue it cannot use: said by the child, in one line), ends with the child's exit code. So the pilot
+keeps the process id it was launched with, and no pilot process ever imports typer or pydantic.
 
 Every other command runs typer in this process.
 """
