@@ -131,16 +131,6 @@ def preload() -> None:
         importlib.import_module(name)
 
 
-def import_pilot(in_process: bool) -> None:
-    """What the pilot runs."""
-    from nodepilot.config import SERVICES
-    from nodepilot.registry import service_class
-
-    for name in SERVICES:
-        service_class(name)
-    importlib.import_module("nodepilot.inprocess" if in_process else "nodepilot.launcher")
-
-
 def main(argv: list[str]) -> int:
     gc.disable()  # no cyclic collections while the start-up loads its modules (the launcher enables them)
     from nodepilot.logs import setup_logging
@@ -151,8 +141,7 @@ def main(argv: list[str]) -> int:
     except (IndexError, OSError, ValueError, TypeError) as exc:
         logging.getLogger("nodepilot").error("nodepilot.boot: no readable pilot.json given (%s)", exc)
         return exitcodes.USAGE
-    import_pilot(IN_PROCESS in argv)
-    code = prepare(config, PREFLIGHT in argv)
+    code = prepare(config, PREFLIGHT in argv)  # the services are imported by the launcher, Redis starting meanwhile
     if code != exitcodes.OK:
         return code
     code = run_pilot(config, IN_PROCESS in argv)
