@@ -1,3 +1,3 @@
-from nodepilot.cli import main
+from nodepilot.entry import main
 
 main()

@@ -15,7 +15,7 @@ from nodepilot.commands import LogFormatOpt, refuse, service, status, summary
 from nodepilot.commands import set_log_format as _log_format
 from nodepilot.config import PilotConfig
 from nodepilot.jobserver.command import serve
-from nodepilot.limits import check_frontend, check_pilot
+from nodepilot.limits import check_frontend, check_pilot, parse_slots
 from nodepilot.panda.harvester_mode import PushModeError, enter_push_mode
 from nodepilot.refargs import REFERENCE_PORT, bool_option, check_resource_type, reference_url
 
@@ -38,9 +38,9 @@ def _run_dir(work_dir: Path, given: str) -> str:
 
 def _launch(config: PilotConfig, in_process: bool = False, preflight: bool = False,
             ignored: list[str] | None = None, job_failed_code: bool = False) -> int:
-    """Become the pilot's own process (nodepilot/boot.py: it reads and checks the queue data, then runs the
-    pilot); returns only the exit code of what went wrong before."""
-    from nodepilot.boot import exec_pilot, progress_wanted
+    """Read the queue data, then hand the pilot over to its own process (nodepilot/boot.py); returns only the
+    exit code of what went wrong before."""
+    from nodepilot.boot import hand_over, progress_wanted
     from nodepilot.logs import setup_logging
     from nodepilot.rundir import check_work_dir
 
@@ -56,7 +56,24 @@ def _launch(config: PilotConfig, in_process: bool = False, preflight: bool = Fal
     except (OSError, ValueError) as exc:
         logger.error("%s", exc)
         return exitcodes.USAGE
-    exec_pilot(config, in_process, preflight, job_failed_code)
+    code = _read_queue(config, logger)
+    if code != exitcodes.OK:
+        return code
+    hand_over(config, in_process, preflight, job_failed_code)
+
+
+def _read_queue(config: PilotConfig, logger: logging.Logger) -> int:
+    """The queue data read and checked into ``config`` (pydantic's models stay in this process, which the
+    pilot leaves behind): an exit code."""
+    from nodepilot.queue.loader import load
+    from nodepilot.queue.sources import SourceFailed
+
+    try:
+        config.queuedata = load(config)
+    except (OSError, ValueError, SourceFailed) as exc:
+        logger.error("queue data: %s", exc)
+        return exitcodes.USAGE
+    return exitcodes.OK
 
 
 QueueOpt = Annotated[str, typer.Option("--queue", "-q", envvar="NODEPILOT_QUEUE", help="PanDA queue")]
@@ -201,8 +218,6 @@ def start(
 
 def _check_slots(slots: str, lifetime: float = 0.0, workers: int = 1, jumbo: int = 1) -> None:
     """--slots, and the front-end's bounded numbers (nodepilot/limits.py)."""
-    from nodepilot.slots import parse_slots
-
     try:
         parse_slots(slots)
         check_frontend(lifetime, workers, jumbo)
@@ -307,8 +322,9 @@ app.command()(summary)
 def main() -> None:
     args = sys.argv[1:]
     if args[:1] == ["start"]:  # the reference pilot's options without a use here: accepted, said once
-        # no cyclic collections while the command line is read (~10% of its time): this process execs the
-        # pilot's own (nodepilot/boot.py), which starts the same way and enables them once its services run
+        # no cyclic collections while the command line is read (~10% of its time): this process ends once it
+        # has handed the pilot over (nodepilot/boot.py hand_over), and the pilot enables them once its
+        # services run
         gc.disable()
         from nodepilot.panda.harvester_mode import push_access_point
         from nodepilot.refargs import split_ignored

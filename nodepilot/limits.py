@@ -1,4 +1,4 @@
-"""The bounds of the pilot's periods and counts (``--heartbeat``, ``--lifetime``, ``--max-jobs``).
+"""The bounds of the pilot's periods and counts (``--heartbeat``, ``--lifetime``, ``--max-jobs``, ``--slots``).
 
 A heartbeat of 0 s would send updates as fast as the loop turns (thousands for a job of seconds) and
 a negative or infinite one means nothing: such values are refused with one line, never used.
@@ -13,6 +13,9 @@ LIFETIME_S = (1.0, 366 * 86_400.0)  # or 0: no limit besides the queue's
 MAX_JOBS = (0, 1_000_000)  # 0: no limit
 WORKERS = (1, 1024)  # a front-end's workers (--launch local)
 JUMBO = (1, 256)  # workers sharing one event-service job
+# the runner and eventclient hold one consumer slot per running job for its whole life (64 each):
+# leave them room for kill and finish requests
+MAX_SLOTS = 32
 
 
 def _between(option: str, value: float, low: float, high: float, unit: str, zero_means: str = "") -> None:
@@ -47,3 +50,15 @@ def check_pilot(heartbeat_s: float, lifetime_s: float, max_jobs: int) -> None:
     check_heartbeat(heartbeat_s)
     check_lifetime(lifetime_s)
     check_max_jobs(max_jobs)
+
+
+def parse_slots(spec: str | int) -> int:
+    """``--slots``: ``auto`` (one per core: 0 here), or a positive number. ValueError otherwise."""
+    text = str(spec).strip().lower()
+    if text == "auto":
+        return 0
+    if not text.isdigit() or int(text) < 1:
+        raise ValueError(f"--slots must be 'auto' or a positive number, not {spec!r}")
+    if int(text) > MAX_SLOTS:
+        raise ValueError(f"--slots {text}: at most {MAX_SLOTS} jobs at once per pilot")
+    return int(text)

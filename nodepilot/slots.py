@@ -19,12 +19,9 @@ from typing import Any
 import psutil
 
 from nodepilot.job import Job
+from nodepilot.limits import MAX_SLOTS, parse_slots
 
 log = logging.getLogger(__name__)
-
-# the runner and eventclient hold one consumer slot per running job for its whole life (64 each):
-# leave them room for kill and finish requests
-MAX_SLOTS = 32
 
 
 @dataclass(frozen=True)
@@ -68,18 +65,6 @@ def node_cores() -> int:
         return len(os.sched_getaffinity(0)) or 1
     except AttributeError:  # not Linux
         return os.cpu_count() or 1
-
-
-def parse_slots(spec: str | int) -> int:
-    """``--slots``: ``auto`` (one per core: 0 here), or a positive number. ValueError otherwise."""
-    text = str(spec).strip().lower()
-    if text == "auto":
-        return 0
-    if not text.isdigit() or int(text) < 1:
-        raise ValueError(f"--slots must be 'auto' or a positive number, not {spec!r}")
-    if int(text) > MAX_SLOTS:
-        raise ValueError(f"--slots {text}: at most {MAX_SLOTS} jobs at once per pilot")
-    return int(text)
 
 
 def node_capacity(slots: str | int, work_dir: str, gpus: int = 0) -> tuple[Resources, int]:

@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 from nodepilot.queue import roles
 from nodepilot.queue.model import Endpoint, QueueConfigError
 
-if TYPE_CHECKING:  # pydantic models: imported where queue data is read (nodepilot/queue/apart.py)
+if TYPE_CHECKING:  # pydantic models: imported only where queue data is read (nodepilot/queue/loader.py)
     from nodepilot.queue.schema import CricQueue, DdmEndpoint
 
 # copytool names of queue definitions -> our movers (services/stager/movers)

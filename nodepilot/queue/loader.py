@@ -17,13 +17,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from nodepilot.queue import activities, cric
-from nodepilot.queue.model import Endpoint, QueueData
-from nodepilot.queue.schema import CricQueue, Overlay, QueueConfigError, validate
+from nodepilot.queue import activities
+from nodepilot.queue.model import Endpoint, QueueConfigError, QueueData
 from nodepilot.queue.sources import Source, SourceFailed, deep_merge, first_loaded, read_json_file
 
 if TYPE_CHECKING:
     from nodepilot.config import PilotConfig
+    from nodepilot.queue.schema import Overlay
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +69,8 @@ def load(config: PilotConfig) -> QueueData:
     dump = config.queuedata_dump or os.environ.get("LOCAL_AGIS_SCHEDCONF", "")
     queue = _from_cric(config, master, dump, cache_dir) if master or dump else None
     if own_doc is not None:
+        from nodepilot.queue.schema import Overlay, validate  # pydantic: only for what a file says
+
         overlay = validate(Overlay, own_doc, own_where)
         if queue is None:  # our own settings alone: over the built-in local queue when there is a local SE
             queue = (QueueData.default(config.queue, Path(config.se_dir)) if config.se_dir
@@ -102,12 +104,17 @@ def _from_cric(config: PilotConfig, master: list[Source], dump: str, cache_dir: 
     if not record:
         tried = ", ".join(str(s) for s in master + ([_source(dump, cache_dir, config.queue, True)] if dump else []))
         raise QueueConfigError(f"queue {config.queue}: no queue definition could be read (tried {tried})")
+    from nodepilot.queue import cric
+    from nodepilot.queue.schema import CricQueue, validate
+
     queue_record = validate(CricQueue, record, where)
     ddms = _ddm_endpoints(config, cache_dir) if queue_record.astorages else {}
     return cric.to_queuedata(queue_record, ddms, where)
 
 
 def _ddm_endpoints(config: PilotConfig, cache_dir: Path) -> dict[str, Any]:
+    from nodepilot.queue import cric
+
     sources = []
     url = config.storagedata_url or os.environ.get("STORAGEDATA_SERVER_URL", "")
     if url:

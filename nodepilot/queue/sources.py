@@ -18,9 +18,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-import httpx
-
-from nodepilot.queue.schema import QueueConfigError
+from nodepilot.queue.model import QueueConfigError
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +67,8 @@ def fetch_url(url: str, cache: Path | None, max_age_s: float = CACHE_MAX_AGE_S,
         raise QueueConfigError(f"{url}: not an http(s) or file URL")
     if cache is not None and cache.is_file() and time.time() - cache.stat().st_mtime < max_age_s:
         return read_json_file(cache)
+    import httpx  # only a download needs it
+
     error = ""
     delay = RETRY_PAUSE_S
     for attempt in range(1, attempts + 1):

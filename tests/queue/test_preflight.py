@@ -38,6 +38,8 @@ CASES = {
     "own typo": (lambda s: [*own(s, {"watchdg": {"period_s": 1}}), "--se-dir", str(s / "se")],
                  "own.json: watchdg: unknown setting"),
     "own nested typo": (lambda s: own(s, {"stager": {"atempts": 3}}), "own.json: stager.atempts: unknown setting"),
+    "own file missing": (lambda s: ["--queuedata", str(s / "nowhere.json")],
+                         "nowhere.json: cannot read it: No such file"),
     "own not JSON": (lambda s: ["--queuedata", str(_text(s / "own.json", "{maxwdir_mb: 1"))], "own.json: not JSON"),
     "CRIC value of the wrong type": (lambda s: cric(s, maxwdir="abc"),
                                      "CRIC_TEST.all.json: maxwdir: input should be a valid integer"),
