@@ -164,6 +164,7 @@ class Consumer:
         self._inflight: set[str] = set()
         self.handled = 0
         self.on_settled: Callable[[], None] | None = None  # called after each request it handled
+        self.closed = False  # its service stops: entries read from now on stay pending for the next instance
 
     def busy(self) -> bool:
         """Whether a request is in hand."""
@@ -217,7 +218,7 @@ class Consumer:
                 await self._dispatch(entry_id, decode(fields))
 
     async def _dispatch(self, entry_id: str, message: dict[str, Any]) -> None:
-        if entry_id in self._inflight:
+        if entry_id in self._inflight or self.closed:
             return
         self._inflight.add(entry_id)
         await self._slots.acquire()

@@ -17,6 +17,7 @@ from nodepilot.config import PilotConfig
 from nodepilot.jobserver.command import serve
 from nodepilot.limits import check_frontend, check_pilot, parse_slots
 from nodepilot.panda.harvester_mode import PushModeError, enter_push_mode
+from nodepilot.proc import pilot_pid
 from nodepilot.refargs import REFERENCE_PORT, bool_option, check_resource_type, reference_url
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -30,7 +31,7 @@ SOCKET_PATH_MAX = 100  # sun_path is 108 bytes; leave room for "/monitor.sock"
 def _run_dir(work_dir: Path, given: str) -> str:
     if given:
         return str(Path(given).resolve())
-    candidate = work_dir.resolve() / f"run-{os.getpid()}"
+    candidate = work_dir.resolve() / f"run-{pilot_pid()}"
     if len(str(candidate / "eventclient.sock")) <= SOCKET_PATH_MAX:
         return str(candidate)
     return tempfile.mkdtemp(prefix="nodepilot-")  # a deep work dir: sockets must stay short

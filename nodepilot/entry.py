@@ -58,10 +58,13 @@ def run_apart() -> int:
         _, status = os.waitpid(pid, 0)
     finally:
         signal.signal(signal.SIGINT, interrupt)
-    if not raw:  # the command ended in the child: its exit code (128 + N for signal N, as a shell says it)
+    answer = _answer_of(raw)
+    if answer is None:  # the command ended in the child: its exit code (128 + N for signal N, as a shell says it)
         code = os.waitstatus_to_exitcode(status)
+        if raw and code == 0:  # cut short (the child cannot have meant it)
+            print("nodepilot: the command line's reader ended with half an answer", file=sys.stderr)
+            code = 1
         return code if code >= 0 else 128 - code
-    answer: dict[str, Any] = json.loads(raw)
     os.environ.clear()  # the environment the command set, as an exec would have passed it
     os.environ.update(answer["env"])
     return boot.main(answer["argv"])
@@ -72,9 +75,10 @@ def _read_command_line(write_end: int) -> NoReturn:
     ``hand_over``), or nothing when the command ends here. Never returns."""
     code = 1
     try:
-        from nodepilot import boot
+        from nodepilot import boot, proc
 
         boot.ANSWER_FD = write_end
+        proc.PILOT_PID = os.getppid()
         from nodepilot.cli import main as cli_main
 
         cli_main()
@@ -87,6 +91,15 @@ def _read_command_line(write_end: int) -> NoReturn:
             with contextlib.suppress(OSError):
                 stream.flush()
         os._exit(code)
+
+
+def _answer_of(raw: str) -> dict[str, Any] | None:
+    """The child's whole answer, or None (no answer, or one cut short)."""
+    try:
+        answer = json.loads(raw) if raw else None
+    except ValueError:
+        return None
+    return answer if isinstance(answer, dict) and "argv" in answer and "env" in answer else None
 
 
 def _exit_code(code: object) -> int:
@@ -103,8 +116,10 @@ def answer(write_end: int, argv: list[str]) -> NoReturn:
     """The child's answer: the pilot's arguments and the environment; never returns."""
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
+    code = 1  # not all of it was written: the parent says so
     try:
         with os.fdopen(write_end, "w") as out:
             json.dump({"argv": argv, "env": dict(os.environ)}, out)
+        code = 0
     finally:
-        os._exit(0)
+        os._exit(code)

@@ -36,6 +36,7 @@ log = logging.getLogger("nodepilot.launcher")
 HEALTH_TIMEOUT = 30.0
 STOP_GRACE = 10.0
 GRACEFUL_STOP_BUDGET = 120.0
+SPAWN_RETRY_S = 5.0  # a service needed that could not be started is tried again after this
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGUSR1, signal.SIGXCPU, signal.SIGBUS)
 
 
@@ -45,6 +46,10 @@ def _service_main(instance: Service, launcher_only: tuple[int, ...] = ()) -> Non
     os.setpgid(0, 0)
     die_with_parent()
     name_process(f"np-{instance.name}")
+    # its own stdout and stderr: the launcher's may be the progress display's proxies, whose locks one of its
+    # threads may have held at the fork (a first write here would wait for ever)
+    sys.stdout = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115 (the process's own, for its life)
+    sys.stderr = open(2, "w", buffering=1, errors="backslashreplace", closefd=False)  # noqa: SIM115
     for fd in launcher_only:
         os.close(fd)
     for signum in (*FORWARDED, RETIRE):  # kept until the service's own handlers are in place, then replayed
@@ -80,6 +85,7 @@ class Launcher:
         os.set_blocking(self._demand_r, False)
         self.demand = DemandLedger()
         self._retiring: set[str] = set()  # asked to retire, not ended yet
+        self._spawn_retry_at: float | None = None  # when to try again to start a service needed (no fork)
 
     # --- start --------------------------------------------------------------------------
     def prepare(self) -> None:
@@ -180,7 +186,12 @@ class Launcher:
             timeout = None
             if self.stop_deadline is not None:
                 timeout = max(0.0, self.stop_deadline - time.monotonic())
+            if self._spawn_retry_at is not None:  # a service needed could not be started: try again then
+                timeout = max(0.0, min(timeout if timeout is not None else SPAWN_RETRY_S,
+                                       self._spawn_retry_at - time.monotonic()))
             ready = multiprocessing.connection.wait(handles, timeout=timeout)
+            if self._spawn_retry_at is not None and time.monotonic() >= self._spawn_retry_at:
+                self._start_needed()
             if not ready and self.stop_deadline is not None:
                 log.error("graceful stop took longer than %.0f s: killing", GRACEFUL_STOP_BUDGET)
                 return exitcodes.SIGNALLED + (self.signal_received or signal.SIGTERM)
@@ -214,18 +225,29 @@ class Launcher:
     # --- on demand (nodepilot/demand.py) ----------------------------------------------------
     def on_demand(self) -> None:
         """Read what the monitor needs now: start what it needs, retire what it no longer needs."""
-        try:
-            data = os.read(self._demand_r, 4096)
-        except BlockingIOError:
-            return
-        released = self.demand.feed(data)
+        released: set[str] = set()
+        while True:  # all it said (bounded by what the pipe holds)
+            try:
+                data = os.read(self._demand_r, 4096)
+            except BlockingIOError:
+                break
+            if not data:
+                break
+            released |= self.demand.feed(data)
+        self._start_needed()
+        self._retire([name for name in released if name in self.procs and not self.demand.wanted(name)])
+
+    def _start_needed(self) -> None:
+        """Start every service needed that is not running; one that cannot be started now (no fork: memory,
+        process limit) is tried again SPAWN_RETRY_S later (its request waits in its stream meanwhile)."""
+        self._spawn_retry_at = None
         for name in ON_DEMAND:
             if self.demand.wanted(name) and name not in self.procs:
                 try:
                     self.spawn(name)
-                except OSError as exc:  # no fork now (memory, process limit): the step's own time-out fails it
-                    log.error("cannot start %s: %s", name, exc)
-        self._retire([name for name in released if name in self.procs])
+                except OSError as exc:
+                    log.error("cannot start %s: %s (trying again in %.0f s)", name, exc, SPAWN_RETRY_S)
+                    self._spawn_retry_at = time.monotonic() + SPAWN_RETRY_S
 
     def _retire(self, names: list[str]) -> None:
         for name in names:
@@ -241,8 +263,9 @@ class Launcher:
         del self.procs[name]
         self._retiring.discard(name)
         (log.debug if exitcode == 0 else log.warning)("%s retired (exit %s)", name, exitcode)
-        if self.demand.wanted(name):
-            self.spawn(name)
+        with contextlib.suppress(FileNotFoundError):  # gone with a service that did not end cleanly
+            self.config.socket_path(name).unlink()
+        self._start_needed()
 
     def forward(self, signum: int) -> None:
         if self.signal_received is None:

@@ -107,8 +107,11 @@ class Service:
         return consumer
 
     def settled(self) -> None:
-        """A piece of work ended: a retiring service that holds none any more ends now."""
+        """A piece of work ended: a retiring service that holds none any more ends now (what its consumers read
+        from now on is left pending, served by the next instance: it is started as soon as it is needed)."""
         if self.retiring and not self.busy():
+            for consumer in self._consumers:
+                consumer.closed = True
             self.stopping.set()
 
     def retire(self) -> None:

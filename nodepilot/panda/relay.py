@@ -20,7 +20,6 @@ import contextlib
 import hashlib
 import json
 import logging
-import os
 import socket
 import uuid
 from typing import Any
@@ -34,6 +33,7 @@ from nodepilot import bus
 from nodepilot.errors import ErrorCode
 from nodepilot.panda.client import ServerClient, UpdateReply, normalize_command
 from nodepilot.panda.errors import ServerError
+from nodepilot.proc import pilot_pid
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ def lease_key(db: int) -> str:
 
 
 def default_worker_id(node: str = "") -> str:
-    return f"{node or socket.gethostname()}-{os.getpid()}"
+    return f"{node or socket.gethostname()}-{pilot_pid()}"
 
 
 def url_db(url: str) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from collections.abc import Coroutine
 from typing import Any
@@ -16,6 +17,8 @@ from nodepilot.service import Service
 from nodepilot.webapi import json_route
 from services.monitor import metrics, web
 from services.monitor.pilot import Pilot
+
+log = logging.getLogger(__name__)
 
 
 class MonitorService(Service):
@@ -33,6 +36,10 @@ class MonitorService(Service):
 
     def workers(self) -> list[Coroutine[Any, Any, Any]]:
         return [web.serve_tcp(self.pilot, self.config.web_port)] if self.config.web_port else []
+
+    def retire(self) -> None:
+        """Never: the monitor runs for the pilot's whole life (nodepilot/demand.py); a stray SIGUSR2 is said."""
+        log.warning("the monitor does not retire: SIGUSR2 ignored")
 
     def on_signal(self, signum: int) -> None:
         # not a stop: the pilot ends its job (kill, log out, final update), then main returns

@@ -19,6 +19,7 @@ from collections import Counter
 from typing import Any
 
 from prometheus_client import CollectorRegistry
+from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.routing import BaseRoute
@@ -121,10 +122,15 @@ class RunnerService(Service):
     async def _load_tally(self) -> None:
         """The pilot's payloads so far, counted by the runners before this one (it retires between jobs:
         nodepilot/demand.py), so that its status and metrics count for the whole pilot."""
-        for name, value in (await self.redis.hgetall(bus.RUNNER_TALLY)).items():
-            if name.startswith(EXIT_PREFIX):
+        try:
+            tally = await self.redis.hgetall(bus.RUNNER_TALLY)
+        except RedisError as exc:  # figures only: the requests are what matters
+            log.warning("the pilot's payload counts cannot be read (%s): counting from zero", exc)
+            return
+        for name, value in tally.items():
+            if name.startswith(EXIT_PREFIX) and value.isdigit():
                 self.exits[name.removeprefix(EXIT_PREFIX)] = int(value)
-            elif name in self.counts:
+            elif name in self.counts and value.isdigit():
                 self.counts[name] = int(value)
 
     async def _stop_payloads(self) -> None:

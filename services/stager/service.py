@@ -55,6 +55,7 @@ class StagerService(Service):
         self.traces = Traces(self.redis, trace_url, self.settings.trace_timeout_s,
                              self.settings.trace_retry_cap_s, self.stats, config.node,
                              config.site or config.queuedata.site or config.queue)
+        self.traces.on_idle = self.settled
         self.copysetup = Copysetup(self.settings.copysetup, self.settings.copysetup_timeout_s)
         self.slots = asyncio.Semaphore(self.settings.transfers_per_pilot)  # every transfer of this pilot
         self.transfers: set[Transfer] = set()
@@ -64,6 +65,10 @@ class StagerService(Service):
 
     def workers(self) -> list[Any]:
         return [self._consume(), self.traces.run(), self.catalogues.warm()]
+
+    def busy(self) -> bool:
+        """Requests in hand, or traces to send (a stager that retires sends them first)."""
+        return super().busy() or self.traces.sending
 
     async def status(self) -> dict[str, Any]:
         return {"transfers": [t.view() for t in self.transfers], **self.counts,

@@ -16,6 +16,7 @@ import json
 import logging
 import socket
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -69,6 +70,10 @@ class Traces:
         self.metrics = metrics
         self.hostname = hostname
         self.common = {"eventVersion": EVENT_VERSION, "hostname": hostname, "ip": "", "localSite": site, "pq": site}
+        # records to send now: a stager asked to retire waits for them (nodepilot/demand.py); not while the trace
+        # server does not take them (they stay spooled for the next stager)
+        self.sending = False
+        self.on_idle: Callable[[], None] | None = None
 
     @property
     def enabled(self) -> bool:
@@ -89,6 +94,7 @@ class Traces:
             return
         self.metrics.traces.labels("spooled").inc()
         self.metrics.traces_spooled.set(min(length, SPOOL_MAX))
+        self.sending = True
 
     async def run(self) -> None:
         """Deliver spooled records in order, for as long as the stager runs."""
@@ -114,15 +120,25 @@ class Traces:
         raw = await self.r.blmove(SPOOL_KEY, SENDING_KEY, BLOCK_S, "LEFT", "RIGHT")
         if raw is None:
             return failures
+        self.sending = True
         outcome = await self._post(client, raw)
         if outcome == "retry":
             await self.r.lmove(SENDING_KEY, SPOOL_KEY, "RIGHT", "LEFT")
+            self._idle()
             await asyncio.sleep(backoff_delay(failures + 1, RETRY_BASE_S, self.retry_cap_s))
             return failures + 1
         await self.r.lrem(SENDING_KEY, 1, raw)
         self.metrics.traces.labels(outcome).inc()
-        self.metrics.traces_spooled.set(await self.r.llen(SPOOL_KEY))
+        spooled = await self.r.llen(SPOOL_KEY)
+        self.metrics.traces_spooled.set(spooled)
+        if not spooled:
+            self._idle()
         return 0
+
+    def _idle(self) -> None:
+        self.sending = False
+        if self.on_idle is not None:
+            self.on_idle()
 
     async def _recover(self) -> None:
         """A record a killed sender had taken goes back to the head of the spool."""

@@ -156,3 +156,36 @@ def test_the_launcher_starts_a_needed_service_and_retires_it_when_it_is_not(pilo
         for proc in (monitor, *stagers):
             proc.kill()
             proc.join(5)
+
+
+def test_a_closed_consumer_leaves_what_it_reads_to_the_next_instance(redis_url: str, rds: redis.Redis):
+    """A service that decided to retire reads on until it is stopped: what it reads then is not started
+    (it would be cut short), but served by the next instance, which reads its own pending entries first."""
+    handled: list[int] = []
+
+    async def handle(_entry_id: str, message: dict[str, Any]) -> None:
+        handled.append(message["n"])
+
+    async def scenario() -> None:
+        r = bus.connect(redis_url)
+        try:
+            await bus.ensure_group(r, "c:requests", "c")  # before the test looks at it
+            first = bus.Consumer(r, "c:requests", "c", "c", handle, block_ms=100)
+            first.closed = True
+            task = asyncio.create_task(first.run())
+            await bus.publish(r, "c:requests", {"n": 1})
+            await _until(lambda: rds.xpending("c:requests", "c")["pending"] == 1, "the entry read")
+            task.cancel()
+            await asyncio.wait([task], timeout=5)
+            assert handled == []
+            second = bus.Consumer(r, "c:requests", "c", "c", handle, block_ms=100)
+            task = asyncio.create_task(second.run())
+            await _until(lambda: handled == [1], "the entry served by the next instance")
+            task.cancel()
+            await asyncio.wait([task], timeout=5)
+        finally:
+            await r.aclose()
+
+    asyncio.run(scenario())
+    assert rds.xpending("c:requests", "c")["pending"] == 0
+

@@ -15,6 +15,7 @@ import redis
 
 from nodepilot import bus
 from nodepilot.config import PilotConfig
+from services.monitor.service import MonitorService
 from tests.conftest import wait_healthy
 from tests.waiting import wait_until
 
@@ -191,3 +192,10 @@ def test_status_api_shows_the_current_job(monitor, rds):
         status = client.get("/status").json()
     assert status["service"] == "monitor" and status["current_job"] == 77
     assert status["current_state"] == "starting"
+
+
+def test_the_monitor_never_retires(pilot_config: PilotConfig):
+    pilot_config.server = "http://127.0.0.1:1"
+    monitor = MonitorService(pilot_config)
+    monitor.retire()  # a stray SIGUSR2
+    assert not monitor.stopping.is_set()

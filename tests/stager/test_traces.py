@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -154,3 +156,30 @@ def test_a_hanging_trace_server_never_holds_a_transfer_back(rds, pilot_config, r
         receiver.gate.set()
         records = receiver.wait_for(2)
     assert sorted({r["filename"] for r in records}) == ["x.dat", "y.dat"]  # at least once
+
+
+def test_a_stager_asked_to_retire_sends_its_traces_first(rds, pilot_config, receiver):
+    """It runs only while it is needed (nodepilot/demand.py): its records are delivered before it ends."""
+    receiver.gate.clear()  # the record's POST waits until the gate opens
+    receiver.start()
+    put_on_se(pilot_config, "demo.data", "z.dat", b"z")
+    with running_service("stager", with_traces(pilot_config, receiver.url)) as proc:
+        send(rds, pilot_config, "stagein", 45, "45:1:stagein", files=[in_file("z.dat", b"z")])
+        assert answer(rds, 45, "stagein")["ok"] is True
+        proc.send_signal(signal.SIGUSR2)  # the launcher's word: retire
+        with pytest.raises(subprocess.TimeoutExpired):
+            proc.wait(0.5)  # a record is being sent: it waits
+        receiver.gate.set()
+        assert proc.wait(10) == 0
+        assert [r["filename"] for r in receiver.wait_for(1)] == ["z.dat"]
+        assert rds.llen(SPOOL_KEY) + rds.llen(SENDING_KEY) == 0
+
+
+def test_a_stager_asked_to_retire_leaves_traces_the_server_does_not_take(rds, pilot_config, receiver):
+    put_on_se(pilot_config, "demo.data", "w.dat", b"w")
+    with running_service("stager", with_traces(pilot_config, receiver.url)) as proc:  # nothing listens there
+        send(rds, pilot_config, "stagein", 46, "46:1:stagein", files=[in_file("w.dat", b"w")])
+        assert answer(rds, 46, "stagein")["ok"] is True
+        proc.send_signal(signal.SIGUSR2)
+        assert proc.wait(10) == 0  # it does not wait for a trace server that is down
+    assert rds.llen(SPOOL_KEY) + rds.llen(SENDING_KEY) == 1  # kept for the next stager
