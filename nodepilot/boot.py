@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import gc
 import importlib
+import json
 import logging
 import os
 import sys
@@ -45,12 +46,23 @@ def hand_over(config: PilotConfig, in_process: bool, preflight: bool, job_failed
     argv = [str(config.save())]
     argv += [IN_PROCESS] * in_process + [PREFLIGHT] * preflight + [JOB_FAILED_CODE] * job_failed_code
     if ANSWER_FD is not None:
-        from nodepilot.entry import answer
-
         answer(ANSWER_FD, argv)
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
     os.execv(sys.executable, [sys.executable, "-m", "nodepilot.boot", *argv])
+
+
+def answer(write_end: int, argv: list[str]) -> NoReturn:
+    """The child's answer: the pilot's arguments and the environment; never returns."""
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    code = 1  # not all of it was written: the parent says so
+    try:
+        with os.fdopen(write_end, "w") as out:
+            json.dump({"argv": argv, "env": dict(os.environ)}, out)
+        code = 0
+    finally:
+        os._exit(code)
 
 
 def run_pilot(config: PilotConfig, in_process: bool) -> int:

@@ -111,15 +111,3 @@ def _exit_code(code: object) -> int:
     print(code, file=sys.stderr)
     return 1
 
-
-def answer(write_end: int, argv: list[str]) -> NoReturn:
-    """The child's answer: the pilot's arguments and the environment; never returns."""
-    for stream in (sys.stdout, sys.stderr):
-        stream.flush()
-    code = 1  # not all of it was written: the parent says so
-    try:
-        with os.fdopen(write_end, "w") as out:
-            json.dump({"argv": argv, "env": dict(os.environ)}, out)
-        code = 0
-    finally:
-        os._exit(code)
