@@ -185,7 +185,10 @@ class Service:
             loop.add_signal_handler(signum, self.on_signal, signum)
         loop.add_signal_handler(RETIRE, self.retire)
         for signum in self.early_signals:
-            self.retire() if signum == RETIRE else self.on_signal(signum)
+            if signum == RETIRE:
+                self.retire()
+            else:
+                self.on_signal(signum)
 
         background = [asyncio.create_task(w) for w in self.workers()]
         http = asyncio.create_task(server.serve())
