@@ -18,8 +18,13 @@ ROOT = Path(__file__).resolve().parents[2]
 SCRIPTS = ROOT / "scripts"
 BASE_IMAGE = "nodepilot-base:bookworm"
 IMAGE = "nodepilot:latest"
-DOCKER = "/usr/bin/docker" if os.access("/usr/bin/docker", os.X_OK) else "docker"  # the engine's own CLI
 NO_ENGINE = 3  # docker-engine.sh: none can be started here
+
+
+def cli() -> str:
+    """The engine's own CLI: Debian's, which scripts/docker-engine.sh may install only once the tests run (a
+    newer CLI found first on PATH, without its buildx plugin, cannot build with BuildKit)."""
+    return "/usr/bin/docker" if os.access("/usr/bin/docker", os.X_OK) else "docker"
 
 
 def run(argv: Sequence[str], env: Mapping[str, str], timeout: float, check: bool = True) -> str:
@@ -54,7 +59,7 @@ def build_images(env: Mapping[str, str]) -> None:
     config = ROOT / "docker" / "build-config"
     run(["python3", str(SCRIPTS / "build_config.py"), str(config)], env, timeout=30)
     try:
-        run([DOCKER, "build", "--quiet", "-f", "docker/Dockerfile", "--build-arg", f"BASE={BASE_IMAGE}", "-t", IMAGE,
+        run([cli(), "build", "--quiet", "-f", "docker/Dockerfile", "--build-arg", f"BASE={BASE_IMAGE}", "-t", IMAGE,
              "."], {**env, "DOCKER_BUILDKIT": "1"}, timeout=600)
     finally:
         run(["python3", str(SCRIPTS / "build_config.py"), "--clean", str(config)], env, timeout=30)
@@ -62,15 +67,15 @@ def build_images(env: Mapping[str, str]) -> None:
 
 def compose_command(env: Mapping[str, str], project: str) -> list[str]:
     """Compose v2 runs compose.yaml as it is; Debian's docker-compose 1.29 with its env file."""
-    if subprocess.run([DOCKER, "compose", "version"], env=dict(env), capture_output=True, timeout=30).returncode == 0:
-        return [DOCKER, "compose", "-p", project]
+    if subprocess.run([cli(), "compose", "version"], env=dict(env), capture_output=True, timeout=30).returncode == 0:
+        return [cli(), "compose", "-p", project]
     compose = shutil.which("docker-compose")
     assert compose, "neither `docker compose` nor docker-compose is installed"
     return [compose, "--env-file", "docker/compose-1.29.env", "-p", project]
 
 
 def inspect(env: Mapping[str, str], container: str) -> dict:
-    return json.loads(run([DOCKER, "inspect", container], env, timeout=30))[0]
+    return json.loads(run([cli(), "inspect", container], env, timeout=30))[0]
 
 
 def wait_for(what: str, check, timeout: float, interval: float = 0.5):
@@ -89,8 +94,8 @@ def project_leftovers(env: Mapping[str, str], project: str) -> dict[str, list[st
     """What of the compose project the engine still has: containers, networks, volumes."""
     label = f"label=com.docker.compose.project={project}"
     found = {
-        "containers": run([DOCKER, "ps", "-aq", "--filter", label], env, timeout=30).split(),
-        "networks": run([DOCKER, "network", "ls", "-q", "--filter", label], env, timeout=30).split(),
-        "volumes": run([DOCKER, "volume", "ls", "-q", "--filter", label], env, timeout=30).split(),
+        "containers": run([cli(), "ps", "-aq", "--filter", label], env, timeout=30).split(),
+        "networks": run([cli(), "network", "ls", "-q", "--filter", label], env, timeout=30).split(),
+        "volumes": run([cli(), "volume", "ls", "-q", "--filter", label], env, timeout=30).split(),
     }
     return {k: v for k, v in found.items() if v}

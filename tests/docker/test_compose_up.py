@@ -51,7 +51,7 @@ def test_compose_up_runs_the_demo_survives_a_redis_crash_and_down_leaves_nothing
         ids = {name: docker.run([*compose, "ps", "-q", name], env, timeout=60).strip()
                for name in (*LONG_RUNNING, "seed", "monitor")}
         # the monitor ends when the job server has no job left; the rest stays up
-        assert docker.run([docker.DOCKER, "wait", ids["monitor"]], env, timeout=240).strip() == "0"
+        assert docker.run([docker.cli(), "wait", ids["monitor"]], env, timeout=240).strip() == "0"
         assert docker.inspect(env, ids["seed"])["State"]["ExitCode"] == 0
         jobs = {int(j["PandaID"]): j for j in httpx.get(f"http://127.0.0.1:{port}/jobs", timeout=10).json()}
         ends = {i: (final_update(j)["job_status"], int(final_update(j).get("pilot_error_code") or 0))
@@ -62,7 +62,7 @@ def test_compose_up_runs_the_demo_survives_a_redis_crash_and_down_leaves_nothing
         up = time.monotonic()
 
         # Redis dies (SIGKILL from outside): its restart policy brings it back with its append-only file
-        redis_cli = [docker.DOCKER, "exec", ids["redis"], "redis-cli"]
+        redis_cli = [docker.cli(), "exec", ids["redis"], "redis-cli"]
         keys = docker.run([*redis_cli, "dbsize"], env, timeout=30).strip()
         assert int(keys) > 0
         os.kill(docker.inspect(env, ids["redis"])["State"]["Pid"], signal.SIGKILL)
@@ -71,7 +71,7 @@ def test_compose_up_runs_the_demo_survives_a_redis_crash_and_down_leaves_nothing
         assert docker.run([*redis_cli, "dbsize"], env, timeout=30).strip() == keys
         for name in ("runner", "stager", "eventclient"):  # their /healthz pings Redis through their own client
             docker.wait_for(f"{name} answers again", lambda n=name: subprocess.run(
-                [docker.DOCKER, "exec", ids[n], "python", "/opt/nodepilot/healthcheck.py", n], env=env,
+                [docker.cli(), "exec", ids[n], "python", "/opt/nodepilot/healthcheck.py", n], env=env,
                 capture_output=True, timeout=30).returncode == 0, timeout=60)
     finally:
         down = subprocess.run([*compose, "down", "-v", "--remove-orphans", "--timeout", "10"], env=env, cwd=docker.ROOT,
