@@ -31,6 +31,8 @@ IN_PROCESS = "--in-process"
 PREFLIGHT = "--preflight"  # nodepilot start: the checks run before any job is asked for
 JOB_FAILED_CODE = "--job-failed-code"  # nodepilot run: exit 8 when the pilot ended well but its job failed
 PRELOAD = ("asyncio", "psutil", "redis.asyncio")  # see preload()
+PREPARE_MODULES = ("nodepilot.experiments", "nodepilot.panda.harvester_mode", "nodepilot.queue.preflight",
+                   "nodepilot.rundir", "nodepilot.banner")  # what prepare() and run_pilot() import
 ANSWER_FD: int | None = None  # set in the child reading the command line: where the pilot's arguments go
 
 
@@ -134,14 +136,24 @@ def prepare(config: PilotConfig, preflight: bool) -> int:
     return exitcodes.OK
 
 
-def preload() -> None:
-    """The libraries every service is built on, imported while the command line is read (nodepilot/entry.py):
-    about 100 ms and 13 MB, about as long as the reading takes. No more: the reader holds about 15 MB of its
-    own (typer, pydantic) until it answers, and the two side by side hold what the running pilot holds with
-    ``--in-process`` (44 MB on a quiet machine, sampled every 5 ms). httpx as well would peak 1.5 MB higher,
-    everything side by side up to 10 MB higher."""
+def preload(in_process: bool) -> None:
+    """What the pilot runs, imported while the command line is read (nodepilot/entry.py), so that reading it costs
+    the start-up nothing. With services as processes: the launcher, the monitor and what they use first (about
+    25 MB); the other services import their own modules once forked (nodepilot/launcher.py). With
+    ``--in-process``, only the libraries every service is built on (about 13 MB): the reader holds about 15 MB of
+    its own (typer, pydantic) until it answers, and the two side by side must stay under what the running pilot
+    holds (44 MB, sampled every 5 ms)."""
     for name in PRELOAD:
         importlib.import_module(name)
+    if in_process:
+        return
+    from nodepilot import launcher, registry, service
+
+    registry.service_class("monitor")
+    service.import_first_use_modules()
+    for name in PREPARE_MODULES:
+        importlib.import_module(name)
+    del launcher
 
 
 def main(argv: list[str]) -> int:

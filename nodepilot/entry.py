@@ -5,7 +5,7 @@ Reading the command line takes typer, which builds a pydantic validator for ever
 queue data may take pydantic's models: about 15 MB and 150 ms that nothing needs once they are read. The child
 does both (nodepilot/cli.py) and hands the result over through a pipe: the pilot's arguments (RUN/pilot.json
 and its flags: nodepilot/boot.py) and the environment the command set (log format and level, X.509 paths...),
-as an exec would pass them. Meanwhile this process imports the libraries the services are built on
+as an exec would pass them. Meanwhile this process imports what the pilot runs first
 (``boot.preload``). It runs the pilot from the answer, or, when the child ends without one (``--help``, a bad
 option, a queue it cannot use: said by the child, in one line), ends with the child's exit code. So the pilot
 keeps the process id it was launched with, and no pilot process ever imports typer or pydantic.
@@ -52,7 +52,7 @@ def run_apart() -> int:
         _read_command_line(write_end)
     os.close(write_end)
     try:
-        boot.preload()
+        boot.preload(in_process=boot.IN_PROCESS in sys.argv)
         with os.fdopen(read_end) as pipe:
             raw = pipe.read()
         _, status = os.waitpid(pid, 0)

@@ -1,7 +1,8 @@
 """Start, supervise and stop the pilot: an embedded Redis and the four services.
 
-Services run as separate processes forked from the launcher after their code is imported
-once (start-up in milliseconds; shared pages keep memory low). The monitor and the runner start
+Services run as separate processes forked from the launcher after the libraries they share
+are imported once (start-up in milliseconds; shared pages keep memory low); the monitor is built
+in the launcher, the others build themselves once forked. The monitor and the runner start
 with the pilot; the others when the monitor needs them, and every service but the monitor retires
 when it is needed no more (nodepilot/demand.py). Each gets its own process
 group, so a Ctrl-C reaches the launcher only, which turns it into the monitor's graceful
@@ -21,6 +22,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 from nodepilot import exitcodes
@@ -40,18 +42,32 @@ SPAWN_RETRY_S = 5.0  # a service needed that could not be started is tried again
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGUSR1, signal.SIGXCPU, signal.SIGBUS)
 
 
-def _service_main(instance: Service, launcher_only: tuple[int, ...] = ()) -> None:
-    """Entry of a forked service process: runs the launcher's pristine copy of the service."""
-    gc.enable()  # off in the launcher while it starts (nodepilot/cli.py)
+class _SaidBefore(logging.Filter):
+    """The warnings a service's build says (of its settings), said by its first instance only."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno != logging.WARNING
+
+
+def _service_main(build: Callable[[], Service], launcher_only: tuple[int, ...] = (), said_before: bool = False) -> None:
+    """Entry of a forked service process: runs the service ``build`` gives: the launcher's pristine copy (the
+    monitor), or one built here (the others: see ``Launcher.prepare``)."""
     os.setpgid(0, 0)
     die_with_parent()
-    name_process(f"np-{instance.name}")
     # its own stdout and stderr: the launcher's may be the progress display's proxies, whose locks one of its
     # threads may have held at the fork (a first write here would wait for ever)
     sys.stdout = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115 (the process's own, for its life)
     sys.stderr = open(2, "w", buffering=1, errors="backslashreplace", closefd=False)  # noqa: SIM115
     for fd in launcher_only:
         os.close(fd)
+    quiet = [(handler, _SaidBefore()) for handler in logging.getLogger().handlers] if said_before else []
+    for handler, said in quiet:
+        handler.addFilter(said)
+    instance = build()  # the collector still off (as in the launcher while it started): no collection per import
+    for handler, said in quiet:
+        handler.removeFilter(said)
+    name_process(f"np-{instance.name}")
+    gc.enable()
     for signum in (*FORWARDED, RETIRE):  # kept until the service's own handlers are in place, then replayed
         signal.signal(signum, lambda signum, _frame: instance.early_signals.append(signum))
     signal.pthread_sigmask(signal.SIG_UNBLOCK, (*FORWARDED, RETIRE))  # blocked by the launcher around the fork
@@ -85,6 +101,7 @@ class Launcher:
         os.set_blocking(self._demand_r, False)
         self.demand = DemandLedger()
         self._retiring: set[str] = set()  # asked to retire, not ended yet
+        self._spawned: set[str] = set()  # started at least once
         self._spawn_retry_at: float | None = None  # when to try again to start a service needed (no fork)
 
     # --- start --------------------------------------------------------------------------
@@ -95,11 +112,12 @@ class Launcher:
             self.config.redis_url = self.redis.url
         self.config.save()
         os.environ.setdefault("NODEPILOT_LAUNCHED_AT", str(time.time()))
-        # every service is built before the first fork: objects the launcher makes after a fork land on pages it
-        # shares with its children, which the kernel then copies (measured: 3.5 MB more when the services started
-        # on demand were built after the monitor's fork)
-        for name in SERVICES:
-            self.build(name)
+        # the monitor is built here, before the first fork (its modules were imported while the command line was
+        # read: nodepilot/boot.py): what the launcher makes after a fork lands on pages it shares with its children,
+        # which the kernel then copies. The others build themselves once forked (``_service_main``): the runner
+        # while the monitor asks for the first job, each on-demand service when it is needed, its modules private
+        # to it and gone when it retires (docs/memory.md)
+        self.build("monitor")
         if self.config.server.startswith("https"):
             from nodepilot.panda.api_v1 import tls_context
 
@@ -110,8 +128,8 @@ class Launcher:
             self._redis_fd = _pidfd(self.redis.process.pid)
 
     def build(self, name: str) -> Service:
-        """Import, instantiate and build a service's app and HTTP settings once, here: the children forked from
-        then on share these pages (what a child builds or imports itself is private to it)."""
+        """Import, instantiate and build a service's app and HTTP settings once: in the launcher for the monitor
+        (``prepare``), in its own forked process for the others."""
         instance = self.instances.get(name)
         if instance is None:
             from nodepilot.registry import service_class
@@ -125,7 +143,8 @@ class Launcher:
         return instance
 
     def spawn(self, name: str) -> None:
-        proc = self.ctx.Process(target=_service_main, args=(self.build(name), (self._demand_r,)),
+        proc = self.ctx.Process(target=_service_main,
+                                args=(lambda: self.build(name), (self._demand_r,), name in self._spawned),
                                 name=f"nodepilot-{name}")
         gc.freeze()  # everything made so far stays out of the child's collections (they would write to its pages)
         # the child keeps our signals blocked until it can hold them for its service (see _service_main)
@@ -135,6 +154,7 @@ class Launcher:
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         self.procs[name] = proc
+        self._spawned.add(name)
         self._retiring.discard(name)
         log.debug("started %s (pid %s)", name, proc.pid)
 

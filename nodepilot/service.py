@@ -37,9 +37,10 @@ log = logging.getLogger(__name__)
 
 STOP_WAIT_S = 3.0
 # what httpx imports only on a client's first connection (httpcore, its anyio backend, the CA bundle's
-# locator): imported by the launcher before it forks, they are not imported again by each service on the way
-# to the first payload, and their pages are shared (uvicorn's are imported by loading its settings)
-FIRST_USE_MODULES = ("httpcore", "httpcore._backends.anyio", "anyio._backends._asyncio", "certifi")
+# locator) and uvicorn on loading its settings (its HTTP/1.1 protocol): imported by the launcher before it forks,
+# they are not imported again by each service on the way to the first payload, and their pages are shared
+FIRST_USE_MODULES = ("httpcore", "httpcore._backends.anyio", "anyio._backends._asyncio", "certifi",
+                     "uvicorn.protocols.http.h11_impl", "uvicorn.lifespan.off")
 
 
 def import_first_use_modules() -> None:

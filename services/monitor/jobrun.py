@@ -14,6 +14,7 @@ import logging
 import signal
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -72,6 +73,7 @@ class JobRun(StageSteps, EventServiceSteps):
         self.workdir = Path(config.work_dir).resolve() / job.work_dir_name
         self.last_event = "0"
         self.payload_running = False
+        self.on_running: Callable[[], None] | None = None  # called once its payload runs
         self.kill_reason: tuple[int, str] | None = None
         self.payload: dict[str, Any] = {}
         self.staged: list[dict[str, Any]] = []
@@ -202,6 +204,8 @@ class JobRun(StageSteps, EventServiceSteps):
         self.result.start_time = self.result.start_time or event.get("start_time") or time.time()
         await self.set_state("running")
         await self.outbox.put(self.update_fields(final=False))
+        if self.on_running is not None:
+            self.on_running()
         self.start_watchdog(float(event.get("start_time") or time.time()))
 
     def start_watchdog(self, payload_started: float) -> None:

@@ -61,6 +61,8 @@ class Pilot:
         self.task_id: int | None = None  # the first job's task: later jobs ask for it (--allow-same-user)
         self._acquiring: asyncio.Task[Any] | None = None
         self._slots: set[asyncio.Task[None]] = set()
+        # the first job's payload runs, or there is none: the worker's report goes then, out of its way
+        self.under_way = asyncio.Event()
         self.budget = TimeBudget.of(config, self.launched_at)
         gpus = sum(int(g.get("count") or 0) for g in gpu_inventory())
         capacity, max_jobs = node_capacity(config.slots, config.work_dir, gpus=gpus)
@@ -104,7 +106,7 @@ class Pilot:
 
     async def run(self) -> int:
         sender = asyncio.create_task(self.outbox.run())
-        reports = asyncio.create_task(self.report_worker("started"))  # never in the first job's way
+        reports = asyncio.create_task(self.report_worker("started"))  # once the first payload runs (under_way)
         try:
             await self.resume()
             return await self._loop()
@@ -113,6 +115,7 @@ class Pilot:
             return exitcodes.UPDATE_LOST
         finally:
             sender.cancel()
+            self.under_way.set()
             await asyncio.wait([reports], timeout=WORKER_REPORT_S)
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.report_worker("finished"), WORKER_REPORT_S)
@@ -123,6 +126,7 @@ class Pilot:
         config = self.config
         try:
             if status == "started":
+                await self.under_way.wait()
                 site = config.site or config.queuedata.site or config.queue  # the command line wins
                 await self.client.update_worker_node(await asyncio.to_thread(
                     node_inventory, site, config.queue, config.node, config.work_dir))
@@ -143,6 +147,7 @@ class Pilot:
         """After a restart of the monitor (services/monitor/resume.py): the jobs done count, those in
         progress are run to their end."""
         for previous in await previous_jobs(self.r):
+            self.under_way.set()  # a monitor started again: no first job to keep clear
             self.taken += 1
             if previous.done:
                 self.record(previous.result)
@@ -190,6 +195,7 @@ class Pilot:
             self.taken += 1
             await self.start_job(raw, time.monotonic() - t, initial_setup)
             initial_setup = 0.0
+        self.under_way.set()
         await self._drain()
         if self.failure is not None:
             raise self.failure
@@ -222,7 +228,11 @@ class Pilot:
                 async with asyncio.timeout(timeout):
                     return await self.client.acquire_job(params)
             except TimeoutError:
+                self.under_way.set()  # no job from this attempt: the worker's report need not wait for one
                 raise ServerError(f"acquire_job: no answer within {timeout:.0f} s", retryable=True) from None
+            except Exception:
+                self.under_way.set()
+                raise
 
         return await retry.call(retry.ACQUIRE, attempt, "acquire_job",
                                 lambda exc: isinstance(exc, ServerError) and exc.retryable)
@@ -240,6 +250,7 @@ class Pilot:
             self.task_id = job.task_id
         run = jobrun.JobRun(job, self.config, self.r, self.outbox, getjob_s, initial_setup_s, self.budget,
                             resumed=resumed)
+        run.on_running = self.under_way.set
         need = self.ledger.fit(job_needs(job), f"job {job.panda_id}")
         token = await self.ledger.take(need, self._stopping)
         if token is None:  # stopped while it waited for room: it ends at once, reported with the signal's code
@@ -259,6 +270,7 @@ class Pilot:
             self.failure = exc
         finally:
             self.running.pop(run.job.panda_id, None)
+            self.under_way.set()  # (a job that ended before its payload ran)
             await self.ledger.release(token)
 
     async def run_job(self, run: jobrun.JobRun) -> None:

@@ -122,3 +122,33 @@ def test_httpx_works_without_its_command_line_client():
             "assert httpx.Client and httpx.AsyncClient")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
+
+
+def test_the_command_line_is_read_beside_the_import_of_the_launcher_and_the_monitor_only():
+    """With services as processes the pilot imports the launcher and the monitor while its command line is
+    read; the other services import their own modules once forked. In-process: only the common libraries."""
+    other = "('services.runner', 'services.stager', 'services.eventclient')"
+    code = ("import sys; from nodepilot import boot; boot.preload(in_process={}); "
+            "assert not any(m.startswith(" + other + ") for m in sys.modules), 'another service imported'; "
+            "print('nodepilot.launcher' in sys.modules, 'services.monitor.service' in sys.modules)")
+    for in_process, expected in ((False, "True True"), (True, "False False")):
+        done = subprocess.run([sys.executable, "-c", code.format(in_process)], capture_output=True, text=True,
+                              timeout=60)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.split() == expected.split()
+
+
+def test_the_launcher_builds_the_monitor_and_each_other_service_builds_itself(pilot_config: PilotConfig):
+    pilot_config.server = "http://127.0.0.1:9"  # the monitor is built, not run
+    launcher = Launcher(pilot_config)
+    launcher.prepare()
+    assert set(launcher.instances) == {"monitor"}
+    launcher.procs["monitor"] = launcher.ctx.Process(target=sys.exit, args=(0,))  # a pilot that found no job
+    launcher.procs["monitor"].start()
+    launcher.spawn("runner")
+    try:
+        launcher.wait_healthy(timeout=20)  # the runner, built in its own process, said it serves
+        assert launcher.procs["runner"].is_alive()
+        assert set(launcher.instances) == {"monitor"}
+    finally:
+        _end(launcher)

@@ -150,3 +150,8 @@ def test_worker_inventory_and_status_reach_the_server(site, job_server):
     assert statuses == [("started", "4711"), ("finished", "4711")] * 2, reports
     nodes = [r for r in reports if r["method"] == "update_worker_node"]
     assert len(nodes) == 1 and nodes[0]["n_logical_cpus"] >= 1 and nodes[0]["cpu_model"]  # v1 only
+    # sent once the first job's payload runs, never in the way of its start: after the job's "starting" update
+    # (the v1 pilot's job is the first one)
+    first = httpx.get(f"{job_server.url}/jobs", timeout=10).json()[0]
+    starting = min(u["time"] for u in first["updates"] if u.get("job_status") == "starting")
+    assert nodes[0]["time"] > starting, (nodes[0], first["updates"])

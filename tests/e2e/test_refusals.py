@@ -113,3 +113,16 @@ def test_a_web_server_that_is_not_panda_ends_at_once_saying_what_answered(site: 
     assert len(lines) == 1, lines
     assert "HTTP 501" in lines[0] and "not a PanDA server" in lines[0] and "BaseHTTP" in lines[0], lines
     assert took < 30, f"{took:.0f} s"
+
+
+def test_a_stager_setting_that_is_not_valid_is_said_once_per_pilot(site: Path, job_server: JobServer):
+    """The stager starts for each stage step (nodepilot/demand.py) and reads its settings each time: what is
+    wrong with them is said by its first start only."""
+    from tests.e2e.conftest import EXAMPLES, write_queuedata
+
+    add_jobs(site, EXAMPLES / "jobs" / "02_merge_inputs.json")  # inputs, outputs and a log: several stagers
+    queue = write_queuedata(site, stager={"attempts": 50})
+    result = run_pilot(site, job_server.url, "--queuedata", queue)
+    assert result.returncode == exitcodes.OK, result.stderr[-3000:]
+    said = [line for line in result.stderr.splitlines() if "stager setting attempts=50 is not valid" in line]
+    assert len(said) == 1, result.stderr[-3000:]
