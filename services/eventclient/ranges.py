@@ -167,18 +167,15 @@ class RangeStore:
         assert state in STATES, state
         del self.by_state[rec.state][rec.id]
         self.by_state[state][rec.id] = rec
-        if rec.fetch:  # it leaves its fetch: only ranges still running are handed out again
+        if rec.fetch:  # it leaves its fetch: a fetch asked again gets only its ranges still running
             self._leave_fetch(rec)
         rec.state, rec.changed = state, time.time()
         for name, value in fields.items():
             setattr(rec, name, value)
         if rec.output:
             self.outputs[rec.output] = rec
-        if rec.fetch:  # (given with the hand-out: only a running range keeps it)
-            if state == "running":
-                self.fetches.setdefault(rec.fetch, {})[rec.id] = rec
-            else:
-                rec.fetch = ""
+        if rec.fetch and state == "running":  # handed out by a fetch that carried a request id
+            self.fetches.setdefault(rec.fetch, {})[rec.id] = rec
         return rec
 
     def _leave_fetch(self, rec: RangeRecord) -> None:
