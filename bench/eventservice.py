@@ -5,7 +5,8 @@
 nothing but take ranges and report each done with a tiny output -> stager (posix, a local SE
 directory) -> the server's ledger. The payload is this file (``payload`` sub-command), through the
 HTTP API (``--api http``, as examples/es_payload.py) or the line protocol (``--api lines``), asking
-for ``--n`` ranges at a time; it stamps when it holds each range and when it reports it.
+for ``--n`` ranges at a time, a request id (a uuid) with every fetch as examples/es_payload.py does;
+it stamps when it holds each range and when it reports it.
 
 Figures:
 - ranges per second, end to end: N / (first range in the payload's hands -> last range settled in
@@ -31,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -66,10 +68,11 @@ class Http:
         return json.loads(data)
 
     def take(self, n: int) -> list[dict[str, Any]]:
-        return self.call(f"/ranges?n={n}")["ranges"]
+        return self.call(f"/ranges?n={n}&request={uuid.uuid4()}")["ranges"]
 
     def done(self, range_id: str, output: str, then: int = 0) -> list[dict[str, Any]]:
-        answer = self.call(f"/ranges/{range_id}/done", {"output": output, "n_events": 1, "next": then})
+        body = {"output": output, "n_events": 1, "next": then, **({"request": str(uuid.uuid4())} if then else {})}
+        answer = self.call(f"/ranges/{range_id}/done", body)
         return answer.get("ranges", [])
 
 
@@ -93,10 +96,10 @@ class Lines:
         return [a.decode() for a in answers]
 
     def take(self, n: int) -> list[dict[str, Any]]:
-        return json.loads(self.ask(f"next {n}")[0])
+        return json.loads(self.ask(f"next {n} {uuid.uuid4()}")[0])
 
     def done(self, range_id: str, output: str, then: int = 0) -> list[dict[str, Any]]:
-        answers = self.ask(f"done {range_id} {output} 1", *([f"next {then}"] if then else []))
+        answers = self.ask(f"done {range_id} {output} 1", *([f"next {then} {uuid.uuid4()}"] if then else []))
         if not answers[0].startswith("ok"):
             raise SystemExit(f"done {range_id}: {answers[0]}")
         return json.loads(answers[1]) if then else []

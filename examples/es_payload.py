@@ -4,7 +4,9 @@ output file per range, reports each one done, and stops when no range is left.
 
 Only the Python standard library (http.client over an AF_UNIX socket). The socket path comes from
 NODEPILOT_EVENTS_SOCKET (the pilot sets it), default ./events.sock. A connection that fails
-(the eventclient restarting) or an answer 503 is retried for --retry-s seconds.
+(the eventclient restarting) or an answer 503 is retried for --retry-s seconds. Every fetch of
+ranges carries a request id of its own (a uuid), the same on its retries: a fetch whose answer was
+lost (the eventclient killed after handing the ranges out) gets the same ranges again, not others.
 
     python es_payload.py [--n 1] [--fail-every K] [--sleep S] [--retry-s 60]
 """
@@ -19,6 +21,7 @@ import re
 import socket
 import sys
 import time
+import uuid
 from typing import Any
 
 SUN_PATH_MAX = 100
@@ -80,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     api = EventsApi(os.environ.get("NODEPILOT_EVENTS_SOCKET", "./events.sock"), args.retry_s)
     count = 0
     while True:
-        status, reply = api.call("POST", f"/ranges?n={args.n}")
+        status, reply = api.call("POST", f"/ranges?n={args.n}&request={uuid.uuid4()}")
         if status != 200:
             print(f"es_payload: no ranges: HTTP {status} {reply}", file=sys.stderr)
             return 1

@@ -26,8 +26,11 @@ ask() {
     done
 }
 
+# Every fetch has a request id of its own, the same when it is asked again: if its answer was
+# lost (the eventclient killed in between), the same range comes back instead of another.
+fetch_id=$$-$RANDOM$RANDOM$RANDOM
 count=0
-while ask range; do
+while ask "range $fetch_id-$count"; do
     read -r id first last _rest <<< "$answer"  # <id> <startEvent> <lastEvent> <LFN> <GUID> <scope>
     case $id in
         none) echo "es_payload.sh: no more ranges after $count"; exit 0 ;;

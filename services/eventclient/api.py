@@ -1,6 +1,6 @@
 """The payload's HTTP API: ``<workdir>/events.sock``, served by uvicorn in the eventclient's process.
 The socket lives in the job's work dir so a sandboxed payload reaches it and nothing else of the
-pilot. Routes (README.md): ``POST /ranges?n=N``, ``POST /ranges/{id}/done``,
+pilot. Routes (README.md): ``POST /ranges?n=N[&request=ID]``, ``POST /ranges/{id}/done``,
 ``POST /ranges/{id}/failed``, ``GET /ranges``, ``POST /softkill``.
 
 A bare ASGI app rather than FastAPI: these calls are made once or twice per event range, and
@@ -31,6 +31,7 @@ from services.eventclient.payload import (
     PayloadBackend,
     Refused,
     parse_json,
+    request_id,
 )
 
 SOCKET_NAME = "events.sock"
@@ -71,7 +72,8 @@ class PayloadApp:
             if method == "GET":
                 return self.backend.states()
             _allow(method, "POST")
-            return {"ranges": await self.backend.take(_count(query))}
+            params = parse_qs(query.decode("latin-1"))
+            return {"ranges": await self.backend.take(_count(params), _request(params))}
         if len(parts) == 3 and parts[0] == "ranges" and parts[2] in ("done", "failed"):
             _allow(method, "POST")
             if parts[2] == "done":
@@ -89,8 +91,8 @@ def _allow(method: str, allowed: str) -> None:
         raise Refused(405, "Method Not Allowed")
 
 
-def _count(query: bytes) -> int:
-    values = parse_qs(query.decode("latin-1")).get("n", ["1"])
+def _count(params: dict[str, list[str]]) -> int:
+    values = params.get("n", ["1"])
     try:
         n = int(values[-1])
     except ValueError:
@@ -98,6 +100,13 @@ def _count(query: bytes) -> int:
     if not 1 <= n <= MAX_RANGES_PER_CALL:
         raise Refused(422, f"n must be from 1 to {MAX_RANGES_PER_CALL}, not {n}")
     return n
+
+
+def _request(params: dict[str, list[str]]) -> str:
+    try:
+        return request_id(params.get("request", [""])[-1])
+    except Invalid as exc:
+        raise Refused(422, f"request {exc.problem}") from None
 
 
 async def _body(receive: Receive) -> bytes:

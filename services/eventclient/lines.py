@@ -24,7 +24,14 @@ import stat
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from services.eventclient.payload import MAX_RANGES_PER_CALL, DoneBody, FailedBody, PayloadBackend, Refused
+from services.eventclient.payload import (
+    MAX_RANGES_PER_CALL,
+    DoneBody,
+    FailedBody,
+    PayloadBackend,
+    Refused,
+    request_id,
+)
 
 log = logging.getLogger(__name__)
 
@@ -38,9 +45,10 @@ RANGE_WORDS = ("eventRangeID", "startEvent", "lastEvent", "LFN", "GUID", "scope"
 
 # --- the commands -------------------------------------------------------------------------------
 def _count(words: list[str], at: int, default: int) -> int:
-    if len(words) <= at:
+    given = _given(words, at)
+    if given is None:
         return default
-    n = int(words[at])
+    n = int(given)
     if not 1 <= n <= MAX_RANGES_PER_CALL:
         raise Refused(400, f"ask for 1 to {MAX_RANGES_PER_CALL} ranges, not {n}")
     return n
@@ -57,11 +65,12 @@ def _need(words: list[str], n: int, usage: str) -> None:
 
 
 async def _next(backend: PayloadBackend, words: list[str], _line: str) -> str:
-    return json.dumps(await backend.take(_count(words, 1, 1)), separators=(",", ":"))
+    ranges = await backend.take(_count(words, 1, 1), request_id(_given(words, 2)))
+    return json.dumps(ranges, separators=(",", ":"))
 
 
-async def _range(backend: PayloadBackend, _words: list[str], _line: str) -> str:
-    ranges = await backend.take(1)
+async def _range(backend: PayloadBackend, words: list[str], _line: str) -> str:
+    ranges = await backend.take(1, request_id(_given(words, 1)))
     if not ranges:
         return "none"
     return " ".join(str(ranges[0].get(key, "-")).replace(" ", "_") or "-" for key in RANGE_WORDS)

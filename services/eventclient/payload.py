@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 from nodepilot.values import whole_number
 
 MAX_RANGES_PER_CALL = 1000
+MAX_REQUEST_ID = 128
+REQUEST_ID = re.compile(rf"[!-~]{{1,{MAX_REQUEST_ID}}}")  # printable ASCII, no space: one word of a line
 N = TypeVar("N", int, float)
 
 
@@ -45,6 +48,7 @@ class DoneBody:
     wall_s: float | None = None
     n_events: int | None = None
     next: int = 0  # hand out this many more ranges in the answer
+    request: str = ""  # the request id of that fetch (see ``request_id``)
 
     @classmethod
     def parse(cls, data: Any) -> DoneBody:
@@ -56,7 +60,8 @@ class DoneBody:
         if nxt is not None and not 0 <= nxt <= MAX_RANGES_PER_CALL:
             raise Invalid("next", f"must be from 0 to {MAX_RANGES_PER_CALL}, not {nxt}")
         return cls(output=output, cpu_s=_number(fields, "cpu_s", float), wall_s=_number(fields, "wall_s", float),
-                   n_events=_number(fields, "n_events", int), next=nxt or 0)
+                   n_events=_number(fields, "n_events", int), next=nxt or 0,
+                   request=request_id(fields.get("request")))
 
 
 @dataclass(frozen=True)
@@ -71,6 +76,16 @@ class FailedBody:
         if diag is not None and not isinstance(diag, str):
             raise Invalid("diag", "must be text")
         return cls(error_code=_number(fields, "error_code", int), diag=diag)
+
+
+def request_id(value: Any) -> str:
+    """The request id a payload may give a call that hands out ranges ("" if none): the same id
+    again gets the ranges that call got, those still running, instead of new ones."""
+    if value is None or value == "":
+        return ""
+    if not isinstance(value, str) or not REQUEST_ID.fullmatch(value):
+        raise Invalid("request", f"must be 1 to {MAX_REQUEST_ID} printable ASCII characters without spaces")
+    return value
 
 
 def parse_json(raw: bytes) -> Any:
@@ -108,7 +123,7 @@ def _number(fields: dict[str, Any], name: str, kind: type[N]) -> N | None:
 
 
 class PayloadBackend(Protocol):
-    async def take(self, n: int) -> list[dict[str, Any]]: ...
+    async def take(self, n: int, request: str = "") -> list[dict[str, Any]]: ...
     async def done(self, range_id: str, body: DoneBody) -> dict[str, Any]: ...
     async def fail(self, range_id: str, body: FailedBody) -> dict[str, Any]: ...
     def states(self) -> dict[str, Any]: ...

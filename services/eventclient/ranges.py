@@ -8,6 +8,12 @@ change is saved before anything acts on it,
 so a restarted eventclient rebuilds the same picture from ``eventclient:job:<id>:ranges``
 (field = range id, value = the record as JSON). Job-level facts (the start request, the source
 exhausted, softkill, the last job event read, the final summary) are in ``eventclient:job:<id>``.
+
+A running range handed out by a payload's fetch that carried a request id keeps that id in its
+record (``fetch``), written in the same save as its state: a fetch asked again with the same id (its
+answer lost: the eventclient killed in between, a broken connection) gets the same ranges back
+(``fetched``), also from a restarted eventclient. The id goes when the range stops running, so what
+is kept is bounded by the ranges running, and ends with the job's keys.
 """
 
 from __future__ import annotations
@@ -61,6 +67,7 @@ class RangeRecord:
     refused: bool = False  # given up: the source did not take the report within the budget
     before_report: str = ""  # the state to go back to when a report could not be sent
     unprocessed: bool = False  # still held when the job ended: failed without the payload's word
+    fetch: str = ""  # while running: the request id of the payload's fetch that got it ("" if none was given)
     changed: float = field(default_factory=time.time)
 
     @property
@@ -95,6 +102,7 @@ class RangeStore:
         self.records: dict[str, RangeRecord] = {}
         self.by_state: dict[str, dict[str, RangeRecord]] = {state: {} for state in STATES}
         self.outputs: dict[str, RangeRecord] = {}
+        self.fetches: dict[str, dict[str, RangeRecord]] = {}  # request id -> its ranges still running
         self.lock = asyncio.Lock()  # held across every read-modify-save of records
         self._waiters: set[asyncio.Future[None]] = set()
 
@@ -107,8 +115,11 @@ class RangeStore:
         self.records = {rec.id: rec for rec in records}
         self.by_state = {state: {} for state in STATES}
         self.outputs = {rec.output: rec for rec in records if rec.output}
+        self.fetches = {}
         for rec in records:
             self.by_state[rec.state][rec.id] = rec
+            if rec.fetch and rec.state == "running":
+                self.fetches.setdefault(rec.fetch, {})[rec.id] = rec
 
     async def save(self, *records: RangeRecord, meta: dict[str, str] | None = None) -> None:
         """Write the records (and job-level ``meta`` fields) through, in one round trip."""
@@ -156,12 +167,29 @@ class RangeStore:
         assert state in STATES, state
         del self.by_state[rec.state][rec.id]
         self.by_state[state][rec.id] = rec
+        if rec.fetch:  # it leaves its fetch: a fetch asked again gets only its ranges still running
+            self._leave_fetch(rec)
         rec.state, rec.changed = state, time.time()
         for name, value in fields.items():
             setattr(rec, name, value)
         if rec.output:
             self.outputs[rec.output] = rec
+        if rec.fetch and state == "running":  # handed out by a fetch that carried a request id
+            self.fetches.setdefault(rec.fetch, {})[rec.id] = rec
         return rec
+
+    def _leave_fetch(self, rec: RangeRecord) -> None:
+        ranges = self.fetches.get(rec.fetch)
+        if ranges is not None:
+            ranges.pop(rec.id, None)
+            if not ranges:
+                del self.fetches[rec.fetch]
+        rec.fetch = ""
+
+    def fetched(self, request: str) -> list[RangeRecord]:
+        """The ranges a payload's fetch with this request id got that are still running (none for "")."""
+        ranges = self.fetches.get(request) if request else None
+        return list(ranges.values()) if ranges else []
 
     def in_state(self, *states: str) -> list[RangeRecord]:
         """The records in these states, in order of arrival."""

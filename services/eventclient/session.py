@@ -142,21 +142,27 @@ class JobSession:
                  self.lines.out_path.name, self.lines.in_path.name, len(self.store.records))
 
     # --- the payload's API -----------------------------------------------------------------
-    async def take(self, n: int) -> list[dict[str, Any]]:
-        await self.fetcher.ensure(n, strict=True)
+    async def take(self, n: int, request: str = "") -> list[dict[str, Any]]:
+        if not self.store.fetched(request):  # (a fetch asked again needs nothing from the source)
+            await self.fetcher.ensure(n, strict=True)
         async with self.store.lock:
-            records = self._hand_out(n)
+            records = self._hand_out(n, request)
             await self.store.save(*records)
         self.fetcher.handed(len(records))
         return [rec.range for rec in records]
 
-    def _hand_out(self, n: int) -> list[RangeRecord]:
-        """Up to ``n`` ready ranges, now running (with the lock held; to be saved)."""
+    def _hand_out(self, n: int, request: str = "") -> list[RangeRecord]:
+        """Up to ``n`` ready ranges, now running, saved with ``request`` (with the lock held; to be
+        saved); a request id given before gets the ranges it got then, those still running."""
+        if not n:
+            return []
+        if again := self.store.fetched(request):
+            return again
         if self.softkilled or self.closing:
             return []
         records = self.store.first("ready", n)
         for rec in records:
-            self.store.set_state(rec, "running")
+            self.store.set_state(rec, "running", fetch=request)
         return records
 
     async def done(self, range_id: str, body: DoneBody) -> dict[str, Any]:
@@ -183,7 +189,7 @@ class JobSession:
             elif rec.output != output or rec.state not in ("done", "staged", "stage_failed", "reported"):
                 raise Refused(409, f"range {range_id} is {rec.state}, not running")
             # (else: said twice, already known)
-            taken = self._hand_out(body.next)
+            taken = self._hand_out(body.next, body.request)
             await self.store.save(*changed, *taken)
         answer: dict[str, Any] = {"range": rec.id, "state": rec.state}
         if body.next:
