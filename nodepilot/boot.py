@@ -44,7 +44,8 @@ def progress_wanted() -> bool:
 def hand_over(config: PilotConfig, in_process: bool, preflight: bool, job_failed_code: bool) -> NoReturn:
     """The command line read: its pilot runs in the waiting parent, or in this process's place (see the
     module's docstring); never returns."""
-    os.environ.setdefault("NODEPILOT_LAUNCHED_AT", str(time.time()))  # the start-up's clock starts here
+    if ANSWER_FD is None:  # started without nodepilot.entry (which set it at launch): the clock starts here
+        os.environ["NODEPILOT_LAUNCHED_AT"] = str(time.time())
     argv = [str(config.save())]
     argv += [IN_PROCESS] * in_process + [PREFLIGHT] * preflight + [JOB_FAILED_CODE] * job_failed_code
     if ANSWER_FD is not None:

@@ -21,10 +21,12 @@ import json
 import os
 import signal
 import sys
+import time
 import traceback
 from typing import Any, NoReturn
 
 COMMANDS_APART = ("start", "run")  # the commands that become the pilot
+LAUNCHED_AT = "NODEPILOT_LAUNCHED_AT"
 
 
 def main() -> None:
@@ -38,6 +40,9 @@ def main() -> None:
 
 def run_apart() -> int:
     """Read the command line in a child, import the pilot meanwhile, then run it: the exit code."""
+    # the start-up's clock (the slot's time budget and time floor count from it): this launch's, never one
+    # inherited from whatever started this command
+    os.environ[LAUNCHED_AT] = str(time.time())
     gc.disable()  # no cyclic collections while the start-up loads its modules (the launcher enables them)
     from nodepilot import boot  # (and the settings' modules: imported once, for both processes)
 

@@ -138,7 +138,9 @@ def test_the_command_line_is_read_beside_the_import_of_the_launcher_and_the_moni
         assert done.stdout.split() == expected.split()
 
 
-def test_the_launcher_builds_the_monitor_and_each_other_service_builds_itself(pilot_config: PilotConfig):
+def test_the_launcher_builds_the_monitor_and_each_other_service_builds_itself(pilot_config: PilotConfig,
+                                                                              monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("NODEPILOT_LAUNCHED_AT", str(time.time()))  # (prepare sets it: not left to later tests)
     pilot_config.server = "http://127.0.0.1:9"  # the monitor is built, not run
     launcher = Launcher(pilot_config)
     launcher.prepare()

@@ -67,3 +67,13 @@ def test_an_ordinary_payload_gets_no_signal_but_the_file_and_its_outputs_are_sta
     assert "out1.dat" in staged and "l7402.tgz" in staged
     seen = json.loads((site / "work" / "PanDA_Pilot-7402" / "seen.json").read_text())
     assert seen["stop_at"] < seen["slot_end"] and 0 < seen["seconds_to_stop"] <= 4, seen
+
+
+def test_a_launch_time_inherited_from_the_caller_is_not_the_pilots(site, job_server, monkeypatch):
+    """The slot's clock starts at this pilot's launch, whatever its caller's environment says."""
+    monkeypatch.setenv("NODEPILOT_LAUNCHED_AT", str(time.time() - 3600))  # an hour ago: the slot would be over
+    add_jobs(site, {"PandaID": 7410, "attemptNr": 1, "transformation": "true", "jobPars": ""})
+    result = run_pilot(site, job_server.url, "--lifetime", "3000", timeout=90)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert 7410 in job_server.jobs(), result.stderr[-3000:]
+    assert final_update(job_server.jobs()[7410])["job_status"] == "finished"
