@@ -2,13 +2,16 @@
 their scheme declares ``resolves_endpoints`` and turns them into real URLs before the copy
 (``prepare``) and records the result after it (``finish``); it may start work for a whole request when
 the request arrives (``begin``). One instance per scheme per stager, made
-with the queue data. Work on ordinary endpoints passes through untouched."""
+with the queue data and the pilot's Redis (e.g. where the ``rucio`` mover keeps its auth token for the
+pilot's next stagers). Work on ordinary endpoints passes through untouched."""
 
 from __future__ import annotations
 
 import logging
 from typing import Any
 from urllib.parse import urlsplit
+
+import redis.asyncio as aioredis
 
 from nodepilot.queue.model import Endpoint, QueueData
 from services.stager.attempts import FileWork
@@ -19,14 +22,15 @@ log = logging.getLogger(__name__)
 
 
 class Catalogues:
-    def __init__(self, queue: QueueData) -> None:
-        self.queue = queue
+    def __init__(self, queue: QueueData, redis: aioredis.Redis | None = None) -> None:
+        self.queue, self.redis = queue, redis
         self._movers: dict[str, Any] = {}
 
     def _resolver(self, scheme: str) -> Any:
         if scheme not in self._movers:
             cls = mover_classes().get(scheme)
-            self._movers[scheme] = cls(self.queue) if getattr(cls, "resolves_endpoints", False) else None
+            resolves = getattr(cls, "resolves_endpoints", False)
+            self._movers[scheme] = cls(self.queue, redis=self.redis) if resolves else None
         return self._movers[scheme]
 
     def _for(self, endpoints: list[Endpoint]) -> Any:
