@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
 
+from nodepilot.job import FileSpec
 from nodepilot.queue.model import Endpoint, QueueData
 from services.stager.attempts import FileWork
 from services.stager.movers.base import mover_classes
@@ -43,6 +44,14 @@ class Catalogues:
         resolver = self._for(request.endpoints)
         if resolver is not None and hasattr(resolver, "begin"):
             resolver.begin(request)
+
+    async def ready(self, request: Request, spec: FileSpec) -> None:
+        """Until the catalogue has what it needs to resolve the file (the ``rucio`` mover: the file's line
+        of the request's listing): a file waits for it before it takes one of the request's copy slots,
+        so that the files the catalogue answers first are copied first."""
+        resolver = self._for(request.endpoints)
+        if resolver is not None and hasattr(resolver, "ready"):
+            await resolver.ready(request, spec)
 
     async def run(self, work: FileWork, move: Any) -> FileResult:
         """``move(work)`` (over the endpoints) with the catalogue's steps around it when there are any."""

@@ -154,6 +154,7 @@ class StagerService(Service):
         limit = asyncio.Semaphore(self.settings.files_per_request)
 
         async def one(spec: FileSpec) -> FileResult:
+            await self.catalogues.ready(request, spec)  # e.g. its line of Rucio's listing: none holds a slot for it
             async with limit:
                 started = time.monotonic()
                 result = await handler(request, spec)

@@ -33,7 +33,7 @@ from urllib.parse import quote, urlsplit
 import redis.asyncio as aioredis
 
 from nodepilot.errors import ErrorCode, clip_diag
-from nodepilot.job import Checksum
+from nodepilot.job import Checksum, FileSpec
 from nodepilot.queue.model import Endpoint, QueueData
 from services.stager.attempts import FileWork
 from services.stager.movers.base import Mover, Reason, TransferError, mover_classes
@@ -205,6 +205,14 @@ class RucioMover(Mover):
         ``prepare``: Rucio's fixed cost per call then runs beside the stager's own steps of the request."""
         if request.direction == "in" and not self.config.problem():
             self._entries(request)
+
+    async def ready(self, request: Request, spec: FileSpec) -> None:
+        """Until a stage-in file's line of its request's listing arrived (or the listing ended or failed):
+        Rucio lists in its own order (by scope and name), not the request's."""
+        if request.direction == "in" and not self.config.problem():
+            entry = self._entries(request).get((spec.scope, spec.lfn))
+            if entry is not None:
+                await asyncio.shield(entry)
 
     def _entries(self, request: Request) -> dict[tuple[str, str], asyncio.Future[list[dict[str, Any]] | None]]:
         """Each of the request's inputs' entry in the answer to its one ``list_replicas`` call, the call
