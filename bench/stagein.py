@@ -18,10 +18,11 @@ Rucio (``--no-rucio`` skips it): the same files on the XRootD RSE of a real Ruci
 production servers have; the title line says which), staged in through the ``rucio`` mover
 (replicas listed by Rucio, copied by the XRootD mover, a trace per file sent to Rucio) against the
 XRootD mover alone. Target: Rucio <= 1.1 x the XRootD mover alone. Printed too: the ratio of each round
-(its two runs follow each other, in turn first: less swayed by whatever else loads the machine), the CPU
-time the Rucio server spent per stage-in (its calls and its traces; both cases send the same traces to
-it), and from the traces when the first copy started after the request was sent and how long a copy
-took, among the first ``--parallel`` copies (those that run beside the listing) and the later ones.
+(its two runs follow each other, in turn first: less swayed by whatever else loads the machine); the CPU
+time the Rucio server (its calls and its traces; both cases send the same traces to it), the stager and
+the XRootD server spent per stage-in; and from the traces, when the first copy started after the request
+was sent and how long a copy took, among the first ``--parallel`` copies (those that run beside the
+listing) and the later ones.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.harness import read_events, running_service
-from bench.servers import XRootDServer, running
+from bench.servers import XRootDServer, cpu_seconds, running
 from nodepilot import bus
 from nodepilot.config import PilotConfig
 from nodepilot.queue.model import QueueData
@@ -230,24 +231,27 @@ def bench_rucio(args: argparse.Namespace, config: PilotConfig, stager: Stager, d
                     for f in files]
         rucio.tool("register", {"replicas": {"XRD_RSE": replicas}})
         config.queuedata.stager = {**config.queuedata.stager, "rucio": {}}
-        server_cpu: dict[str, list[float]] = {}
+        cpu: dict[str, dict[str, list[float]]] = {}  # case -> process -> CPU seconds of each run
         jobs: dict[str, list[int]] = {}
+        processes: dict[str, Callable[[], float]] = {"Rucio": rucio.cpu_seconds, "xrootd": xrd.cpu_seconds}
 
         def on_rucio(name: str, case: Callable[[], float]) -> Callable[[], float]:
-            """The case, and what Rucio's server spent on it: its calls and its traces (delivered before
-            the CPU is read, after the wall time is taken)."""
+            """The case, and the CPU time each process spent on it: Rucio's server (its calls and its traces,
+            delivered before the CPU is read, after the wall time is taken), the stager, the XRootD server."""
             def run() -> float:
-                before = rucio.cpu_seconds()
+                before = {what: used() for what, used in processes.items()}
                 wall = case()
                 stager.drain_traces()
-                server_cpu.setdefault(name, []).append(rucio.cpu_seconds() - before)
+                for what, used in processes.items():
+                    cpu.setdefault(name, {}).setdefault(what, []).append(used() - before[what])
                 jobs.setdefault(name, []).append(stager.job_id)
                 return wall
             return run
 
         walls: dict[str, list[float]] = {}
         with mock.patch.dict(os.environ, {"RUCIO_CONFIG": str(rucio.client_config)}), \
-                running_service("stager", config):
+                running_service("stager", config) as service:
+            processes["stager"] = lambda: cpu_seconds(service.pid)
             through = {"nodepilot stager, rucio mover": lambda: stager.stage_in("rucio:///XRD_RSE", files, dst)}
             measure(through, 1, dst)  # warm-up: token, connections
             cases = {**through, "nodepilot stager, xrootd mover alone": lambda: stager.stage_in(xrd.url, files, dst)}
@@ -257,12 +261,13 @@ def bench_rucio(args: argparse.Namespace, config: PilotConfig, stager: Stager, d
         cache = "memcached" if rucio.cache is not None else "none"
     rucio_wall, alone = rows["nodepilot stager, rucio mover"], rows["nodepilot stager, xrootd mover alone"]
     print(f"\nRucio (list_replicas, then root://127.0.0.1; Rucio's cache: {cache}; {traces} traces reached Rucio)")
-    print(f"  {'case':<36} {'wall s':>8} {'MB/s':>8} {'Rucio CPU ms':>12} {'1st copy at':>11} "
-          f"{'copy ms':>8} {'(later)':>8}")
+    print(f"  {'case':<36} {'wall s':>6} {'MB/s':>5} {'CPU ms: Rucio':>13} {'stager':>6} {'xrootd':>6} "
+          f"{'1st copy at':>11} {'copy ms':>7} {'(later)':>7}")
     for name, wall in rows.items():
         first, early, late = timeline(records, jobs[name], stager.sent, args.parallel)
-        print(f"  {name:<36} {wall:8.3f} {total_mb / wall:8.0f} {1000 * statistics.median(server_cpu[name]):12.0f} "
-              f"{first:11.0f} {early:8.0f} {late:8.0f}")
+        used = {what: 1000 * statistics.median(values) for what, values in cpu[name].items()}
+        print(f"  {name:<36} {wall:6.3f} {total_mb / wall:5.0f} {used['Rucio']:13.0f} {used['stager']:6.0f} "
+              f"{used['xrootd']:6.0f} {first:11.0f} {early:7.0f} {late:7.0f}")
     paired = [r / a for r, a in zip(walls["nodepilot stager, rucio mover"],
                                     walls["nodepilot stager, xrootd mover alone"], strict=True)]
     print(f"  each round, rucio / xrootd alone: {' '.join(f'{r:.3f}' for r in paired)} "
