@@ -1,7 +1,7 @@
 """Where a pilot keeps its Rucio auth token between stager instances: the pilot's own Redis.
 
 The stager runs only while a stage step needs it (nodepilot/demand.py), so each instance would
-otherwise ask Rucio for a token (80-95 ms measured) at each stage step of each job. The token is kept in
+otherwise ask Rucio for a token at each stage step of each job. The token is kept in
 ``stager:rucio:token:<id>`` (``<id>``: a hash of the auth host, account and identity it was made for)
 until shortly before Rucio says it expires; an instance takes it from there, and a 401 still fetches a
 new one (which replaces it). The pilot's Redis is its own (a password in a 0600 file, a 0700 Unix
