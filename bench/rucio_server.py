@@ -209,21 +209,6 @@ class RucioServer(StorageServer):
         if self.cache is not None:
             self.cache.close()
 
-    def cpu_seconds(self) -> float:
-        """CPU time used so far by gunicorn and its worker (Linux /proc; 0 when unreadable): what the
-        server spent on the pilot's calls, whatever else loads the machine."""
-        if self.process is None:
-            return 0.0
-        pids = [self.process.pid]
-        with contextlib.suppress(OSError):
-            pids += [int(p) for p in Path(f"/proc/{pids[0]}/task/{pids[0]}/children").read_text().split()]
-        ticks = 0
-        for pid in pids:
-            with contextlib.suppress(OSError, ValueError, IndexError):
-                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-                ticks += int(fields[11]) + int(fields[12])  # utime, stime
-        return ticks / os.sysconf("SC_CLK_TCK")
-
     # -- catalogue and storage ---------------------------------------------------------------------
     def traces(self) -> list[dict[str, Any]]:
         """Every trace Rucio wrote to its trace file (one JSON object per line, after a time stamp)."""

@@ -57,6 +57,20 @@ def port_open(port: int) -> bool:
     return False
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU time used so far by a process, its threads and its child processes (Linux /proc; 0 when
+    unreadable)."""
+    pids = [pid]
+    with contextlib.suppress(OSError):
+        pids += [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    ticks = 0
+    for one in pids:
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = Path(f"/proc/{one}/stat").read_text().rsplit(")", 1)[1].split()
+            ticks += int(fields[11]) + int(fields[12])  # utime, stime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 class StorageServer:
     """One server process with its data under a private temporary directory."""
 
@@ -82,6 +96,11 @@ class StorageServer:
     @property
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
+
+    def cpu_seconds(self) -> float:
+        """CPU time the server (and its worker processes) used so far: what it spent on the pilot's calls,
+        whatever else loads the machine."""
+        return cpu_seconds(self.process.pid) if self.process is not None else 0.0
 
     def start(self) -> None:
         if self.running:

@@ -18,8 +18,11 @@ Rucio (``--no-rucio`` skips it): the same files on the XRootD RSE of a real Ruci
 production servers have; the title line says which), staged in through the ``rucio`` mover
 (replicas listed by Rucio, copied by the XRootD mover, a trace per file sent to Rucio) against the
 XRootD mover alone. Target: Rucio <= 1.1 x the XRootD mover alone. Printed too: the ratio of each round
-(its two runs follow each other: less swayed by whatever else loads the machine) and the CPU time the
-Rucio server spent per stage-in (its calls and its traces; both cases send the same traces to it).
+(its two runs follow each other, in turn first: less swayed by whatever else loads the machine); the CPU
+time the Rucio server (its calls and its traces; both cases send the same traces to it), the stager and
+the XRootD server spent per stage-in; and from the traces, when the first copy started after the request
+was sent and how long a copy took, among the first ``--parallel`` copies (those that run beside the
+listing) and the later ones.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.harness import read_events, running_service
-from bench.servers import XRootDServer, running
+from bench.servers import XRootDServer, cpu_seconds, running
 from nodepilot import bus
 from nodepilot.config import PilotConfig
 from nodepilot.queue.model import QueueData
@@ -75,6 +78,7 @@ class Stager:
 
     def __init__(self, config: PilotConfig, rds: redis.Redis) -> None:
         self.config, self.rds, self.job_id = config, rds, 1000
+        self.sent: dict[int, float] = {}  # job id -> when its request was sent (time.time(), as traces are)
 
     def stage_in(self, endpoint_url: str, files: list[dict], workdir: Path) -> float:
         self.drain_traces()
@@ -82,6 +86,7 @@ class Stager:
         message = {"kind": "stagein", "job_id": self.job_id, "request_id": f"{self.job_id}:1:stagein",
                    "workdir": str(workdir), "endpoints": [{"name": "SE", "url": endpoint_url}], "files": files}
         started = time.monotonic()
+        self.sent[self.job_id] = time.time()
         self.rds.xadd(bus.STAGER_REQUESTS, bus.encode(message))
         event = read_events(self.rds, self.job_id, {"stagein_done"}, timeout=600)[-1]
         elapsed = time.monotonic() - started
@@ -109,13 +114,14 @@ def run_commands(commands: list[list[str]], parallel: int, env: dict[str, str] |
 
 def measure(cases: dict[str, Callable[[], float]], repeat: int, workdir: Path,
             times: dict[str, list[float]] | None = None) -> dict[str, float]:
-    """Median wall time of each case. The cases take turns (one run of each per round), each run on an
-    empty destination after a sync, so no case pays for the write-back of another's copies. ``times``,
-    when given, gets every run's wall time too."""
+    """Median wall time of each case. The cases take turns (one run of each per round; every other round
+    in the reverse order, so that no case is always the one run first), each run on an empty destination
+    after a sync, so no case pays for the write-back of another's copies. ``times``, when given, gets
+    every run's wall time too."""
     times = {} if times is None else times
     times.update({name: [] for name in cases})
-    for _ in range(repeat):
-        for name, case in cases.items():
+    for round_ in range(repeat):
+        for name, case in list(cases.items())[:: -1 if round_ % 2 else 1]:
             shutil.rmtree(workdir, ignore_errors=True)
             workdir.mkdir(parents=True)
             os.sync()
@@ -225,33 +231,43 @@ def bench_rucio(args: argparse.Namespace, config: PilotConfig, stager: Stager, d
                     for f in files]
         rucio.tool("register", {"replicas": {"XRD_RSE": replicas}})
         config.queuedata.stager = {**config.queuedata.stager, "rucio": {}}
-        server_cpu: dict[str, list[float]] = {}
+        cpu: dict[str, dict[str, list[float]]] = {}  # case -> process -> CPU seconds of each run
+        jobs: dict[str, list[int]] = {}
+        processes: dict[str, Callable[[], float]] = {"Rucio": rucio.cpu_seconds, "xrootd": xrd.cpu_seconds}
 
         def on_rucio(name: str, case: Callable[[], float]) -> Callable[[], float]:
-            """The case, and what Rucio's server spent on it: its calls and its traces (delivered before
-            the CPU is read, after the wall time is taken)."""
+            """The case, and the CPU time each process spent on it: Rucio's server (its calls and its traces,
+            delivered before the CPU is read, after the wall time is taken), the stager, the XRootD server."""
             def run() -> float:
-                before = rucio.cpu_seconds()
+                before = {what: used() for what, used in processes.items()}
                 wall = case()
                 stager.drain_traces()
-                server_cpu.setdefault(name, []).append(rucio.cpu_seconds() - before)
+                for what, used in processes.items():
+                    cpu.setdefault(name, {}).setdefault(what, []).append(used() - before[what])
+                jobs.setdefault(name, []).append(stager.job_id)
                 return wall
             return run
 
         walls: dict[str, list[float]] = {}
         with mock.patch.dict(os.environ, {"RUCIO_CONFIG": str(rucio.client_config)}), \
-                running_service("stager", config):
+                running_service("stager", config) as service:
+            processes["stager"] = lambda: cpu_seconds(service.pid)
             through = {"nodepilot stager, rucio mover": lambda: stager.stage_in("rucio:///XRD_RSE", files, dst)}
             measure(through, 1, dst)  # warm-up: token, connections
             cases = {**through, "nodepilot stager, xrootd mover alone": lambda: stager.stage_in(xrd.url, files, dst)}
             rows = measure({name: on_rucio(name, case) for name, case in cases.items()}, args.repeat, dst, walls)
-        traces = len(rucio.traces())
+        records = rucio.traces()
+        traces = len(records)
         cache = "memcached" if rucio.cache is not None else "none"
     rucio_wall, alone = rows["nodepilot stager, rucio mover"], rows["nodepilot stager, xrootd mover alone"]
     print(f"\nRucio (list_replicas, then root://127.0.0.1; Rucio's cache: {cache}; {traces} traces reached Rucio)")
-    print(f"  {'case':<36} {'wall s':>8} {'MB/s':>8} {'Rucio CPU ms':>12}")
+    print(f"  {'case':<36} {'wall s':>6} {'MB/s':>5} {'CPU ms: Rucio':>13} {'stager':>6} {'xrootd':>6} "
+          f"{'1st copy at':>11} {'copy ms':>7} {'(later)':>7}")
     for name, wall in rows.items():
-        print(f"  {name:<36} {wall:8.3f} {total_mb / wall:8.0f} {1000 * statistics.median(server_cpu[name]):12.0f}")
+        first, early, late = timeline(records, jobs[name], stager.sent, args.parallel)
+        used = {what: 1000 * statistics.median(values) for what, values in cpu[name].items()}
+        print(f"  {name:<36} {wall:6.3f} {total_mb / wall:5.0f} {used['Rucio']:13.0f} {used['stager']:6.0f} "
+              f"{used['xrootd']:6.0f} {first:11.0f} {early:7.0f} {late:7.0f}")
     paired = [r / a for r, a in zip(walls["nodepilot stager, rucio mover"],
                                     walls["nodepilot stager, xrootd mover alone"], strict=True)]
     print(f"  each round, rucio / xrootd alone: {' '.join(f'{r:.3f}' for r in paired)} "
@@ -259,6 +275,22 @@ def bench_rucio(args: argparse.Namespace, config: PilotConfig, stager: Stager, d
     ratio = rucio_wall / alone
     print(f"  rucio / xrootd alone = {ratio:.3f} (target <= {RUCIO_TARGET}): "
           f"{'OK' if ratio <= RUCIO_TARGET else 'SLOWER'}")
+
+
+def timeline(records: list[dict], job_ids: list[int], sent: dict[int, float],
+             wave: int) -> tuple[float, float, float]:
+    """From a case's traces, medians over its runs (ms): when its first copy started after the request
+    was sent; how long one file's copy took among the first ``wave`` copies, and among the others."""
+    firsts, early, late = [], [], []
+    for job_id in job_ids:
+        mine = sorted((r for r in records if r.get("appid") == job_id), key=lambda r: r["transferStart"])
+        if mine:
+            firsts.append(mine[0]["transferStart"] - sent[job_id])
+            early.append(statistics.median(r["timeEnd"] - r["transferStart"] for r in mine[:wave]))
+            late.append(statistics.median(r["timeEnd"] - r["transferStart"] for r in mine[wave:] or mine))
+    if not firsts:
+        return 0.0, 0.0, 0.0
+    return 1000 * statistics.median(firsts), 1000 * statistics.median(early), 1000 * statistics.median(late)
 
 
 if __name__ == "__main__":

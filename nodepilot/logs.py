@@ -20,6 +20,9 @@ from datetime import UTC, datetime
 FORMATS = ("plain", "json")
 FORMAT_ENV = "NODEPILOT_LOG_FORMAT"
 LEVEL_ENV = "NODEPILOT_LOG_LEVEL"
+# libraries' loggers held above the pilot's level: httpx says one line per request (noise); httpcore's DEBUG
+# trace holds the headers of answers, e.g. a Rucio auth token (nothing secret may reach a log line)
+LIBRARY_LEVELS = {"httpx": logging.WARNING, "httpcore": logging.INFO}
 
 current_job: contextvars.ContextVar[int | None] = contextvars.ContextVar("nodepilot_job", default=None)
 current_step: contextvars.ContextVar[str | None] = contextvars.ContextVar("nodepilot_step", default=None)
@@ -108,4 +111,5 @@ def setup_logging(service: str, level: str | None = None, fmt: str | None = None
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level)
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request is noise
+    for name, library_level in LIBRARY_LEVELS.items():
+        logging.getLogger(name).setLevel(library_level)

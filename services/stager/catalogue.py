@@ -2,7 +2,8 @@
 their scheme declares ``resolves_endpoints`` and turns them into real URLs before the copy
 (``prepare``) and records the result after it (``finish``); it may start work for a whole request when
 the request arrives (``begin``). One instance per scheme per stager, made
-with the queue data. Work on ordinary endpoints passes through untouched."""
+with the queue data and the pilot's Redis (e.g. where the ``rucio`` mover keeps its auth token for the
+pilot's next stagers). Work on ordinary endpoints passes through untouched."""
 
 from __future__ import annotations
 
@@ -10,6 +11,9 @@ import logging
 from typing import Any
 from urllib.parse import urlsplit
 
+import redis.asyncio as aioredis
+
+from nodepilot.job import FileSpec
 from nodepilot.queue.model import Endpoint, QueueData
 from services.stager.attempts import FileWork
 from services.stager.movers.base import mover_classes
@@ -19,14 +23,15 @@ log = logging.getLogger(__name__)
 
 
 class Catalogues:
-    def __init__(self, queue: QueueData) -> None:
-        self.queue = queue
+    def __init__(self, queue: QueueData, redis: aioredis.Redis | None = None) -> None:
+        self.queue, self.redis = queue, redis
         self._movers: dict[str, Any] = {}
 
     def _resolver(self, scheme: str) -> Any:
         if scheme not in self._movers:
             cls = mover_classes().get(scheme)
-            self._movers[scheme] = cls(self.queue) if getattr(cls, "resolves_endpoints", False) else None
+            resolves = getattr(cls, "resolves_endpoints", False)
+            self._movers[scheme] = cls(self.queue, redis=self.redis) if resolves else None
         return self._movers[scheme]
 
     def _for(self, endpoints: list[Endpoint]) -> Any:
@@ -39,6 +44,14 @@ class Catalogues:
         resolver = self._for(request.endpoints)
         if resolver is not None and hasattr(resolver, "begin"):
             resolver.begin(request)
+
+    async def ready(self, request: Request, spec: FileSpec) -> None:
+        """Until the catalogue has what it needs to resolve the file (the ``rucio`` mover: the file's line
+        of the request's listing): a file waits for it before it takes one of the request's copy slots,
+        so that the files the catalogue answers first are copied first."""
+        resolver = self._for(request.endpoints)
+        if resolver is not None and hasattr(resolver, "ready"):
+            await resolver.ready(request, spec)
 
     async def run(self, work: FileWork, move: Any) -> FileResult:
         """``move(work)`` (over the endpoints) with the catalogue's steps around it when there are any."""

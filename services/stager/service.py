@@ -50,7 +50,7 @@ class StagerService(Service):
         # one thread per file copy (the pilot-wide bound), a few more for tarballs and abandoned copies
         self.threads = self.settings.transfers_per_pilot + 8
         self.stats = StagerMetrics(self.metrics)
-        self.catalogues = Catalogues(config.queuedata)  # rucio:// endpoints (services/stager/catalogue.py)
+        self.catalogues = Catalogues(config.queuedata, self.redis)  # rucio:// endpoints (services/stager/catalogue.py)
         trace_url = self.settings.trace_url or self.catalogues.trace_url()
         self.traces = Traces(self.redis, trace_url, self.settings.trace_timeout_s,
                              self.settings.trace_retry_cap_s, self.stats, config.node,
@@ -154,6 +154,7 @@ class StagerService(Service):
         limit = asyncio.Semaphore(self.settings.files_per_request)
 
         async def one(spec: FileSpec) -> FileResult:
+            await self.catalogues.ready(request, spec)  # e.g. its line of Rucio's listing: none holds a slot for it
             async with limit:
                 started = time.monotonic()
                 result = await handler(request, spec)

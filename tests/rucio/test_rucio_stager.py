@@ -108,6 +108,26 @@ def test_lan_only_queue_finds_no_replica_on_wan(rds, pilot_config, rucio_server,
     assert event["error_code"] == 1100 and "WAN replicas not allowed" in event["diag"]
 
 
+def test_files_are_copied_in_the_order_rucio_answers_for_them(rds, pilot_config, rucio_server, monkeypatch):
+    """Rucio lists a request's files by name, not in the request's order: a file takes one of the request's
+    copy slots once its own line came, so that the first answered are copied first."""
+    tag = uuid.uuid4().hex[:8]
+    lfns = [f"{stem}-{tag}.dat" for stem in ("c", "b", "a")]  # the request's order: Rucio's reversed
+    for lfn in lfns:
+        seed(rucio_server, lfn, lfn.encode() * 100, (LAN,))
+    configure(pilot_config, rucio_server, monkeypatch)
+    pilot_config.queuedata.stager["files_per_request"] = 1
+    pilot_config.save()
+    with running_service("stager", pilot_config):
+        send(rds, pilot_config, "stagein", 405, "405:1:stagein", endpoints=endpoints(LAN),
+             files=[{"lfn": lfn, "scope": SCOPE} for lfn in lfns])
+        event = answer(rds, 405, "stagein")
+        traces = wait_traces(rucio_server, [(lfn, LAN, "DONE") for lfn in lfns])
+    assert event["ok"] is True, event["diag"]
+    copies = sorted((t for t in traces if t["filename"] in lfns), key=lambda t: (t["transferStart"], t["timeEnd"]))
+    assert [t["filename"] for t in copies] == sorted(lfns)
+
+
 def test_direct_access_gives_rucios_turl(rds, pilot_config, rucio_server, monkeypatch):
     lfn = name("direct")
     seed(rucio_server, lfn, b"read in place" * 100, (LAN, WAN))

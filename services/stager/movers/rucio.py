@@ -30,12 +30,15 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 from urllib.parse import quote, urlsplit
 
+import redis.asyncio as aioredis
+
 from nodepilot.errors import ErrorCode, clip_diag
-from nodepilot.job import Checksum
+from nodepilot.job import Checksum, FileSpec
 from nodepilot.queue.model import Endpoint, QueueData
 from services.stager.attempts import FileWork
 from services.stager.movers.base import Mover, Reason, TransferError, mover_classes
 from services.stager.movers.rucio_client import RucioClient, RucioConfig, RucioError
+from services.stager.movers.rucio_tokens import RedisTokens
 from services.stager.request import FileResult, Request
 from services.stager.retry import backoff_delay
 
@@ -99,9 +102,12 @@ class RucioMover(Mover):
     schemes = (SCHEME,)
     resolves_endpoints: ClassVar[bool] = True
 
-    def __init__(self, queue: QueueData | None = None, environ: dict[str, str] | None = None) -> None:
+    def __init__(self, queue: QueueData | None = None, environ: dict[str, str] | None = None,
+                 redis: aioredis.Redis | None = None) -> None:
+        """``redis``: the pilot's, where the auth token is kept for the pilot's next stagers."""
         self.settings = RucioSettings.from_queue(queue)
         self.config = RucioConfig.load((queue.stager or {}).get("rucio") if queue is not None else None, environ)
+        self.redis = redis
         self._client: RucioClient | None = None
         # request id -> each of its inputs' entry in the request's list_replicas answer (the latest requests only)
         self._listings: dict[str, dict[tuple[str, str], asyncio.Future[list[dict[str, Any]] | None]]] = {}
@@ -110,7 +116,8 @@ class RucioMover(Mover):
     @property
     def client(self) -> RucioClient:
         if self._client is None:
-            self._client = RucioClient(self.config)
+            tokens = RedisTokens(self.redis, self.config.identity()) if self.redis is not None else None
+            self._client = RucioClient(self.config, tokens)
         return self._client
 
     def trace_url(self) -> str:
@@ -198,6 +205,14 @@ class RucioMover(Mover):
         ``prepare``: Rucio's fixed cost per call then runs beside the stager's own steps of the request."""
         if request.direction == "in" and not self.config.problem():
             self._entries(request)
+
+    async def ready(self, request: Request, spec: FileSpec) -> None:
+        """Until a stage-in file's line of its request's listing arrived (or the listing ended or failed):
+        Rucio lists in its own order (by scope and name), not the request's."""
+        if request.direction == "in" and not self.config.problem():
+            entry = self._entries(request).get((spec.scope, spec.lfn))
+            if entry is not None:
+                await asyncio.shield(entry)
 
     def _entries(self, request: Request) -> dict[tuple[str, str], asyncio.Future[list[dict[str, Any]] | None]]:
         """Each of the request's inputs' entry in the answer to its one ``list_replicas`` call, the call

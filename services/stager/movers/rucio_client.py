@@ -29,6 +29,8 @@ from urllib.parse import quote
 if TYPE_CHECKING:
     import httpx
 
+    from services.stager.movers.rucio_tokens import TokenStore
+
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
@@ -114,6 +116,16 @@ class RucioConfig:
             return "Rucio token authentication without a token (BEARER_TOKEN or BEARER_TOKEN_FILE)"
         return ""
 
+    @property
+    def fetches_tokens(self) -> bool:
+        """Whether tokens come from Rucio's auth calls (not given as a bearer token)."""
+        return self.auth_type not in ("oidc", "token")
+
+    def identity(self) -> str:
+        """Who a fetched token is for: where it comes from and with which credentials (no secret in it)."""
+        return "\n".join((self.auth_host, self.account, self.auth_type, self.username, self.vo,
+                          self.proxy or self.client_cert))
+
 
 def _read(path: str) -> str:
     try:
@@ -123,9 +135,11 @@ def _read(path: str) -> str:
 
 
 class RucioClient:
-    """One pilot's connection to Rucio: one token, fetched on first use and again on HTTP 401."""
+    """One pilot's connection to Rucio: one token, fetched on first use and again on HTTP 401. With a
+    ``tokens`` store (services/stager/movers/rucio_tokens.py) a token is taken from it before asking
+    Rucio, and a fetched one is put there: the pilot's next stager instances use it."""
 
-    def __init__(self, config: RucioConfig) -> None:
+    def __init__(self, config: RucioConfig, tokens: TokenStore | None = None) -> None:
         import httpx  # only a stager that talks to Rucio needs it
 
         self.config = config
@@ -134,13 +148,15 @@ class RucioClient:
         if config.auth_type.startswith("x509"):
             cert = (config.proxy, config.proxy) if config.proxy else (config.client_cert, config.client_key or None)
         self.http = httpx.AsyncClient(timeout=TIMEOUT_S, verify=verify, cert=cert)
+        self.tokens = tokens if config.fetches_tokens else None
         self._token = ""
         self._token_lock = asyncio.Lock()
 
-    async def _auth(self) -> str:
+    async def _auth(self) -> tuple[str, str]:
+        """A token and Rucio's expiry of it ("" when not told)."""
         cfg = self.config
-        if cfg.auth_type in ("oidc", "token"):
-            return cfg.token
+        if not cfg.fetches_tokens:
+            return cfg.token, ""
         headers = {"X-Rucio-Account": cfg.account, "X-Rucio-AppID": "nodepilot"}
         if cfg.vo:
             headers["X-Rucio-VO"] = cfg.vo
@@ -153,13 +169,23 @@ class RucioClient:
         token = reply.headers.get("X-Rucio-Auth-Token", "")
         if not token:
             raise RucioError("authentication", reply.status_code, message="no token in the answer")
-        return token
+        return token, reply.headers.get("X-Rucio-Auth-Token-Expires", "")
 
     async def _token_now(self, stale: str = "") -> str:
+        """The token to use: ours, else the store's, else a new one (kept in the store); never ``stale``
+        (one Rucio refused)."""
         async with self._token_lock:
-            if not self._token or self._token == stale:
-                self._token = await self._auth()
-            return self._token
+            if self._token and self._token != stale:
+                return self._token
+            kept = await self.tokens.get() if self.tokens is not None else ""
+            if kept and kept != stale:
+                self._token = kept
+                return kept
+            token, expires = await self._auth()
+            if self.tokens is not None:
+                await self.tokens.put(token, expires)
+            self._token = token
+            return token
 
     async def authenticate(self) -> None:
         """Fetch the token now rather than on the first call (a stager does it when it starts)."""
