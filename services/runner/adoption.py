@@ -57,12 +57,7 @@ def _cgroup_of(pid: int) -> PayloadCgroup | None:
     name = line.rstrip("/").rsplit("/", 1)[-1]
     if base is None or not name.startswith(CGROUP_PREFIX) or not (base / name).is_dir():
         return None
-    try:
-        cgroup = PayloadCgroup(base / name)
-    except OSError:
-        return None
-    cgroup.started()  # nothing will join it any more
-    return cgroup
+    return PayloadCgroup(base / name)
 
 
 def process_identity(pid: int) -> float | None:

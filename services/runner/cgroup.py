@@ -57,11 +57,12 @@ def delegated_base() -> Path | None:
 
 
 class PayloadCgroup:
-    """One payload's cgroup: the payload is moved in before it runs a single instruction of its own."""
+    """One payload's cgroup: the payload's shim joins it before the payload runs a single instruction of its own
+    (services/runner/execute.py: the shim writes to ``procs``, so the runner forks with no Python hook)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._procs_fd: int | None = os.open(path / "cgroup.procs", os.O_WRONLY | os.O_CLOEXEC)
+        self.procs = path / "cgroup.procs"
 
     @classmethod
     def create(cls, job_id: int) -> PayloadCgroup | None:
@@ -77,17 +78,6 @@ class PayloadCgroup:
             with contextlib.suppress(OSError):
                 path.rmdir()
             return None
-
-    def enter(self) -> None:
-        """In the forked child, before exec: join the cgroup ("0" means the writing process)."""
-        if self._procs_fd is not None:
-            os.write(self._procs_fd, b"0")
-
-    def started(self) -> None:
-        """In the parent, once the child runs: the fd is not needed any more."""
-        if self._procs_fd is not None:
-            os.close(self._procs_fd)
-            self._procs_fd = None
 
     def pids(self) -> list[int]:
         try:
@@ -121,7 +111,6 @@ class PayloadCgroup:
 
     def remove(self) -> bool:
         """Remove the (empty) cgroup; False while processes are still in it."""
-        self.started()
         try:
             self.path.rmdir()
         except FileNotFoundError:
