@@ -102,6 +102,7 @@ class Launcher:
         self.demand = DemandLedger()
         self._retiring: set[str] = set()  # asked to retire, not ended yet
         self._spawned: set[str] = set()  # started at least once
+        self._given_up: set[str] = set()  # kept dying (RestartPolicy): not started again
         self._spawn_retry_at: float | None = None  # when to try again to start a service needed (no fork)
 
     # --- start --------------------------------------------------------------------------
@@ -239,7 +240,9 @@ class Launcher:
                     proc.join()
                     if name in self._retiring:
                         self._retired(name, proc.exitcode)
-                    elif not self._restart(name, proc.exitcode):
+                    elif not self._restart(name, proc.exitcode):  # it keeps dying: given up, the pilot stops
+                        del self.procs[name]  # (its end, waited on again, would spin this loop)
+                        self._given_up.add(name)
                         self.forward(signal.SIGTERM)
 
     # --- on demand (nodepilot/demand.py) ----------------------------------------------------
@@ -262,7 +265,7 @@ class Launcher:
         process limit) is tried again SPAWN_RETRY_S later (its request waits in its stream meanwhile)."""
         self._spawn_retry_at = None
         for name in ON_DEMAND:
-            if self.demand.wanted(name) and name not in self.procs:
+            if self.demand.wanted(name) and name not in self.procs and name not in self._given_up:
                 try:
                     self.spawn(name)
                 except OSError as exc:

@@ -14,10 +14,11 @@ import pytest
 import redis
 
 from nodepilot import bus, demand
-from nodepilot.config import PilotConfig
+from nodepilot.config import SERVICES, PilotConfig
 from nodepilot.demand import RETIRE, DemandLedger
 from nodepilot.launcher import Launcher
 from nodepilot.service import Service
+from nodepilot.supervision import RestartPolicy
 
 
 def test_the_ledger_counts_overlapping_needs_and_names_what_is_no_longer_needed():
@@ -189,3 +190,49 @@ def test_a_closed_consumer_leaves_what_it_reads_to_the_next_instance(redis_url: 
     asyncio.run(scenario())
     assert rds.xpending("c:requests", "c")["pending"] == 0
 
+
+
+def _needs_the_stager_until_stopped(fd: int) -> None:
+    """Stands in for the monitor: needs the stager until a signal stops it, which takes it 3 s (a graceful stop:
+    the payload killed, the log out), then ends with 143, as a signalled pilot."""
+
+    def stop(*_: object) -> None:
+        time.sleep(3)
+        sys.exit(143)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, (signal.SIGTERM,))
+    demand.listen(fd)
+    with demand.need("stager"):
+        time.sleep(60)
+
+
+def test_a_needed_service_that_keeps_dying_stops_the_pilot_without_spinning(pilot_config: PilotConfig,
+                                                                             monkeypatch: pytest.MonkeyPatch):
+    """A stager that dies as it starts (say its build fails) is started again a few times, then given up: the
+    monitor is told to stop and the launcher returns, never starting it again nor waiting on its end for ever."""
+    launcher = Launcher(pilot_config)
+    launcher.policy = RestartPolicy(SERVICES, max_restarts=2, window_s=60)
+    starts: list[Any] = []
+
+    def spawn(name: str) -> None:
+        assert name == "stager"
+        proc = launcher.ctx.Process(target=sys.exit, args=(1,))
+        proc.start()
+        launcher.procs[name] = proc
+        starts.append(proc)
+
+    monkeypatch.setattr(launcher, "spawn", spawn)
+    monitor = launcher.ctx.Process(target=_needs_the_stager_until_stopped, args=(launcher._demand_w,))
+    monitor.start()
+    launcher.procs["monitor"] = monitor
+    try:
+        t0 = time.process_time()
+        assert launcher.supervise() == 143  # the monitor's code: stopped by the launcher's SIGTERM
+        assert len(starts) == 3  # the first start and two restarts
+        assert "stager" not in launcher.procs
+        assert time.process_time() - t0 < 1  # no busy loop on the dead stager's end during the monitor's stop
+    finally:
+        for proc in (monitor, *starts):
+            proc.kill()
+            proc.join(5)
