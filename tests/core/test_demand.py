@@ -130,22 +130,29 @@ def _stager() -> None:
     time.sleep(30)
 
 
-def test_the_launcher_starts_a_needed_service_and_retires_it_when_it_is_not(pilot_config: PilotConfig,
-                                                                          monkeypatch: pytest.MonkeyPatch):
-    launcher = Launcher(pilot_config)
+def _with_stand_ins(launcher: Launcher, monitor_main: Any, stager_main: Any, *stager_args: Any,
+                    monkeypatch: pytest.MonkeyPatch) -> tuple[Any, list[Any]]:
+    """The launcher's monitor (started now) and stagers (started as the launcher asks, listed) stood in for."""
     stagers: list[Any] = []
 
     def spawn(name: str) -> None:
         assert name == "stager"
-        proc = launcher.ctx.Process(target=_stager)
+        proc = launcher.ctx.Process(target=stager_main, args=stager_args)
         proc.start()
         launcher.procs[name] = proc
         stagers.append(proc)
 
     monkeypatch.setattr(launcher, "spawn", spawn)
-    monitor = launcher.ctx.Process(target=_monitor, args=(launcher._demand_w,))
+    monitor = launcher.ctx.Process(target=monitor_main, args=(launcher._demand_w,))
     monitor.start()
     launcher.procs["monitor"] = monitor
+    return monitor, stagers
+
+
+def test_the_launcher_starts_a_needed_service_and_retires_it_when_it_is_not(pilot_config: PilotConfig,
+                                                                          monkeypatch: pytest.MonkeyPatch):
+    launcher = Launcher(pilot_config)
+    monitor, stagers = _with_stand_ins(launcher, _monitor, _stager, monkeypatch=monkeypatch)
     try:
         assert launcher.supervise() == 0  # the monitor's exit code
         assert len(stagers) == 2  # started for each step: retired in the pause between them
@@ -213,19 +220,7 @@ def test_a_needed_service_that_keeps_dying_stops_the_pilot_without_spinning(pilo
     monitor is told to stop and the launcher returns, never starting it again nor waiting on its end for ever."""
     launcher = Launcher(pilot_config)
     launcher.policy = RestartPolicy(SERVICES, max_restarts=2, window_s=60)
-    starts: list[Any] = []
-
-    def spawn(name: str) -> None:
-        assert name == "stager"
-        proc = launcher.ctx.Process(target=sys.exit, args=(1,))
-        proc.start()
-        launcher.procs[name] = proc
-        starts.append(proc)
-
-    monkeypatch.setattr(launcher, "spawn", spawn)
-    monitor = launcher.ctx.Process(target=_needs_the_stager_until_stopped, args=(launcher._demand_w,))
-    monitor.start()
-    launcher.procs["monitor"] = monitor
+    monitor, starts = _with_stand_ins(launcher, _needs_the_stager_until_stopped, sys.exit, 1, monkeypatch=monkeypatch)
     try:
         t0 = time.process_time()
         assert launcher.supervise() == 143  # the monitor's code: stopped by the launcher's SIGTERM
