@@ -31,8 +31,8 @@ IN_PROCESS = "--in-process"
 PREFLIGHT = "--preflight"  # nodepilot start: the checks run before any job is asked for
 JOB_FAILED_CODE = "--job-failed-code"  # nodepilot run: exit 8 when the pilot ended well but its job failed
 PRELOAD = ("asyncio", "psutil", "redis.asyncio")  # see preload()
-PREPARE_MODULES = ("nodepilot.experiments", "nodepilot.panda.harvester_mode", "nodepilot.queue.preflight",
-                   "nodepilot.rundir", "nodepilot.banner")  # what prepare() and run_pilot() import
+PILOT_MODULES = ("nodepilot.launcher", "nodepilot.experiments", "nodepilot.panda.harvester_mode",
+                 "nodepilot.queue.preflight", "nodepilot.rundir", "nodepilot.banner")  # what main() imports next
 ANSWER_FD: int | None = None  # set in the child reading the command line: where the pilot's arguments go
 
 
@@ -148,13 +148,12 @@ def preload(in_process: bool) -> None:
         importlib.import_module(name)
     if in_process:
         return
-    from nodepilot import launcher, registry, service
+    for name in PILOT_MODULES:
+        importlib.import_module(name)
+    from nodepilot import registry, service
 
     registry.service_class("monitor")
     service.import_first_use_modules()
-    for name in PREPARE_MODULES:
-        importlib.import_module(name)
-    del launcher
 
 
 def main(argv: list[str]) -> int:
